@@ -1,0 +1,69 @@
+"""eventbus: a typed in-process event bus for Python monoliths.
+
+Declare events with ``@event``, subscribe handlers with ``@bus.subscribe``, publish with
+``bus.publish`` or ``await bus.apublish``. See the README for the tour.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._bus import EventBus
+from ._envelope import Envelope, uuid7
+from ._events import EventRegistry, EventType, default_registry, event, upcaster
+from ._handlers import Delivery, Handler
+from ._serialization import JSONCodec
+from .errors import (
+    AsyncHandlerError,
+    BusClosedError,
+    ConfigurationError,
+    DecodeError,
+    DeliveryUnavailableError,
+    DuplicateEventError,
+    DuplicateHandlerError,
+    EncodeError,
+    EventBusError,
+    HandlerSignatureError,
+    NotAnEventError,
+    RejectEvent,
+    RetryLater,
+    SerializationError,
+    SkipEvent,
+    UnknownEventError,
+)
+
+try:
+    __version__ = version("eventbus")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AsyncHandlerError",
+    "BusClosedError",
+    "ConfigurationError",
+    "DecodeError",
+    "Delivery",
+    "DeliveryUnavailableError",
+    "DuplicateEventError",
+    "DuplicateHandlerError",
+    "EncodeError",
+    "Envelope",
+    "EventBus",
+    "EventBusError",
+    "EventRegistry",
+    "EventType",
+    "Handler",
+    "HandlerSignatureError",
+    "JSONCodec",
+    "NotAnEventError",
+    "RejectEvent",
+    "RetryLater",
+    "SerializationError",
+    "SkipEvent",
+    "UnknownEventError",
+    "__version__",
+    "default_registry",
+    "event",
+    "upcaster",
+    "uuid7",
+]

@@ -1,0 +1,234 @@
+"""Handler introspection: which events a function takes, how it is called, its name."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Literal, get_args, get_origin
+
+import attrs
+
+from ._envelope import Envelope
+from .errors import ConfigurationError, HandlerSignatureError
+
+__all__ = ["Delivery", "Handler", "inspect_handler"]
+
+Delivery = Literal["inline", "after_commit", "durable"]
+DELIVERIES: tuple[Delivery, ...] = ("inline", "after_commit", "durable")
+
+_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+
+
+@attrs.frozen(slots=True, eq=False)
+class Handler:
+    """A subscribed handler, as the bus sees it.
+
+    ``name`` is unique per bus and stable across deploys: inboxes and dead letters key on
+    it, so rename a function freely but keep its name (pass ``name=`` when you move it).
+    """
+
+    name: str
+    fn: Callable[..., Any] = attrs.field(repr=False)
+    event_types: tuple[type[Any], ...]
+    delivery: Delivery
+    is_async: bool
+    wants_envelope: bool = attrs.field(repr=False)
+    """Whether the handler declared a second parameter annotated ``Envelope``."""
+
+
+def inspect_handler(
+    fn: Callable[..., Any],
+    event_type: type[Any] | None,
+    *,
+    name: str | None,
+    delivery: str,
+) -> Handler:
+    """Build a ``Handler`` from a function, validating everything a publish relies on."""
+    if not callable(fn) or isinstance(fn, type):
+        raise HandlerSignatureError(
+            f"a handler must be a function, a method or a callable object, got {fn!r}"
+        )
+    if delivery not in DELIVERIES:
+        raise ConfigurationError(
+            f"delivery must be one of {', '.join(map(repr, DELIVERIES))}, got {delivery!r}"
+        )
+    label = _describe(fn)
+    target = _call_target(fn)
+    if inspect.isasyncgenfunction(target) or inspect.isgeneratorfunction(target):
+        raise HandlerSignatureError(
+            f"{label} is a generator function: its body would never run when called. "
+            "Handlers are plain functions or coroutines (async def without yield)"
+        )
+    is_async = inspect.iscoroutinefunction(target)
+    params = _parameters(fn, label)
+    hints = _hints(target, label, required=event_type is None)
+    annotated = hints.get(params[0].name) if params else None
+    if event_type is None:
+        if not params:
+            raise HandlerSignatureError(
+                f"{label} takes no parameters; a handler takes the event as its first "
+                "parameter, annotated with the event class"
+            )
+        if annotated is None:
+            raise HandlerSignatureError(
+                f"{label} has no annotation on its first parameter {params[0].name!r}: "
+                "annotate it with the event class (def handler(event: OrderPlaced)), "
+                "or pass the type explicitly: @bus.subscribe(OrderPlaced)"
+            )
+        event_types = _event_types(annotated, label)
+    else:
+        event_types = _event_types(event_type, label)
+        if not params:
+            raise HandlerSignatureError(f"{label} takes no parameters; it must take the event")
+        _check_compatible(event_types, annotated, label)
+    wants_envelope = _wants_envelope(params, hints, label)
+    return Handler(
+        name=_handler_name(fn, name, label),
+        fn=fn,
+        event_types=event_types,
+        delivery=delivery,
+        is_async=is_async,
+        wants_envelope=wants_envelope,
+    )
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"handler {qualname}"
+
+
+def _call_target(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function whose code runs: the function itself, or a callable object's __call__."""
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn):
+        return fn
+    # A callable object: its class's __call__, bound to it, is what runs.
+    if inspect.isfunction(inspect.getattr_static(type(fn), "__call__", None)):
+        return typing.cast("Callable[..., Any]", fn.__call__)  # type: ignore[operator]
+    return fn
+
+
+def _parameters(fn: Callable[..., Any], label: str) -> list[inspect.Parameter]:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise HandlerSignatureError(f"cannot read the signature of {label}: {exc}") from exc
+    params = list(signature.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if params and params[0].kind not in positional:
+        raise HandlerSignatureError(
+            f"{label}: the event must be the first positional parameter, "
+            f"but {params[0].name!r} is {params[0].kind.description}"
+        )
+    for extra in params[2:]:
+        if extra.default is inspect.Parameter.empty and extra.kind in (
+            *positional,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            raise HandlerSignatureError(
+                f"{label}: parameter {extra.name!r} has no default, but a handler is called "
+                "with the event and, optionally, its Envelope only"
+            )
+    return params
+
+
+def _hints(target: Callable[..., Any], label: str, *, required: bool) -> dict[str, Any]:
+    function = getattr(target, "__func__", target)
+    try:
+        return typing.get_type_hints(function)
+    except NameError as exc:
+        if not required:
+            return {}
+        raise HandlerSignatureError(
+            f"{label}: cannot resolve the annotation {exc.name!r} "
+            f"({exc}). Import the event class at module level of {function.__module__} "
+            "(not only under TYPE_CHECKING), or pass it explicitly: @bus.subscribe(EventClass)"
+        ) from exc
+    except TypeError:
+        # Builtins and some callables carry no annotations at all.
+        return {}
+
+
+def _event_types(annotation: Any, label: str) -> tuple[type[Any], ...]:
+    origin = get_origin(annotation)
+    members = get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    result: list[type[Any]] = []
+    for member in members:
+        if member is type(None):
+            raise HandlerSignatureError(
+                f"{label}: None is not an event; drop Optional/None from the annotation"
+            )
+        if not isinstance(member, type) or get_origin(member) is not None:
+            raise HandlerSignatureError(
+                f"{label}: {member!r} is not an event class; annotate the first parameter "
+                "with an event class or a union of them (OrderPlaced | OrderCancelled)"
+            )
+        if member.__module__ == "builtins" and member is not object:
+            raise HandlerSignatureError(
+                f"{label}: {member.__qualname__} is a builtin type, not an event class"
+            )
+        if member not in result:
+            result.append(member)
+    return tuple(result)
+
+
+def _check_compatible(event_types: tuple[type[Any], ...], annotated: Any, label: str) -> None:
+    """An explicit type must be something the annotated parameter can accept."""
+    if annotated is None or annotated is Any:
+        return
+    try:
+        accepted = _event_types(annotated, label)
+    except HandlerSignatureError:
+        return  # an annotation we cannot read as classes; the explicit type decides
+    for event_type in event_types:
+        if not any(issubclass(event_type, ok) for ok in accepted):
+            raise HandlerSignatureError(
+                f"{label} is subscribed to {event_type.__qualname__} but its first parameter "
+                f"is annotated {_type_label(annotated)}: make them agree"
+            )
+
+
+def _type_label(annotation: Any) -> str:
+    return getattr(annotation, "__qualname__", None) or repr(annotation)
+
+
+def _wants_envelope(params: list[inspect.Parameter], hints: dict[str, Any], label: str) -> bool:
+    if len(params) < 2:
+        return False
+    second = params[1]
+    if hints.get(second.name) is Envelope:
+        if second.kind is inspect.Parameter.KEYWORD_ONLY:
+            raise HandlerSignatureError(
+                f"{label}: the Envelope parameter {second.name!r} must be positional"
+            )
+        return True
+    if second.default is inspect.Parameter.empty and second.kind not in (
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    ):
+        raise HandlerSignatureError(
+            f"{label}: its second parameter {second.name!r} is not annotated Envelope and "
+            "has no default; a handler takes (event) or (event, envelope: Envelope)"
+        )
+    return False
+
+
+def _handler_name(fn: Callable[..., Any], name: str | None, label: str) -> str:
+    if name is not None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{label}: name must be a non-empty str of at most 200 printable "
+                f"characters, got {name!r}"
+            )
+        return name
+    if isinstance(fn, functools.partial):
+        raise ConfigurationError(f"{label} is a functools.partial: pass name='...'")
+    owner = fn if hasattr(fn, "__qualname__") else type(fn)
+    module = getattr(owner, "__module__", None)
+    qualname = getattr(owner, "__qualname__", None)
+    if not module or not qualname:
+        raise ConfigurationError(f"{label} has no qualified name: pass name='...'")
+    return f"{module}.{qualname}"

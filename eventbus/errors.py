@@ -1,0 +1,162 @@
+"""Every exception eventbus raises, in one tree.
+
+Misuse errors also subclass the builtin a caller would already catch, so
+``except ValueError`` keeps working around code that configures a bus::
+
+    EventBusError
+    ├── ConfigurationError(ValueError)        the bus, an event or a handler is declared wrongly
+    │   ├── DuplicateHandlerError             two handlers share a name on one bus
+    │   ├── DuplicateEventError               two classes claim one wire name (or one class two)
+    │   ├── UnknownEventError                 a wire name or a class the registry does not know
+    │   ├── HandlerSignatureError(TypeError)  a handler's annotation says no event type
+    │   └── UnknownTransportError(LookupError)  a URL scheme no transport serves
+    ├── NotAnEventError(TypeError)            publish() was given something that is not an event
+    ├── MissingDependencyError(ImportError)   an integration's extra is not installed
+    ├── BusClosedError(RuntimeError)          publish() on a closed bus
+    ├── AsyncHandlerError(TypeError)          publish() from sync code reached an async handler
+    ├── DeliveryUnavailableError(RuntimeError)  a delivery mode this bus cannot carry out
+    ├── SerializationError(ValueError)
+    │   ├── EncodeError                       an event cannot be written to the wire
+    │   └── DecodeError                       bytes from the wire are not a valid envelope
+    ├── TransportError                        a transport failed to carry a message
+    └── OutboxError                           the outbox store failed
+
+Handler control flow lives on its own branch, so ``except EventBusError`` in a
+handler never swallows it by accident::
+
+    HandlerDirective(Exception)
+    ├── RetryLater(delay)                     try again after ``delay`` seconds
+    ├── RejectEvent(reason)                   give up now: straight to the dead letters
+    └── SkipEvent                             nothing to do: count the event as handled
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AsyncHandlerError",
+    "BusClosedError",
+    "ConfigurationError",
+    "DecodeError",
+    "DeliveryUnavailableError",
+    "DuplicateEventError",
+    "DuplicateHandlerError",
+    "EncodeError",
+    "EventBusError",
+    "HandlerDirective",
+    "HandlerSignatureError",
+    "MissingDependencyError",
+    "NotAnEventError",
+    "OutboxError",
+    "RejectEvent",
+    "RetryLater",
+    "SerializationError",
+    "SkipEvent",
+    "TransportError",
+    "UnknownEventError",
+    "UnknownTransportError",
+]
+
+
+class EventBusError(Exception):
+    """The root of every error eventbus raises."""
+
+
+class ConfigurationError(EventBusError, ValueError):
+    """An event, a handler or the bus itself is declared wrongly."""
+
+
+class DuplicateHandlerError(ConfigurationError):
+    """Two handlers on one bus share a name; names key the inbox and dead letters."""
+
+
+class DuplicateEventError(ConfigurationError):
+    """Two classes claim one wire name, or one class is registered twice."""
+
+
+class UnknownEventError(ConfigurationError, LookupError):
+    """A wire name (or class) that the registry does not know.
+
+    Nothing is decoded unless its name is registered: this is the allow-list.
+    """
+
+
+class HandlerSignatureError(ConfigurationError, TypeError):
+    """A handler's signature does not say which event it takes, or says it wrongly."""
+
+
+class UnknownTransportError(ConfigurationError, LookupError):
+    """A transport URL whose scheme no installed transport serves."""
+
+
+class NotAnEventError(EventBusError, TypeError):
+    """``publish`` was given an object whose class is not a declared event."""
+
+
+class MissingDependencyError(EventBusError, ImportError):
+    """An integration needs an optional dependency that is not installed."""
+
+
+class BusClosedError(EventBusError, RuntimeError):
+    """The bus was closed; it publishes nothing more."""
+
+
+class AsyncHandlerError(EventBusError, TypeError):
+    """Sync ``publish`` would have to run a coroutine handler; use ``apublish``."""
+
+
+class DeliveryUnavailableError(EventBusError, RuntimeError):
+    """A handler's delivery mode needs machinery this bus does not have."""
+
+
+class SerializationError(EventBusError, ValueError):
+    """An event could not be written to, or read from, the wire."""
+
+
+class EncodeError(SerializationError):
+    """An event cannot be encoded: an unsupported value, a naive datetime, too large."""
+
+
+class DecodeError(SerializationError):
+    """Bytes are not a valid envelope: malformed, oversized, too deep, or of the wrong shape."""
+
+
+class TransportError(EventBusError):
+    """A transport failed to carry a message."""
+
+
+class OutboxError(EventBusError):
+    """The outbox store failed."""
+
+
+class HandlerDirective(Exception):  # noqa: N818 - directives are control flow, not errors
+    """Raised by a handler to steer what happens to the event it handles."""
+
+
+class RetryLater(HandlerDirective):
+    """Handle this event again after ``delay`` seconds."""
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        if delay < 0:
+            raise ValueError(f"RetryLater delay must be >= 0 seconds, got {delay!r}")
+        super().__init__(delay, reason)
+        self.delay = float(delay)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        suffix = f": {self.reason}" if self.reason else ""
+        return f"retry later, in {self.delay:g}s{suffix}"
+
+
+class RejectEvent(HandlerDirective):
+    """Give up on this event now: no retries, straight to the dead letters."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"rejected: {self.reason}"
+
+
+class SkipEvent(HandlerDirective):
+    """Nothing to do for this event: it counts as handled."""

@@ -58,7 +58,10 @@ def load_bus(spec: str | None) -> EventBus:
         except AttributeError:
             raise _UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
     if callable(target) and not isinstance(target, EventBus):
-        target = target()  # an application factory
+        try:
+            target = target()  # an application factory
+        except Exception as exc:
+            raise _UsageError(f"calling {spec} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(target, EventBus):
         raise _UsageError(f"{spec} is a {type(target).__name__}, not an eventbus.EventBus")
     return target

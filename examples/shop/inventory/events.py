@@ -1,0 +1,22 @@
+"""The facts the inventory module publishes."""
+
+from __future__ import annotations
+
+import eventbus
+
+
+@eventbus.event("shop.stock_reserved")
+class StockReserved:
+    order_id: str
+    skus: tuple[str, ...]
+
+
+@eventbus.event("shop.out_of_stock")
+class OutOfStock:
+    order_id: str
+    sku: str
+
+
+@eventbus.event("shop.stock_released")
+class StockReleased:
+    order_id: str

@@ -1,0 +1,1 @@
+"""Notifications: tells customers what happened to their orders."""

@@ -1,0 +1,1 @@
+"""Orders: takes orders and follows their fate through the other modules' events."""

@@ -1,0 +1,1 @@
+"""Payments: charges customers once their stock is reserved."""

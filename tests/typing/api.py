@@ -1,0 +1,100 @@
+"""Checked by mypy --strict only, never run: the public API keeps its types.
+
+Each ``assert_type`` fails the type check if a signature loses precision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, assert_type
+
+import eventbus
+from eventbus import Envelope, EventBus, Handler, JSONCodec, hooks
+from eventbus.testing import CapturedEvents, capture_events
+
+registry = eventbus.EventRegistry()
+
+
+@eventbus.event("typing.order_placed", version=2, registry=registry)
+class OrderPlaced:
+    order_id: str
+    quantity: int = 1
+
+
+@eventbus.event("typing.order_cancelled", registry=registry)
+class OrderCancelled:
+    order_id: str
+
+
+# dataclass_transform: the constructor is keyword-only and checked.
+placed = OrderPlaced(order_id="o-1", quantity=2)
+assert_type(placed.order_id, str)
+OrderPlaced("o-1")  # type: ignore[call-arg]
+OrderPlaced(order_id=1)  # type: ignore[arg-type]
+placed.order_id = "x"  # type: ignore[misc]
+
+bus = EventBus(registry=registry)
+
+
+@bus.subscribe
+def on_placed(event: OrderPlaced) -> None: ...
+
+
+# The decorators return the handler unchanged: its parameters are still checked.
+assert_type(on_placed(placed), None)
+on_placed("o-1")  # type: ignore[arg-type]
+
+
+@bus.subscribe(OrderCancelled, name="orders.audit", delivery="inline")
+def audit(event: OrderCancelled, envelope: Envelope) -> None: ...
+
+
+envelope: Envelope = eventbus.JSONCodec(registry).decode(b"{}")
+assert_type(audit(OrderCancelled(order_id="o-1"), envelope), None)
+audit(OrderCancelled(order_id="o-1"))  # type: ignore[call-arg]
+
+
+@bus.subscribe(name="orders.notify")
+async def notify(event: OrderPlaced | OrderCancelled) -> None: ...
+
+
+asyncio.run(assert_type(notify(placed), Coroutine[Any, Any, None]))
+
+bus.subscribe(OrderPlaced, delivery="sometimes")  # type: ignore[call-overload]
+
+
+def direct(event: OrderPlaced) -> int:
+    return 1
+
+
+assert_type(bus.subscribe(direct, name="direct")(placed), int)
+
+assert_type(bus.publish(placed), None)
+assert_type(bus.publish(placed, key="o-1", headers={"tenant": "t1"}), None)
+bus.publish(placed, "o-1")  # type: ignore[call-arg]
+assert_type(asyncio.run(bus.apublish(placed)), None)
+asyncio.run(bus.apublish(placed, key="o-1"))
+assert_type(bus.handlers_for(OrderPlaced), tuple[Handler, ...])
+assert_type(bus.handlers, tuple[Handler, ...])
+
+with capture_events(bus) as captured:
+    assert_type(captured, CapturedEvents)
+    assert_type(captured.of_type(OrderPlaced), list[OrderPlaced])
+    assert_type(captured.assert_published(OrderPlaced, order_id="o-1"), OrderPlaced)
+    assert_type(captured.envelopes, list[Envelope])
+
+codec = JSONCodec(registry)
+data = codec.encode(captured.envelopes[0])
+assert_type(data, bytes)
+assert_type(codec.decode(data), Envelope)
+assert_type(eventbus.uuid7().version, int | None)
+
+
+@hooks.event_published.connect
+def seen(sender: EventBus, **kwargs: Any) -> None: ...
+
+
+info = registry.info(OrderPlaced)
+assert_type(info.name, str)
+assert_type(info.version, int)

@@ -208,8 +208,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
     parser.add_argument("--samples", type=int, default=None)
     args = parser.parse_args()
-    samples = args.samples or (3 if args.quick else 15)
-    loops = 2_000 if args.quick else 20_000
+    samples = args.samples or (3 if args.quick else 31)
+    loops = 2_000 if args.quick else 10_000
 
     print(
         f"Python {sys.version.split()[0]}, eventbus {eventbus.__version__}, "

@@ -2,16 +2,20 @@
 
 The inline path is the hot path. Per event class the bus precomputes a *route* on the
 first publish (and again after any subscribe, unsubscribe or hook change), so a publish
-is one dict lookup and then plain calls. Routes come in three shapes:
+is one dict lookup and then plain calls. A cached route is a triple
+``(functions, mode, route)``, unpacked in one step, where ``mode`` is:
 
-- a plain ``tuple`` of functions: only inline handlers of the right colour (sync for
-  ``publish``, async for ``apublish``), nothing observes and causation is not tracked.
-  Nothing is built: no envelope, no UUID, no timestamp, no contextvar.
-- a ``_Tracked`` tuple: the same, but causation is tracked (a durable or after-commit
-  handler exists somewhere on the bus, so a nested publish must learn its cause). The
-  publish sets the current frame (a small list) around the calls; envelopes stay lazy.
-- a ``_Route``: everything else (hooks or captures connected, handlers that take the
-  envelope, mixed sync and async handlers, other deliveries), on the general path.
+- ``_PLAIN``: only inline handlers of the right colour (sync for ``publish``, async for
+  ``apublish``), nothing observes, causation is not tracked. Nothing is built: no
+  envelope, no UUID, no timestamp, no contextvar.
+- ``_TRACKED``: the same, but causation is tracked (a handler somewhere on the bus can see
+  an envelope, so a nested publish must learn its cause). The publish sets the current
+  frame (a three-item list) around the calls; envelopes stay lazy.
+- ``_GENERAL``: everything else (hooks or captures connected, handlers that take the
+  envelope, mixed sync and async handlers, other deliveries, a key or headers given).
+
+The mode is an int rather than the route's class because unpacking a tuple and testing
+an int is cheaper than reading ``__class__``, which CPython 3.11 does not specialise.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from . import hooks
-from ._causation import TOKEN, Frame, current_frame, envelope_of
-from ._envelope import EMPTY_HEADERS, Envelope, check_headers, check_key
+from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
+from ._envelope import Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
 from ._handlers import Delivery, Handler, inspect_handler
 from .errors import (
@@ -48,10 +52,8 @@ class _Capture(Protocol):
     def _record(self, envelope: Envelope) -> None: ...
 
 
-class _Tracked(tuple[Callable[..., Any], ...]):  # noqa: SLOT001 - .info lives in its __dict__
-    """Handler functions of a route that tracks causation; ``info`` names the event."""
-
-    info: EventType
+_PLAIN, _TRACKED, _GENERAL = 0, 1, 2
+_Cached = tuple[tuple[Callable[..., Any], ...], int, "_Route"]
 
 
 class _Route:
@@ -88,12 +90,26 @@ class EventBus:
     handlers after it, exactly like a function call.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_aroutes",
+        "_by_type",
+        "_captures",
+        "_closed",
+        "_general",
+        "_handlers",
+        "_linkers",
+        "_lock",
+        "_registry",
+        "_routes",
+    )
+
     def __init__(self, *, registry: EventRegistry | None = None) -> None:
         self._registry = default_registry if registry is None else registry
         self._handlers: dict[str, Handler] = {}
         self._by_type: dict[type[Any], list[Handler]] = {}
-        self._routes: dict[type[Any], Any] = {}
-        self._aroutes: dict[type[Any], Any] = {}
+        self._routes: dict[type[Any], _Cached] = {}
+        self._aroutes: dict[type[Any], _Cached] = {}
         self._general: dict[type[Any], _Route] = {}
         self._captures: tuple[_Capture, ...] = ()
         # Handlers that can see an envelope (non-inline ones, those that take it): while
@@ -256,31 +272,23 @@ class EventBus:
             self._general[event_class] = route
         return route
 
-    def _sync_route(self, event_class: type[Any]) -> Any:
+    def _sync_route(self, event_class: type[Any]) -> _Cached:
         with self._lock:
-            route = self._route(event_class)
-            fast: Any = route
-            if route.plain(is_async=False):
-                fast = self._fast(route)
-            self._routes[event_class] = fast
-            return fast
+            cached = self._cache(self._route(event_class), is_async=False)
+            self._routes[event_class] = cached
+            return cached
 
-    def _async_route(self, event_class: type[Any]) -> Any:
+    def _async_route(self, event_class: type[Any]) -> _Cached:
         with self._lock:
-            route = self._route(event_class)
-            fast: Any = route
-            if route.plain(is_async=True):
-                fast = self._fast(route)
-            self._aroutes[event_class] = fast
-            return fast
+            cached = self._cache(self._route(event_class), is_async=True)
+            self._aroutes[event_class] = cached
+            return cached
 
-    def _fast(self, route: _Route) -> tuple[Callable[..., Any], ...]:
+    def _cache(self, route: _Route, *, is_async: bool) -> _Cached:
+        if not route.plain(is_async=is_async):
+            return ((), _GENERAL, route)
         functions = tuple(h.fn for h in route.inline)
-        if not self._linkers:
-            return functions
-        tracked = _Tracked(functions)
-        tracked.info = route.info
-        return tracked
+        return (functions, _TRACKED if self._linkers else _PLAIN, route)
 
     def _not_an_event(self, event_class: type[Any]) -> str:
         if event_class is type:
@@ -313,28 +321,24 @@ class EventBus:
         # 3.11 from specialising the call, which costs a fifth of an untracked publish.
         # Type checkers see the keyword-only signature declared below.
         try:
-            route = self._routes[event.__class__]
+            functions, mode, route = self._routes[event.__class__]
         except KeyError:
-            route = self._sync_route(event.__class__)
-        kind = route.__class__
-        if kind is tuple and key is None and headers is None:
-            for handler in route:
-                result = handler(event)
-                if result is not None:
-                    _check_result(handler, event, result)
-            return
-        if kind is _Tracked and key is None and headers is None:
-            frame = [event, None, EMPTY_HEADERS, None, None, route]
-            frame[3] = token = _set_frame(frame)
-            try:
-                for handler in route:
-                    result = handler(event)
-                    if result is not None:
-                        _check_result(handler, event, result)
-            finally:
-                _reset_frame(token)
-            return
-        self._publish_general(self._full_route(event.__class__, route), event, key, headers)
+            functions, mode, route = self._sync_route(event.__class__)
+        if key is None and headers is None:
+            if not mode:  # _PLAIN
+                for handler in functions:
+                    handler(event)
+                return
+            if mode == _TRACKED:
+                frame = [event, route, None]
+                frame[2] = token = _set_frame(frame)
+                try:
+                    for handler in functions:
+                        handler(event)
+                finally:
+                    _reset_frame(token)
+                return
+        self._publish_general(route, event, key, headers)
 
     async def _apublish(
         self,
@@ -343,24 +347,24 @@ class EventBus:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         try:
-            route = self._aroutes[event.__class__]
+            functions, mode, route = self._aroutes[event.__class__]
         except KeyError:
-            route = self._async_route(event.__class__)
-        kind = route.__class__
-        if kind is tuple and key is None and headers is None:
-            for handler in route:
-                await handler(event)
-            return
-        if kind is _Tracked and key is None and headers is None:
-            frame = [event, None, EMPTY_HEADERS, None, None, route]
-            frame[3] = token = _set_frame(frame)
-            try:
-                for handler in route:
+            functions, mode, route = self._async_route(event.__class__)
+        if key is None and headers is None:
+            if not mode:  # _PLAIN
+                for handler in functions:
                     await handler(event)
-            finally:
-                _reset_frame(token)
-            return
-        await self._apublish_general(self._full_route(event.__class__, route), event, key, headers)
+                return
+            if mode == _TRACKED:
+                frame = [event, route, None]
+                frame[2] = token = _set_frame(frame)
+                try:
+                    for handler in functions:
+                        await handler(event)
+                finally:
+                    _reset_frame(token)
+                return
+        await self._apublish_general(route, event, key, headers)
 
     if TYPE_CHECKING:
 
@@ -388,16 +392,6 @@ class EventBus:
         publish = _publish
         apublish = _apublish
 
-    def _full_route(self, event_class: type[Any], route: Any) -> _Route:
-        """The general route, whatever shape the cached one has."""
-        if route.__class__ is _Route:
-            return route
-        general = self._general.get(event_class)
-        if general is not None:
-            return general
-        with self._lock:
-            return self._route(event_class)
-
     def _publish_general(self, route: _Route, event: object, key: object, headers: object) -> None:
         frame = self._frame(route, event, key, headers, is_async=False)
         frame[TOKEN] = token = _set_frame(frame)
@@ -407,9 +401,7 @@ class EventBus:
                 self._announce(frame)
             for handler in route.inline:
                 try:
-                    result = _call(handler, event, frame)
-                    if result is not None:
-                        _check_result(handler.fn, event, result)
+                    _call(handler, event, frame)
                 except Exception as error:
                     if observed:
                         self._failed(frame, handler, error)
@@ -462,7 +454,7 @@ class EventBus:
                 f"inline ({names}), which need the transactional outbox; this bus has "
                 "none configured. Subscribe them with delivery='inline'. No handler was run"
             )
-        return [event, checked_key, checked_headers, None, None, route]
+        return full_frame(event, route, checked_key, checked_headers)
 
     def _announce(self, frame: Frame) -> None:
         """Show a publish to the captures and the event_published receivers."""
@@ -530,18 +522,6 @@ def _call(handler: Handler, event: object, frame: Frame) -> Any:
     if handler.wants_envelope:
         return handler.fn(event, envelope_of(frame))
     return handler.fn(event)
-
-
-def _check_result(handler: Callable[..., Any], event: object, result: object) -> None:
-    """A sync publish got something back from a handler: refuse a dropped coroutine."""
-    if inspect.isawaitable(result):
-        if inspect.iscoroutine(result):
-            result.close()
-        raise AsyncHandlerError(
-            f"handler {getattr(handler, '__qualname__', handler)!r} returned an awaitable "
-            f"for {type(event).__qualname__} under sync publish(), which cannot await it. "
-            "Use 'await bus.apublish(event)', or subscribe the coroutine function itself"
-        )
 
 
 def _links_causes(handler: Handler) -> bool:

@@ -20,16 +20,18 @@ from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
-from ._envelope import Envelope, uuid7
+from ._envelope import EMPTY_HEADERS, Envelope, uuid7
 
-__all__ = ["Frame", "current_frame", "envelope_of"]
+__all__ = ["Frame", "current_frame", "envelope_of", "full_frame"]
 
-# Frame layout: [event, key, headers, token, envelope or None, route]
-# - token: what setting this frame as current returned; its old_value is the parent frame.
-#   Keeping the token instead of reading the parent first saves a contextvar read.
+# Frame layout: [event, route, token, envelope, key, headers]
 # - route: the bus's route for the event class; route.info is its EventType.
+# - token: what setting this frame as current returned; its old_value is the parent frame.
+#   Storing the token costs less than reading the parent before setting the frame.
+# The untracked-key fast path builds only [event, route, token]: no key, no headers, and
+# the envelope is appended when first needed. Every extra slot there is measurable.
 Frame = list[Any]
-EVENT, KEY, HEADERS, TOKEN, ENVELOPE, ROUTE = range(6)
+EVENT, ROUTE, TOKEN, ENVELOPE, KEY, HEADERS = range(6)
 _MISSING = Token.MISSING
 
 current_frame: ContextVar[Frame | None] = ContextVar("eventbus_current_frame", default=None)
@@ -40,18 +42,25 @@ _build_lock = threading.Lock()
 _now = datetime.now
 
 
+def full_frame(event: object, route: Any, key: str | None, headers: Any) -> Frame:
+    """A frame with a key and headers (the general path); the token is set by the caller."""
+    return [event, route, None, None, key, headers]
+
+
 def envelope_of(frame: Frame) -> Envelope:
     """The frame's envelope, built on first need; its parent's too, for the ids."""
-    envelope: Envelope | None = frame[ENVELOPE]
-    if envelope is not None:
-        return envelope
+    if len(frame) > ENVELOPE and frame[ENVELOPE] is not None:
+        return frame[ENVELOPE]  # type: ignore[no-any-return]
     parent = parent_of(frame)
     parent_envelope = envelope_of(parent) if parent is not None else None
     with _build_lock:
-        envelope = frame[ENVELOPE]
-        if envelope is None:
-            envelope = _build(frame, parent_envelope)
+        if len(frame) > ENVELOPE and frame[ENVELOPE] is not None:
+            return frame[ENVELOPE]  # type: ignore[no-any-return]
+        envelope = _build(frame, parent_envelope)
+        if len(frame) > ENVELOPE:
             frame[ENVELOPE] = envelope
+        else:
+            frame.append(envelope)
     return envelope
 
 
@@ -73,8 +82,8 @@ def _build(frame: Frame, parent: Envelope | None) -> Envelope:
         version=info.version,
         occurred_at=_now(UTC),
         event=frame[EVENT],
-        key=frame[KEY],
+        key=frame[KEY] if len(frame) > KEY else None,
         correlation_id=envelope_id if parent is None else parent.correlation_id,
         causation_id=None if parent is None else parent.id,
-        headers=frame[HEADERS],
+        headers=frame[HEADERS] if len(frame) > HEADERS else EMPTY_HEADERS,
     )

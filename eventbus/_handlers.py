@@ -63,7 +63,11 @@ def inspect_handler(
             f"{label} is a generator function: its body would never run when called. "
             "Handlers are plain functions or coroutines (async def without yield)"
         )
-    is_async = inspect.iscoroutinefunction(target)
+    # A decorator that wraps a coroutine function in a plain def (keeping __wrapped__)
+    # still returns a coroutine: it is an async handler, and sync publish must refuse it.
+    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        inspect.unwrap(target)
+    )
     params = _parameters(fn, label)
     hints = _hints(target, label, required=event_type is None)
     annotated = hints.get(params[0].name) if params else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ._envelope import Envelope
@@ -19,7 +19,7 @@ class Codec(Protocol):
     code named by its input.
     """
 
-    content_type: str
+    content_type: ClassVar[str]
 
     def encode(self, envelope: Envelope) -> bytes: ...
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import inspect
 import threading
 import types
+import typing
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
@@ -119,6 +121,7 @@ class EventBus:
         # Reentrant: a hook receiver connected from inside a route build must not deadlock.
         self._lock = threading.RLock()
         hooks._watch(self)
+        _buses.add(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -171,7 +174,7 @@ class EventBus:
         delivery=...)`` names the type explicitly. A handler that also takes a parameter
         annotated ``Envelope`` receives the event's envelope (id, correlation, headers).
         """
-        if target is not None and not isinstance(target, (type, types.UnionType)):
+        if target is not None and not _is_type_spec(target):
             return self._add(target, None, name=name, delivery=delivery)
 
         def decorator(handler: F) -> F:
@@ -194,9 +197,12 @@ class EventBus:
             self._handlers[handler.name] = handler
             for event_type_ in handler.event_types:
                 self._by_type.setdefault(event_type_, []).append(handler)
-            if _links_causes(handler):
+            linked = _links_causes(handler)
+            if linked:
                 self._linkers += 1
             self._invalidate()
+        if linked:
+            _tracking_changed()
         return fn
 
     def unsubscribe(self, handler: Callable[..., Any] | str) -> None:
@@ -209,9 +215,12 @@ class EventBus:
                 handlers.remove(found)
                 if not handlers:
                     del self._by_type[event_type]
-            if _links_causes(found):
+            linked = _links_causes(found)
+            if linked:
                 self._linkers -= 1
             self._invalidate()
+        if linked:
+            _tracking_changed()
 
     def _find(self, handler: Callable[..., Any] | str) -> Handler:
         if isinstance(handler, str):
@@ -288,7 +297,7 @@ class EventBus:
         if not route.plain(is_async=is_async):
             return ((), _GENERAL, route)
         functions = tuple(h.fn for h in route.inline)
-        return (functions, _TRACKED if self._linkers else _PLAIN, route)
+        return (functions, _TRACKED if _tracking() else _PLAIN, route)
 
     def _not_an_event(self, event_class: type[Any]) -> str:
         if event_class is type:
@@ -493,7 +502,10 @@ class EventBus:
         """Close the bus: later publishes and subscriptions raise ``BusClosedError``."""
         with self._lock:
             self._closed = True
+            linked, self._linkers = self._linkers, 0
             self._invalidate()
+        if linked:
+            _tracking_changed()
 
     async def aclose(self) -> None:
         """Close the bus from async code."""
@@ -522,6 +534,27 @@ def _call(handler: Handler, event: object, frame: Frame) -> Any:
     if handler.wants_envelope:
         return handler.fn(event, envelope_of(frame))
     return handler.fn(event)
+
+
+# Causation links through one contextvar whichever bus publishes, so a bus whose handler
+# publishes on another bus must track too: tracking is decided across every live bus.
+_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
+
+
+def _tracking() -> bool:
+    """Whether any live bus has a handler that can see an envelope."""
+    return any(bus._linkers for bus in list(_buses))
+
+
+def _tracking_changed() -> None:
+    """Rebuild every bus's routes (called outside any bus lock, so none can deadlock)."""
+    for bus in list(_buses):
+        bus._invalidate()
+
+
+def _is_type_spec(target: object) -> bool:
+    """Whether subscribe() was given event types (a class or a union), not a handler."""
+    return isinstance(target, (type, types.UnionType)) or typing.get_origin(target) is typing.Union
 
 
 def _links_causes(handler: Handler) -> bool:

@@ -70,7 +70,7 @@ def _is_frozen(cls: type[Any]) -> bool:
         setattr(probe, fields[0].name if fields else "__eventbus_probe__", None)
     except attrs.exceptions.FrozenInstanceError:
         return True
-    except AttributeError:
+    except Exception:  # validators, converters, slots: anything but frozen means mutable
         return False
     return False
 
@@ -163,7 +163,10 @@ class EventRegistry:
 
     def get(self, cls: type[Any]) -> EventType | None:
         """The registration of ``cls``, or None."""
-        return self._by_class.get(cls)
+        try:
+            return self._by_class.get(cls)
+        except TypeError:  # unhashable: certainly not a registered class
+            return None
 
     def by_name(self, name: str) -> EventType:
         """The registration for a wire name; ``UnknownEventError`` when it has none."""
@@ -206,7 +209,7 @@ class EventRegistry:
         return len(self._by_name)
 
     def __contains__(self, cls: object) -> bool:
-        return cls in self._by_class
+        return self.get(cls) is not None  # type: ignore[arg-type]
 
     def names(self) -> Mapping[str, EventType]:
         """A read-only view of name to registration."""

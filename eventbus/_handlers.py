@@ -69,7 +69,7 @@ def inspect_handler(
         inspect.unwrap(target)
     )
     params = _parameters(fn, label)
-    hints = _hints(target, label, required=event_type is None)
+    hints = _hints(fn, label, required=event_type is None)
     annotated = hints.get(params[0].name) if params else None
     if event_type is None:
         if not params:
@@ -139,21 +139,24 @@ def _parameters(fn: Callable[..., Any], label: str) -> list[inspect.Parameter]:
     return params
 
 
-def _hints(target: Callable[..., Any], label: str, *, required: bool) -> dict[str, Any]:
-    function = getattr(target, "__func__", target)
+def _hints(fn: Callable[..., Any], label: str, *, required: bool) -> dict[str, Any]:
+    """Parameter annotations, strings evaluated; through partials and callable objects too."""
     try:
-        return typing.get_type_hints(function)
+        signature = inspect.signature(fn, eval_str=True)
     except NameError as exc:
         if not required:
             return {}
+        module = getattr(inspect.unwrap(_call_target(fn)), "__module__", "its module")
         raise HandlerSignatureError(
-            f"{label}: cannot resolve the annotation {exc.name!r} "
-            f"({exc}). Import the event class at module level of {function.__module__} "
-            "(not only under TYPE_CHECKING), or pass it explicitly: @bus.subscribe(EventClass)"
+            f"{label}: cannot resolve the annotation {exc.name!r} ({exc}). Import the event "
+            f"class at module level of {module} (not only under TYPE_CHECKING), "
+            "or pass it explicitly: @bus.subscribe(EventClass)"
         ) from exc
-    except TypeError:
-        # Builtins and some callables carry no annotations at all.
-        return {}
+    except (TypeError, ValueError):
+        return {}  # builtins and some callables carry no readable signature
+    empty = inspect.Parameter.empty
+    parameters = signature.parameters.values()
+    return {p.name: p.annotation for p in parameters if p.annotation is not empty}
 
 
 def _event_types(annotation: Any, label: str) -> tuple[type[Any], ...]:

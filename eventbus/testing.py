@@ -65,8 +65,14 @@ class CapturedEvents:
     ) -> E:
         """Assert an event of ``event_type`` with these field values was published.
 
-        Returns the last match. With ``times``, assert exactly that many matched.
+        Returns the last match. With ``times`` (>= 1), assert exactly that many matched;
+        for "never", use ``assert_not_published``.
         """
+        if times is not None and (isinstance(times, bool) or times < 1):
+            raise ValueError(
+                f"times must be an int >= 1, got {times!r}; use assert_not_published() "
+                "to assert that nothing matched"
+            )
         matches = [event for event in self.of_type(event_type) if _has_fields(event, fields)]
         wanted = f"{event_type.__qualname__}{_describe(fields)}"
         if not matches:

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dispatch_benchmark_runs_and_prints_every_row() -> None:
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [sys.executable, "benchmarks/dispatch.py", "--quick", "--samples", "1"],
         cwd=ROOT,
         capture_output=True,

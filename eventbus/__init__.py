@@ -12,11 +12,16 @@ from ._bus import EventBus
 from ._envelope import Envelope, uuid7
 from ._events import EventRegistry, EventType, default_registry, event, upcaster
 from ._handlers import Delivery, Handler
+from ._replay import ReplayResult
+from ._retry import RetryPolicy
 from ._serialization import JSONCodec
+from .deadletters import DeadLetter, MemoryDeadLetterStore, SQLiteDeadLetterStore
 from .errors import (
     AsyncHandlerError,
     BusClosedError,
     ConfigurationError,
+    DeadLetterNotFoundError,
+    DeadLetterStoreError,
     DecodeError,
     DeliveryUnavailableError,
     DuplicateEventError,
@@ -26,6 +31,7 @@ from .errors import (
     HandlerSignatureError,
     NotAnEventError,
     RejectEvent,
+    ReplayInProgressError,
     RetryLater,
     SerializationError,
     SkipEvent,
@@ -41,6 +47,9 @@ __all__ = [
     "AsyncHandlerError",
     "BusClosedError",
     "ConfigurationError",
+    "DeadLetter",
+    "DeadLetterNotFoundError",
+    "DeadLetterStoreError",
     "DecodeError",
     "Delivery",
     "DeliveryUnavailableError",
@@ -55,9 +64,14 @@ __all__ = [
     "Handler",
     "HandlerSignatureError",
     "JSONCodec",
+    "MemoryDeadLetterStore",
     "NotAnEventError",
     "RejectEvent",
+    "ReplayInProgressError",
+    "ReplayResult",
     "RetryLater",
+    "RetryPolicy",
+    "SQLiteDeadLetterStore",
     "SerializationError",
     "SkipEvent",
     "UnknownEventError",

@@ -20,19 +20,30 @@ an int is cheaper than reading ``__class__``, which CPython 3.11 does not specia
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import inspect
 import threading
+import time
 import types
 import typing
+import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from . import hooks
 from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
+from ._delivery import deliver
 from ._envelope import Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
 from ._handlers import Delivery, Handler, inspect_handler
+from ._replay import ReplayResult, replay_letter
+from ._retry import RetryPolicy
+from ._runtime import Runtime
+from ._serialization import JSONCodec
+from .deadletters import MemoryDeadLetterStore
 from .errors import (
     AsyncHandlerError,
     BusClosedError,
@@ -40,7 +51,11 @@ from .errors import (
     DeliveryUnavailableError,
     DuplicateHandlerError,
     NotAnEventError,
+    SkipEvent,
 )
+
+if TYPE_CHECKING:
+    from .typing import Codec, DeadLetterStore
 
 __all__ = ["EventBus"]
 
@@ -61,23 +76,33 @@ _Cached = tuple[tuple[Callable[..., Any], ...], int, "_Route"]
 class _Route:
     """Everything the general path needs to publish one event class."""
 
-    __slots__ = ("deferred", "has_async", "info", "inline", "needs_envelope", "observed")
+    __slots__ = (
+        "after_commit",
+        "durable",
+        "has_async",
+        "info",
+        "inline",
+        "needs_envelope",
+        "observed",
+    )
 
     def __init__(self, info: EventType, handlers: tuple[Handler, ...], *, observed: bool) -> None:
         self.info = info
         self.inline = tuple(h for h in handlers if h.delivery == "inline")
-        self.deferred = tuple(h for h in handlers if h.delivery != "inline")
+        self.after_commit = tuple(h for h in handlers if h.delivery == "after_commit")
+        self.durable = tuple(h for h in handlers if h.delivery == "durable")
         self.has_async = any(h.is_async for h in self.inline)
         self.observed = observed
-        self.needs_envelope = observed or any(h.wants_envelope for h in self.inline)
+        self.needs_envelope = (
+            observed
+            or bool(self.after_commit or self.durable)
+            or any(h.wants_envelope for h in self.inline)
+        )
 
     def plain(self, *, is_async: bool) -> bool:
         """Whether a publish of this colour can skip the general path."""
-        return (
-            not self.observed
-            and not self.deferred
-            and not any(h.wants_envelope for h in self.inline)
-            and all(h.is_async is is_async for h in self.inline)
+        return not self.needs_envelope and all(
+            h.is_async is is_async and h.retry is None for h in self.inline
         )
 
 
@@ -98,16 +123,56 @@ class EventBus:
         "_by_type",
         "_captures",
         "_closed",
+        "_codec",
+        "_dead_letters",
         "_general",
         "_handlers",
         "_linkers",
         "_lock",
         "_registry",
+        "_retry",
         "_routes",
+        "_runtime",
+        "_sleep",
     )
 
-    def __init__(self, *, registry: EventRegistry | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        registry: EventRegistry | None = None,
+        codec: Codec | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        concurrency: int = 64,
+        workers: int = 8,
+        shutdown_timeout: float = 10.0,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        """Make a bus.
+
+        ``retry`` is the default policy of after-commit and durable handlers (3 attempts
+        with exponential backoff unless given); inline handlers retry only with their own
+        ``retry=``. ``dead_letters`` keeps what handlers gave up on (in memory unless
+        given: pass a ``SQLiteDeadLetterStore`` to keep them across restarts).
+        ``concurrency`` bounds the deliveries running at once on the runtime, ``workers``
+        the threads that run sync handlers there, and ``shutdown_timeout`` how long
+        ``close()`` waits for them. ``sleep`` replaces the wait between retries (tests).
+        """
         self._registry = default_registry if registry is None else registry
+        self._codec: Codec = JSONCodec(self._registry) if codec is None else codec
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}")
+        self._retry = RetryPolicy() if retry is None else retry
+        self._dead_letters: DeadLetterStore = (
+            MemoryDeadLetterStore() if dead_letters is None else dead_letters
+        )
+        self._sleep = sleep
+        self._runtime = Runtime(
+            concurrency=concurrency,
+            workers=workers,
+            sleep=sleep,
+            shutdown_timeout=shutdown_timeout,
+        )
         self._handlers: dict[str, Handler] = {}
         self._by_type: dict[type[Any], list[Handler]] = {}
         self._routes: dict[type[Any], _Cached] = {}
@@ -133,6 +198,21 @@ class EventBus:
         return self._registry
 
     @property
+    def codec(self) -> Codec:
+        """How envelopes are written to the wire, the outbox and the dead letters."""
+        return self._codec
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The default retry policy of after-commit and durable handlers."""
+        return self._retry
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        """Where envelopes that handlers gave up on are kept."""
+        return self._dead_letters
+
+    @property
     def closed(self) -> bool:
         """Whether ``close`` was called; a closed bus refuses publishes and subscriptions."""
         return self._closed
@@ -147,16 +227,27 @@ class EventBus:
         *,
         name: str | None = None,
         delivery: Delivery = "inline",
+        retry: RetryPolicy | None = None,
     ) -> Callable[[F], F]: ...
 
     @overload
     def subscribe(
-        self, handler: F, /, *, name: str | None = None, delivery: Delivery = "inline"
+        self,
+        handler: F,
+        /,
+        *,
+        name: str | None = None,
+        delivery: Delivery = "inline",
+        retry: RetryPolicy | None = None,
     ) -> F: ...
 
     @overload
     def subscribe(
-        self, *, name: str | None = None, delivery: Delivery = "inline"
+        self,
+        *,
+        name: str | None = None,
+        delivery: Delivery = "inline",
+        retry: RetryPolicy | None = None,
     ) -> Callable[[F], F]: ...
 
     def subscribe(  # type: ignore[misc] # mypy cannot pair overload 3, whose F is return-only
@@ -166,24 +257,38 @@ class EventBus:
         *,
         name: str | None = None,
         delivery: Delivery = "inline",
+        retry: RetryPolicy | None = None,
     ) -> Any:
         """Subscribe a handler; returns it unchanged.
 
         ``@bus.subscribe`` reads the event type from the first parameter's annotation
         (a union subscribes to each member). ``@bus.subscribe(EventType, name=...,
-        delivery=...)`` names the type explicitly. A handler that also takes a parameter
-        annotated ``Envelope`` receives the event's envelope (id, correlation, headers).
+        delivery=..., retry=...)`` names the type explicitly. A handler that also takes a
+        parameter annotated ``Envelope`` receives the event's envelope.
+
+        ``delivery``: ``"inline"`` runs in ``publish``; ``"after_commit"`` runs on the
+        bus's runtime after the surrounding transaction commits (at once outside one);
+        ``"durable"`` goes through the transactional outbox. ``retry`` overrides the
+        bus's policy; an inline handler retries only when given one.
         """
         if target is not None and not _is_type_spec(target):
-            return self._add(target, None, name=name, delivery=delivery)
+            return self._add(target, None, name=name, delivery=delivery, retry=retry)
 
         def decorator(handler: F) -> F:
-            return self._add(handler, target, name=name, delivery=delivery)
+            return self._add(handler, target, name=name, delivery=delivery, retry=retry)
 
         return decorator
 
-    def _add(self, fn: F, event_type: Any, *, name: str | None, delivery: str) -> F:
-        handler = inspect_handler(fn, event_type, name=name, delivery=delivery)
+    def _add(
+        self,
+        fn: F,
+        event_type: Any,
+        *,
+        name: str | None,
+        delivery: str,
+        retry: RetryPolicy | None,
+    ) -> F:
+        handler = inspect_handler(fn, event_type, name=name, delivery=delivery, retry=retry)
         with self._lock:
             self._check_open()
             existing = self._handlers.get(handler.name)
@@ -336,14 +441,20 @@ class EventBus:
         if key is None and headers is None:
             if not mode:  # _PLAIN
                 for handler in functions:
-                    handler(event)
+                    try:  # noqa: SIM105 - a try is free in CPython 3.11; suppress() is not
+                        handler(event)
+                    except SkipEvent:
+                        pass
                 return
             if mode == _TRACKED:
                 frame = [event, route, None]
                 frame[2] = token = _set_frame(frame)
                 try:
                     for handler in functions:
-                        handler(event)
+                        try:  # noqa: SIM105
+                            handler(event)
+                        except SkipEvent:
+                            pass
                 finally:
                     _reset_frame(token)
                 return
@@ -362,14 +473,20 @@ class EventBus:
         if key is None and headers is None:
             if not mode:  # _PLAIN
                 for handler in functions:
-                    await handler(event)
+                    try:  # noqa: SIM105
+                        await handler(event)
+                    except SkipEvent:
+                        pass
                 return
             if mode == _TRACKED:
                 frame = [event, route, None]
                 frame[2] = token = _set_frame(frame)
                 try:
                     for handler in functions:
-                        await handler(event)
+                        try:  # noqa: SIM105
+                            await handler(event)
+                        except SkipEvent:
+                            pass
                 finally:
                     _reset_frame(token)
                 return
@@ -409,16 +526,11 @@ class EventBus:
             if observed:
                 self._announce(frame)
             for handler in route.inline:
-                try:
-                    _call(handler, event, frame)
-                except Exception as error:
-                    if observed:
-                        self._failed(frame, handler, error)
-                    raise
-                if observed:
-                    self._handled(frame, handler)
+                self._run_inline(handler, event, frame, observed=observed)
         finally:
             _reset_frame(token)
+        if route.after_commit:
+            self._defer(route, frame)
 
     async def _apublish_general(
         self, route: _Route, event: object, key: object, headers: object
@@ -430,18 +542,111 @@ class EventBus:
             if observed:
                 self._announce(frame)
             for handler in route.inline:
-                try:
-                    result = _call(handler, event, frame)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception as error:
-                    if observed:
-                        self._failed(frame, handler, error)
-                    raise
-                if observed:
-                    self._handled(frame, handler)
+                await self._arun_inline(handler, event, frame, observed=observed)
         finally:
             _reset_frame(token)
+        if route.after_commit:
+            self._defer(route, frame)
+
+    def _run_inline(self, handler: Handler, event: object, frame: Frame, *, observed: bool) -> None:
+        """One inline handler: its failure reaches the caller, after its own retries."""
+        number, started, idle = 0, time.monotonic(), 0.0
+        while True:
+            number += 1
+            try:
+                _call(handler, event, frame)
+            except SkipEvent:
+                break
+            except Exception as error:
+                delay = self._inline_failed(
+                    handler,
+                    frame,
+                    error,
+                    number=number,
+                    started=started,
+                    idle=idle,
+                    observed=observed,
+                )
+                (self._sleep or time.sleep)(delay)
+                idle += delay
+                continue
+            break
+        if observed:
+            self._handled(frame, handler)
+
+    async def _arun_inline(
+        self, handler: Handler, event: object, frame: Frame, *, observed: bool
+    ) -> None:
+        number, started, idle = 0, time.monotonic(), 0.0
+        while True:
+            number += 1
+            try:
+                result = _call(handler, event, frame)
+                if inspect.isawaitable(result):
+                    await result
+            except SkipEvent:
+                break
+            except Exception as error:
+                delay = self._inline_failed(
+                    handler,
+                    frame,
+                    error,
+                    number=number,
+                    started=started,
+                    idle=idle,
+                    observed=observed,
+                )
+                if self._sleep is None:
+                    await asyncio.sleep(delay)
+                else:
+                    self._sleep(delay)
+                idle += delay
+                continue
+            break
+        if observed:
+            self._handled(frame, handler)
+
+    def _inline_failed(
+        self,
+        handler: Handler,
+        frame: Frame,
+        error: Exception,
+        *,
+        number: int,
+        started: float,
+        idle: float,
+        observed: bool,
+    ) -> float:
+        """Report an inline failure; return the wait before retrying, or re-raise it."""
+        if observed:
+            self._failed(frame, handler, error)
+        policy = handler.retry
+        delay = (
+            None
+            if policy is None
+            else policy.next_delay(
+                attempt=number, error=error, elapsed=time.monotonic() - started, idle=idle
+            )
+        )
+        if delay is None:
+            raise error
+        if observed:
+            hooks._send(
+                hooks.handler_retrying,
+                self,
+                envelope=envelope_of(frame),
+                handler=handler.name,
+                error=error,
+                attempt=number,
+                delay=delay,
+            )
+        return delay
+
+    def _defer(self, route: _Route, frame: Frame) -> None:
+        """Hand the after-commit handlers to the runtime, isolated from the publisher."""
+        envelope = envelope_of(frame)
+        for handler in route.after_commit:
+            self._runtime.submit(functools.partial(deliver, self, handler, envelope))
 
     def _frame(
         self, route: _Route, event: object, key: object, headers: object, *, is_async: bool
@@ -456,12 +661,12 @@ class EventBus:
                 "sync publish() cannot run them: use 'await bus.apublish(event)', "
                 "or make the handlers sync. No handler was run"
             )
-        if route.deferred:
-            names = ", ".join(f"{h.name} ({h.delivery})" for h in route.deferred)
+        if route.durable:
+            names = ", ".join(h.name for h in route.durable)
             raise DeliveryUnavailableError(
-                f"{route.info.cls.__qualname__} has handlers with delivery other than "
-                f"inline ({names}), which need the transactional outbox; this bus has "
-                "none configured. Subscribe them with delivery='inline'. No handler was run"
+                f"{route.info.cls.__qualname__} has durable handlers ({names}), which need "
+                "the transactional outbox; this bus has none configured. Subscribe them "
+                "with delivery='after_commit' or 'inline'. No handler was run"
             )
         return full_frame(event, route, checked_key, checked_headers)
 
@@ -496,20 +701,77 @@ class EventBus:
             self._captures = tuple(c for c in self._captures if c is not capture)
             self._invalidate()
 
+    # -- the runtime ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the runtime in a thread of its own (sync applications).
+
+        Optional: the first after-commit delivery starts it. ``close()`` (or the end of
+        the interpreter) drains what is in flight, up to ``shutdown_timeout``.
+        """
+        self._check_open()
+        self._runtime.start()
+
+    async def astart(self) -> None:
+        """Run the runtime on the current event loop (``async with bus`` does this)."""
+        self._check_open()
+        self._runtime.attach()
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every delivery in flight has finished, retries included (tests)."""
+        self._runtime.drain(timeout)
+
+    async def adrain(self, timeout: float | None = None) -> None:
+        """Wait until every delivery in flight has finished, from async code."""
+        await self._runtime.adrain(timeout)
+
+    # -- dead letters ----------------------------------------------------------------
+
+    def replay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
+        """Run a dead letter's handler again; on success the letter is gone.
+
+        On failure the letter stays, with the new error and more attempts. Two replays
+        of one letter at once run its handler once: the second raises
+        ``ReplayInProgressError``. ``lease`` bounds how long a replay may hold the
+        letter before another may take it over (its replayer died).
+        """
+        return self._runtime.call(replay_letter(self, _letter_id(letter_id), lease=lease))
+
+    async def areplay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
+        """Run a dead letter's handler again, from async code."""
+        return await self._runtime.acall(replay_letter(self, _letter_id(letter_id), lease=lease))
+
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the bus: later publishes and subscriptions raise ``BusClosedError``."""
+        """Finish in-flight deliveries (up to ``shutdown_timeout``), then refuse more.
+
+        Later publishes and subscriptions raise ``BusClosedError``.
+        """
+        if self._runtime.running and not self._closed:
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                self._runtime.drain(self._runtime_timeout())
+        self._mark_closed()
+        self._runtime.stop()
+
+    async def aclose(self) -> None:
+        """Close the bus from async code."""
+        if self._runtime.running and not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await self._runtime.adrain(self._runtime_timeout())
+        self._mark_closed()
+        await self._runtime.astop()
+
+    def _runtime_timeout(self) -> float:
+        return self._runtime.shutdown_timeout
+
+    def _mark_closed(self) -> None:
         with self._lock:
             self._closed = True
             linked, self._linkers = self._linkers, 0
             self._invalidate()
         if linked:
             _tracking_changed()
-
-    async def aclose(self) -> None:
-        """Close the bus from async code."""
-        self.close()
 
     def __enter__(self) -> Self:
         return self
@@ -518,6 +780,7 @@ class EventBus:
         self.close()
 
     async def __aenter__(self) -> Self:
+        await self.astart()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -534,6 +797,15 @@ def _call(handler: Handler, event: object, frame: Frame) -> Any:
     if handler.wants_envelope:
         return handler.fn(event, envelope_of(frame))
     return handler.fn(event)
+
+
+def _letter_id(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise ConfigurationError(f"{value!r} is not a dead letter id (a UUID)") from None
 
 
 # Causation links through one contextvar whichever bus publishes, so a bus whose handler

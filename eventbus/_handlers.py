@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 import attrs
 
 from ._envelope import Envelope
+from ._retry import RetryPolicy
 from .errors import ConfigurationError, HandlerSignatureError
 
 __all__ = ["Delivery", "Handler", "inspect_handler"]
@@ -38,6 +39,8 @@ class Handler:
     is_async: bool
     wants_envelope: bool = attrs.field(repr=False)
     """Whether the handler declared a second parameter annotated ``Envelope``."""
+    retry: RetryPolicy | None = attrs.field(default=None, repr=False)
+    """Its own retry policy, if it has one (else the bus's, for non-inline handlers)."""
 
 
 def inspect_handler(
@@ -46,12 +49,15 @@ def inspect_handler(
     *,
     name: str | None,
     delivery: str,
+    retry: RetryPolicy | None = None,
 ) -> Handler:
     """Build a ``Handler`` from a function, validating everything a publish relies on."""
     if not callable(fn) or isinstance(fn, type):
         raise HandlerSignatureError(
             f"a handler must be a function, a method or a callable object, got {fn!r}"
         )
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}")
     if delivery not in DELIVERIES:
         raise ConfigurationError(
             f"delivery must be one of {', '.join(map(repr, DELIVERIES))}, got {delivery!r}"
@@ -97,6 +103,7 @@ def inspect_handler(
         delivery=delivery,
         is_async=is_async,
         wants_envelope=wants_envelope,
+        retry=retry,
     )
 
 

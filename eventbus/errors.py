@@ -19,7 +19,10 @@ Misuse errors also subclass the builtin a caller would already catch, so
     │   ├── EncodeError                       an event cannot be written to the wire
     │   └── DecodeError                       bytes from the wire are not a valid envelope
     ├── TransportError                        a transport failed to carry a message
-    └── OutboxError                           the outbox store failed
+    ├── OutboxError                           the outbox store failed
+    ├── DeadLetterStoreError                  the dead-letter store failed
+    │   └── DeadLetterNotFoundError(LookupError)  no dead letter has that id
+    └── ReplayInProgressError(RuntimeError)   another replay holds that dead letter
 
 Handler control flow lives on its own branch, so ``except EventBusError`` in a
 handler never swallows it by accident::
@@ -36,6 +39,8 @@ __all__ = [
     "AsyncHandlerError",
     "BusClosedError",
     "ConfigurationError",
+    "DeadLetterNotFoundError",
+    "DeadLetterStoreError",
     "DecodeError",
     "DeliveryUnavailableError",
     "DuplicateEventError",
@@ -48,6 +53,7 @@ __all__ = [
     "NotAnEventError",
     "OutboxError",
     "RejectEvent",
+    "ReplayInProgressError",
     "RetryLater",
     "SerializationError",
     "SkipEvent",
@@ -126,6 +132,18 @@ class TransportError(EventBusError):
 
 class OutboxError(EventBusError):
     """The outbox store failed."""
+
+
+class DeadLetterStoreError(EventBusError):
+    """The dead-letter store failed (unreachable, corrupt, or refused a write)."""
+
+
+class DeadLetterNotFoundError(DeadLetterStoreError, LookupError):
+    """No dead letter has that id (it may have been replayed or purged)."""
+
+
+class ReplayInProgressError(EventBusError, RuntimeError):
+    """Another replay holds this dead letter right now; its handler is not run twice."""
 
 
 class HandlerDirective(Exception):  # noqa: N818 - directives are control flow, not errors

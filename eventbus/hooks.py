@@ -22,7 +22,7 @@ signal                    keyword arguments                           sent
 ``event_handled``         envelope, handler (name)                    a handler returned
 ``handler_failed``        envelope, handler, error                    a handler raised
 ``handler_retrying``      envelope, handler, error, attempt, delay    a retry is scheduled
-``event_dead_lettered``   envelope, handler, error                    a handler gave up
+``event_dead_lettered``   envelope, handler, error, letter            a handler gave up
 ``outbox_relayed``        envelopes (a tuple)                         the relay sent a batch
 ========================  ==========================================  =====================
 """
@@ -126,7 +126,7 @@ event_dead_lettered = _Hook(
 )
 outbox_relayed = _Hook("outbox_relayed", doc="The relay sent a batch: envelopes.")
 
-_PUBLISH_HOOKS = (event_published, event_handled, handler_failed)
+_PUBLISH_HOOKS = (event_published, event_handled, handler_failed, handler_retrying)
 """The hooks a publish itself sends; while none has a receiver, publishing skips them."""
 
 

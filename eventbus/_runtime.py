@@ -15,10 +15,10 @@ import atexit
 import contextvars
 import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
@@ -53,7 +53,7 @@ class Runtime:
         self._shutdown_timeout = shutdown_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _Workers | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending = 0
@@ -83,8 +83,8 @@ class Runtime:
         """Run a loop in a daemon thread of our own (sync applications)."""
         with self._lock:
             self._check_not_stopped()
-            if self._loop is not None:
-                return
+            if self._loop is not None and not self._loop.is_closed():
+                return  # started already, or attached to a loop that still runs
             ready = threading.Event()
             loop = asyncio.new_event_loop()
 
@@ -174,17 +174,12 @@ class Runtime:
 
     async def run_sync(self, function: Callable[..., T], *args: Any) -> T:
         """Run a sync function in the worker pool, in a copy of the current context."""
-        loop = asyncio.get_running_loop()
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        max_workers=self._workers, thread_name_prefix="eventbus-handler"
-                    )
+                    self._pool = _Workers(self._workers)
         context = contextvars.copy_context()
-        return await loop.run_in_executor(
-            self._pool, functools.partial(context.run, function, *args)
-        )
+        return await self._pool.run(functools.partial(context.run, function, *args))
 
     async def sleep(self, seconds: float) -> None:
         """Wait between attempts: the injected sleep (tests) or asyncio.sleep."""
@@ -309,8 +304,82 @@ class Runtime:
             for task in list(self._tasks):
                 loop.call_soon_threadsafe(task.cancel)
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
 
     def _at_exit(self) -> None:
         # Interpreter exit in a sync application: finish what is in flight, within reason.
         self.stop()
+
+
+class _Workers:
+    """A fixed set of daemon threads that run sync functions for the loop.
+
+    Not a ThreadPoolExecutor on purpose: the interpreter shuts those down before atexit
+    callbacks run, so a sync application's last after-commit deliveries, drained at exit,
+    would find no thread to run on. Daemon workers live until the process ends.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._queue: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]] | None
+        ] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._busy = 0
+
+    async def run(self, function: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            self._busy += 1
+            if self._busy > len(self._threads) and len(self._threads) < self._size:
+                thread = threading.Thread(
+                    target=self._work, name=f"eventbus-handler-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put((loop, future, function))
+        return await future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, future, function = item
+            try:
+                result = function()
+            except BaseException as error:
+                _settle(loop, future, error=error)
+            else:
+                _settle(loop, future, result=result)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+    def shutdown(self) -> None:
+        """Let every worker finish its current function, then end."""
+        for _ in self._threads:
+            self._queue.put(None)
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    *,
+    result: object = None,
+    error: BaseException | None = None,
+) -> None:
+    def settle() -> None:
+        if future.done():  # the awaiting task was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop closed while the function ran; nobody waits any more
+        logger.debug("a sync handler finished after its event loop closed")

@@ -24,13 +24,14 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import sqlite3
 import threading
 import time
 import types
 import typing
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from . import hooks
@@ -42,6 +43,7 @@ from ._handlers import Delivery, Handler, inspect_handler
 from ._replay import ReplayResult, replay_letter
 from ._retry import RetryPolicy
 from ._runtime import Runtime
+from ._scope import Scope, current_scope, savepoint_name
 from ._serialization import JSONCodec
 from .deadletters import MemoryDeadLetterStore
 from .errors import (
@@ -53,6 +55,7 @@ from .errors import (
     NotAnEventError,
     SkipEvent,
 )
+from .outbox import PendingRow, Relay, SQLiteOutbox
 
 if TYPE_CHECKING:
     from .typing import Codec, DeadLetterStore
@@ -129,7 +132,9 @@ class EventBus:
         "_handlers",
         "_linkers",
         "_lock",
+        "_outbox",
         "_registry",
+        "_relay",
         "_retry",
         "_routes",
         "_runtime",
@@ -147,6 +152,7 @@ class EventBus:
         workers: int = 8,
         shutdown_timeout: float = 10.0,
         sleep: Callable[[float], object] | None = None,
+        outbox: SQLiteOutbox | None = None,
     ) -> None:
         """Make a bus.
 
@@ -157,6 +163,8 @@ class EventBus:
         ``concurrency`` bounds the deliveries running at once on the runtime, ``workers``
         the threads that run sync handlers there, and ``shutdown_timeout`` how long
         ``close()`` waits for them. ``sleep`` replaces the wait between retries (tests).
+        ``outbox`` enables durable delivery: rows written in the application's
+        transaction (``bus.transaction(connection)``) and relayed by this process.
         """
         self._registry = default_registry if registry is None else registry
         self._codec: Codec = JSONCodec(self._registry) if codec is None else codec
@@ -167,6 +175,8 @@ class EventBus:
             MemoryDeadLetterStore() if dead_letters is None else dead_letters
         )
         self._sleep = sleep
+        self._outbox = outbox
+        self._relay: Relay | None = None
         self._runtime = Runtime(
             concurrency=concurrency,
             workers=workers,
@@ -522,6 +532,7 @@ class EventBus:
         frame = self._frame(route, event, key, headers, is_async=False)
         frame[TOKEN] = token = _set_frame(frame)
         try:
+            rows = self._rows(route, frame)
             observed = route.observed
             if observed:
                 self._announce(frame)
@@ -529,8 +540,8 @@ class EventBus:
                 self._run_inline(handler, event, frame, observed=observed)
         finally:
             _reset_frame(token)
-        if route.after_commit:
-            self._defer(route, frame)
+        if rows or route.after_commit:
+            self._after_inline(route, frame, rows)
 
     async def _apublish_general(
         self, route: _Route, event: object, key: object, headers: object
@@ -538,6 +549,7 @@ class EventBus:
         frame = self._frame(route, event, key, headers, is_async=True)
         frame[TOKEN] = token = _set_frame(frame)
         try:
+            rows = self._rows(route, frame)
             observed = route.observed
             if observed:
                 self._announce(frame)
@@ -545,8 +557,8 @@ class EventBus:
                 await self._arun_inline(handler, event, frame, observed=observed)
         finally:
             _reset_frame(token)
-        if route.after_commit:
-            self._defer(route, frame)
+        if rows or route.after_commit:
+            self._after_inline(route, frame, rows)
 
     def _run_inline(self, handler: Handler, event: object, frame: Frame, *, observed: bool) -> None:
         """One inline handler: its failure reaches the caller, after its own retries."""
@@ -642,6 +654,38 @@ class EventBus:
             )
         return delay
 
+    def _rows(self, route: _Route, frame: Frame) -> list[PendingRow]:
+        """Encode a durable publish's rows before any handler runs: a bad or oversized
+        event fails the publish (and so the business transaction), not the relay."""
+        if not route.durable:
+            return []
+        envelope = envelope_of(frame)
+        payload = self._codec.encode(envelope)
+        return [
+            PendingRow(envelope.id, envelope.name, handler.name, envelope.key, payload)
+            for handler in route.durable
+        ]
+
+    def _after_inline(self, route: _Route, frame: Frame, rows: list[PendingRow]) -> None:
+        """Write durable rows and hand over after-commit work: in the scope, or now."""
+        scope = current_scope.get()
+        if scope is not None and scope.bus is not self:
+            scope = None  # another bus's transaction: this bus's outbox is not in it
+        outbox = self._outbox
+        if rows:
+            assert outbox is not None
+            if scope is not None:
+                outbox.write(scope.connection, rows)
+                scope.after_commit(self._nudge)
+            else:
+                outbox.write_now(rows)
+                self._nudge()
+        if route.after_commit:
+            if scope is not None:
+                scope.after_commit(functools.partial(self._defer, route, frame))
+            else:
+                self._defer(route, frame)
+
     def _defer(self, route: _Route, frame: Frame) -> None:
         """Hand the after-commit handlers to the runtime, isolated from the publisher."""
         envelope = envelope_of(frame)
@@ -661,12 +705,12 @@ class EventBus:
                 "sync publish() cannot run them: use 'await bus.apublish(event)', "
                 "or make the handlers sync. No handler was run"
             )
-        if route.durable:
+        if route.durable and self._outbox is None:
             names = ", ".join(h.name for h in route.durable)
             raise DeliveryUnavailableError(
                 f"{route.info.cls.__qualname__} has durable handlers ({names}), which need "
-                "the transactional outbox; this bus has none configured. Subscribe them "
-                "with delivery='after_commit' or 'inline'. No handler was run"
+                "the transactional outbox; this bus has none: pass "
+                "EventBus(outbox=SQLiteOutbox(path)). No handler was run"
             )
         return full_frame(event, route, checked_key, checked_headers)
 
@@ -701,6 +745,89 @@ class EventBus:
             self._captures = tuple(c for c in self._captures if c is not capture)
             self._invalidate()
 
+    # -- transactions and the outbox ------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """A transaction on ``connection`` that publishes belong to.
+
+        ``BEGIN IMMEDIATE`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` when the
+        block raises. Durable publishes inside write their outbox rows through
+        ``connection``; after-commit handlers wait for the commit; a rollback drops both.
+        Nested on the same connection, it is a savepoint: rolling it back drops only what
+        was published inside it.
+        """
+        outer = current_scope.get()
+        if outer is not None and outer.connection is connection:
+            yield from self._savepoint(outer, connection)
+            return
+        if connection.in_transaction:
+            raise ConfigurationError(
+                "this connection already has an open transaction: let bus.transaction() "
+                "begin it (commit or roll back first), so the outbox rows join it"
+            )
+        connection.execute("BEGIN IMMEDIATE")
+        scope = Scope(self, connection)
+        token = current_scope.set(scope)
+        try:
+            yield connection
+        except BaseException:
+            _rollback(connection)
+            scope.rolled_back()
+            raise
+        else:
+            try:
+                connection.execute("COMMIT")
+            except BaseException:
+                _rollback(connection)
+                scope.rolled_back()
+                raise
+            callbacks = scope.committed()
+        finally:
+            current_scope.reset(token)
+        for callback in callbacks:
+            callback()
+
+    def _savepoint(
+        self, outer: Scope, connection: sqlite3.Connection
+    ) -> Iterator[sqlite3.Connection]:
+        name = savepoint_name()
+        connection.execute(f"SAVEPOINT {name}")
+        scope = Scope(self, connection, parent=outer)
+        token = current_scope.set(scope)
+        try:
+            yield connection
+        except BaseException:
+            connection.execute(f"ROLLBACK TO {name}")
+            connection.execute(f"RELEASE {name}")
+            scope.rolled_back()
+            raise
+        else:
+            connection.execute(f"RELEASE {name}")
+            scope.committed()
+        finally:
+            current_scope.reset(token)
+
+    @property
+    def outbox(self) -> SQLiteOutbox | None:
+        """The outbox durable publishes write to, if this bus has one."""
+        return self._outbox
+
+    def _nudge(self) -> None:
+        """Rows were committed: make sure the relay runs, and wake it."""
+        relay = self._relay or self._start_relay()
+        if relay is not None:
+            relay.nudge()
+
+    def _start_relay(self) -> Relay | None:
+        with self._lock:
+            if self._relay is not None or self._outbox is None or self._closed:
+                return self._relay
+            self._runtime.ensure_started()
+            self._relay = Relay(self, self._outbox)
+            self._runtime.service(self._relay.run)
+            return self._relay
+
     # -- the runtime ---------------------------------------------------------------
 
     def start(self) -> None:
@@ -711,19 +838,41 @@ class EventBus:
         """
         self._check_open()
         self._runtime.start()
+        self._start_relay()
 
     async def astart(self) -> None:
         """Run the runtime on the current event loop (``async with bus`` does this)."""
         self._check_open()
         self._runtime.attach()
+        self._start_relay()
 
     def drain(self, timeout: float | None = None) -> None:
-        """Wait until every delivery in flight has finished, retries included (tests)."""
-        self._runtime.drain(timeout)
+        """Wait until everything published so far is handled (tests).
+
+        After-commit deliveries and their retries, and every outbox row that is due
+        (rows waiting for a later retry time are not waited for).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._runtime.drain(_left(deadline))
+            relay = self._relay
+            if relay is None:
+                return
+            delivered = self._runtime.call(relay.settle(), _left(deadline))
+            if not delivered and self._runtime.pending == 0:
+                return
 
     async def adrain(self, timeout: float | None = None) -> None:
-        """Wait until every delivery in flight has finished, from async code."""
-        await self._runtime.adrain(timeout)
+        """Wait until everything published so far is handled, from async code."""
+        async with asyncio.timeout(timeout):
+            while True:
+                await self._runtime.adrain()
+                relay = self._relay
+                if relay is None:
+                    return
+                delivered = await self._runtime.acall(relay.settle())
+                if not delivered and self._runtime.pending == 0:
+                    return
 
     # -- dead letters ----------------------------------------------------------------
 
@@ -750,16 +899,20 @@ class EventBus:
         """
         if self._runtime.running and not self._closed:
             with contextlib.suppress(TimeoutError, RuntimeError):
-                self._runtime.drain(self._runtime_timeout())
+                self.drain(self._runtime_timeout())
         self._mark_closed()
+        if self._relay is not None:
+            self._relay.stop()
         self._runtime.stop()
 
     async def aclose(self) -> None:
         """Close the bus from async code."""
         if self._runtime.running and not self._closed:
             with contextlib.suppress(TimeoutError):
-                await self._runtime.adrain(self._runtime_timeout())
+                await self.adrain(self._runtime_timeout())
         self._mark_closed()
+        if self._relay is not None:
+            self._relay.stop()
         await self._runtime.astop()
 
     def _runtime_timeout(self) -> float:
@@ -797,6 +950,21 @@ def _call(handler: Handler, event: object, frame: Frame) -> Any:
     if handler.wants_envelope:
         return handler.fn(event, envelope_of(frame))
     return handler.fn(event)
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (None: no deadline); raises once it has passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("drain() timed out with deliveries still running")
+    return left
 
 
 def _letter_id(value: uuid.UUID | str) -> uuid.UUID:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sqlite3
 import types
 import typing
 from collections.abc import Callable
@@ -21,6 +22,7 @@ __all__ = ["Delivery", "Handler", "inspect_handler"]
 Delivery = Literal["inline", "after_commit", "durable"]
 DELIVERIES: tuple[Delivery, ...] = ("inline", "after_commit", "durable")
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 
 
@@ -39,6 +41,8 @@ class Handler:
     is_async: bool
     wants_envelope: bool = attrs.field(repr=False)
     """Whether the handler declared a second parameter annotated ``Envelope``."""
+    wants_connection: bool = attrs.field(default=False, repr=False)
+    """Whether a durable handler takes a ``sqlite3.Connection`` (its own transaction)."""
     retry: RetryPolicy | None = attrs.field(default=None, repr=False)
     """Its own retry policy, if it has one (else the bus's, for non-inline handlers)."""
 
@@ -95,7 +99,13 @@ def inspect_handler(
         if not params:
             raise HandlerSignatureError(f"{label} takes no parameters; it must take the event")
         _check_compatible(event_types, annotated, label)
-    wants_envelope = _wants_envelope(params, hints, label)
+    wants_envelope, wants_connection = _extras(params, hints, label)
+    if wants_connection and delivery != "durable":
+        raise HandlerSignatureError(
+            f"{label} takes a sqlite3.Connection, which only durable handlers get (the "
+            "connection's transaction also records that the handler ran): subscribe it "
+            "with delivery='durable'"
+        )
     return Handler(
         name=_handler_name(fn, name, label),
         fn=fn,
@@ -103,6 +113,7 @@ def inspect_handler(
         delivery=delivery,
         is_async=is_async,
         wants_envelope=wants_envelope,
+        wants_connection=wants_connection,
         retry=retry,
     )
 
@@ -134,15 +145,6 @@ def _parameters(fn: Callable[..., Any], label: str) -> list[inspect.Parameter]:
             f"{label}: the event must be the first positional parameter, "
             f"but {params[0].name!r} is {params[0].kind.description}"
         )
-    for extra in params[2:]:
-        if extra.default is inspect.Parameter.empty and extra.kind in (
-            *positional,
-            inspect.Parameter.KEYWORD_ONLY,
-        ):
-            raise HandlerSignatureError(
-                f"{label}: parameter {extra.name!r} has no default, but a handler is called "
-                "with the event and, optionally, its Envelope only"
-            )
     return params
 
 
@@ -209,25 +211,38 @@ def _type_label(annotation: Any) -> str:
     return getattr(annotation, "__qualname__", None) or repr(annotation)
 
 
-def _wants_envelope(params: list[inspect.Parameter], hints: dict[str, Any], label: str) -> bool:
-    if len(params) < 2:
-        return False
-    second = params[1]
-    if hints.get(second.name) is Envelope:
-        if second.kind is inspect.Parameter.KEYWORD_ONLY:
+def _extras(
+    params: list[inspect.Parameter], hints: dict[str, Any], label: str
+) -> tuple[bool, bool]:
+    """Which extras the handler takes after the event: (envelope, connection)."""
+    wants_envelope = wants_connection = False
+    for param in params[1:]:
+        annotation = hints.get(param.name)
+        takes_envelope = annotation is Envelope and not (wants_envelope or wants_connection)
+        takes_connection = _is_connection(annotation) and not wants_connection
+        if takes_envelope or takes_connection:
+            if param.kind not in _POSITIONAL:
+                raise HandlerSignatureError(
+                    f"{label}: the parameter {param.name!r} must be positional"
+                )
+            wants_envelope = wants_envelope or takes_envelope
+            wants_connection = wants_connection or takes_connection
+            continue
+        if param.default is inspect.Parameter.empty and param.kind not in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        ):
             raise HandlerSignatureError(
-                f"{label}: the Envelope parameter {second.name!r} must be positional"
+                f"{label}: parameter {param.name!r} has no default and is neither an "
+                "Envelope nor a sqlite3.Connection; a handler takes (event), then "
+                "optionally (envelope: Envelope), then optionally (connection: "
+                "sqlite3.Connection) when it is durable"
             )
-        return True
-    if second.default is inspect.Parameter.empty and second.kind not in (
-        inspect.Parameter.VAR_POSITIONAL,
-        inspect.Parameter.VAR_KEYWORD,
-    ):
-        raise HandlerSignatureError(
-            f"{label}: its second parameter {second.name!r} is not annotated Envelope and "
-            "has no default; a handler takes (event) or (event, envelope: Envelope)"
-        )
-    return False
+    return wants_envelope, wants_connection
+
+
+def _is_connection(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, sqlite3.Connection)
 
 
 def _handler_name(fn: Callable[..., Any], name: str | None, label: str) -> str:

@@ -56,6 +56,7 @@ class Runtime:
         self._pool: _Workers | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._services: set[asyncio.Task[object]] = set()
         self._pending = 0
         self._idle = threading.Condition()
         self._lock = threading.Lock()
@@ -147,6 +148,22 @@ class Runtime:
         except RuntimeError:  # the loop closed under us
             self._done()
             raise
+
+    def service(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        """Run a long-lived coroutine (the relay) on the loop; not counted by drain."""
+        self.ensure_started()
+        loop = self._loop
+        assert loop is not None
+
+        def spawn() -> None:
+            task = loop.create_task(make())
+            self._services.add(task)
+            task.add_done_callback(self._services.discard)
+
+        if self._in_loop_thread():
+            spawn()
+        else:
+            loop.call_soon_threadsafe(spawn)
 
     def _spawn(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
         loop = self._loop
@@ -293,7 +310,7 @@ class Runtime:
             loop, thread, pool = self._loop, self._thread, self._pool
         if thread is not None and loop is not None:
             atexit.unregister(self._at_exit)
-            for task in list(self._tasks):
+            for task in [*self._tasks, *self._services]:
                 loop.call_soon_threadsafe(task.cancel)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=5)
@@ -301,7 +318,7 @@ class Runtime:
                 loop.close()
         elif loop is not None and not loop.is_closed():
             # Attached: the loop is the application's; only our unfinished tasks go.
-            for task in list(self._tasks):
+            for task in [*self._tasks, *self._services]:
                 loop.call_soon_threadsafe(task.cancel)
         if pool is not None:
             pool.shutdown()

@@ -557,7 +557,7 @@ def test_keyword_only_envelope_parameter_is_refused(bus):
     def on_a(event: A, *, envelope: Envelope) -> None:
         pass
 
-    with pytest.raises(HandlerSignatureError, match=r"Envelope parameter 'envelope' must be"):
+    with pytest.raises(HandlerSignatureError, match=r"parameter 'envelope' must be positional"):
         bus.subscribe(on_a)
 
 
@@ -568,9 +568,9 @@ def test_second_required_parameter_that_is_not_an_envelope_is_refused(bus):
     def on_a_unannotated(event: A, extra) -> None:
         pass
 
-    with pytest.raises(HandlerSignatureError, match=r"second parameter 'extra'"):
+    with pytest.raises(HandlerSignatureError, match=r"parameter 'extra' has no default"):
         bus.subscribe(on_a)
-    with pytest.raises(HandlerSignatureError, match=r"second parameter 'extra'"):
+    with pytest.raises(HandlerSignatureError, match=r"parameter 'extra' has no default"):
         bus.subscribe(on_a_unannotated)
     assert bus.handlers == ()
 

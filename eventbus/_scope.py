@@ -1,0 +1,54 @@
+"""Transaction scopes: the unit of work that a publish belongs to.
+
+Inside a scope, a durable publish writes its outbox rows through the scope's connection,
+in the scope's transaction, and after-commit deliveries wait for the commit; a rollback
+drops both (the rows vanish with the transaction, the deliveries are forgotten). A scope
+opened inside another on the same connection is a savepoint: rolling it back drops only
+what was published inside it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+__all__ = ["Scope", "current_scope"]
+
+current_scope: ContextVar[Scope | None] = ContextVar("eventbus_current_scope", default=None)
+
+_savepoints = itertools.count(1)
+
+
+class Scope:
+    """One transaction (or savepoint) on one connection, and what waits for its commit."""
+
+    __slots__ = ("_after_commit", "bus", "connection", "parent")
+
+    def __init__(self, bus: object, connection: Any, parent: Scope | None = None) -> None:
+        self.bus = bus
+        self.connection = connection
+        self.parent = parent
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the outermost transaction has committed."""
+        self._after_commit.append(callback)
+
+    def committed(self) -> list[Callable[[], None]]:
+        """This scope committed: hand its callbacks to the parent, or return them to run."""
+        callbacks, self._after_commit = self._after_commit, []
+        if self.parent is not None:
+            self.parent._after_commit.extend(callbacks)
+            return []
+        return callbacks
+
+    def rolled_back(self) -> None:
+        """This scope rolled back: forget what waited for it."""
+        self._after_commit.clear()
+
+
+def savepoint_name() -> str:
+    """A savepoint name unique in this process."""
+    return f"eventbus_sp_{next(_savepoints)}"

@@ -1,0 +1,316 @@
+"""The outbox on SQLite (stdlib sqlite3): the embedded default.
+
+Rows are written with the application's own connection, inside its transaction; the
+relay claims, completes and reschedules them through a connection of its own. Every write
+runs in ``BEGIN IMMEDIATE`` (a deferred transaction that reads then writes gets
+SQLITE_BUSY at once, without waiting for the busy timeout), and every change the relay
+makes is fenced by its lease owner: a relay that lost its lease cannot complete a row.
+
+SQLite allows one writer at a time, so ids are handed out in commit order and the relay
+cannot skip a row committed late. Per key (and destination) a row is claimable only
+when no earlier row of that key is left, which keeps outbox order across retries and
+across several relays.
+
+Durability: WAL with ``synchronous=NORMAL`` survives a process crash, not a power loss;
+pass ``synchronous="FULL"`` for that.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import ConfigurationError, OutboxError
+from ._rows import ClaimedRow, OutboxStatus, PendingRow
+
+__all__ = ["SQLiteOutbox"]
+
+# Unix seconds with sub-second precision, from the database's clock (SQLite >= 3.8).
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS eventbus_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    envelope_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    key TEXT,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    available_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS eventbus_outbox_available ON eventbus_outbox (available_at, id);
+CREATE INDEX IF NOT EXISTS eventbus_outbox_key ON eventbus_outbox (destination, key, id);
+CREATE TABLE IF NOT EXISTS eventbus_inbox (
+    handler TEXT NOT NULL,
+    envelope_id TEXT NOT NULL,
+    processed_at REAL NOT NULL,
+    PRIMARY KEY (handler, envelope_id)
+);
+"""
+
+_INSERT = (
+    "INSERT INTO eventbus_outbox (envelope_id, name, destination, key, payload, "
+    f"created_at, available_at) VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW})"
+)
+
+# One statement: pick the oldest available rows whose key has no earlier row left, and
+# lease them. AUTOINCREMENT ids never go back, so "earlier" is "smaller id".
+_CLAIM = f"""
+UPDATE eventbus_outbox
+SET lease_owner = :owner, lease_until = {_NOW} + :lease
+WHERE id IN (
+    SELECT o.id FROM eventbus_outbox AS o
+    WHERE o.available_at <= {_NOW}
+      AND (o.lease_until IS NULL OR o.lease_until < {_NOW})
+      AND (o.key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM eventbus_outbox AS p
+            WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id))
+    ORDER BY o.id
+    LIMIT :batch
+)
+RETURNING id, envelope_id, name, destination, key, payload, attempts, created_at
+"""
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class SQLiteOutbox:
+    """The transactional outbox in a SQLite database file (the application's own)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        create: bool = True,
+    ) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
+            )
+        if timeout < 0:
+            raise ConfigurationError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        self._path = os.fspath(path)
+        if self._path == ":memory:":
+            raise ConfigurationError(
+                "the outbox must live in a database file that the application's own "
+                "connections share; ':memory:' is private to one connection"
+            )
+        self._timeout = timeout
+        self._synchronous = synchronous.upper()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._connection = self._connect()
+        if create:
+            self.create_schema()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteOutbox({self._path!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+            connection.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"cannot open the outbox database {self._path!r}: {exc}") from exc
+        return connection
+
+    @classmethod
+    def schema_sql(cls) -> str:
+        """The DDL, for applications that manage their own migrations."""
+        return SCHEMA
+
+    def create_schema(self) -> None:
+        """Create the outbox and inbox tables if they do not exist."""
+        with self._guard("create the schema") as connection:
+            connection.executescript(SCHEMA)
+
+    def configure(self, connection: sqlite3.Connection) -> None:
+        """Set up an application connection to share the database with the relay."""
+        connection.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+
+    # -- the publisher's side ----------------------------------------------------------
+
+    def write(self, connection: sqlite3.Connection, rows: Sequence[PendingRow]) -> None:
+        """INSERT ``rows`` through the application's connection, in its transaction."""
+        try:
+            connection.executemany(
+                _INSERT,
+                [(str(r.envelope_id), r.name, r.destination, r.key, r.payload) for r in rows],
+            )
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot write to the outbox in {self._path!r}: {exc}") from exc
+
+    def write_now(self, rows: Sequence[PendingRow]) -> None:
+        """INSERT ``rows`` in a transaction of their own (a publish outside any scope)."""
+        with self._transaction("write to the outbox") as connection:
+            self.write(connection, rows)
+
+    # -- the relay's side --------------------------------------------------------------
+
+    def claim(self, *, owner: str, batch: int, lease: float) -> list[ClaimedRow]:
+        """Lease up to ``batch`` available rows, oldest first, at most one per key."""
+        with self._transaction("claim outbox rows") as connection:
+            found = connection.execute(
+                _CLAIM, {"owner": owner, "lease": lease, "batch": batch}
+            ).fetchall()
+        rows = [
+            ClaimedRow(
+                id=row[0],
+                envelope_id=uuid.UUID(row[1]),
+                name=row[2],
+                destination=row[3],
+                key=row[4],
+                payload=bytes(row[5]),
+                attempts=row[6],
+                created_at=row[7],
+            )
+            for row in found
+        ]
+        rows.sort(key=lambda row: row.id)
+        return rows
+
+    def complete(self, ids: Iterable[int], *, owner: str) -> int:
+        """Delete delivered rows that ``owner`` still holds; returns how many."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self._transaction("complete outbox rows") as connection:
+            marks = ",".join("?" * len(ids))
+            cursor = connection.execute(
+                f"DELETE FROM eventbus_outbox WHERE lease_owner = ? AND id IN ({marks})",
+                [owner, *ids],
+            )
+            return cursor.rowcount
+
+    def reschedule(
+        self, row_id: int, *, owner: str, attempts: int, delay: float, error: str
+    ) -> bool:
+        """Put a failed row back, available again in ``delay`` seconds (fenced)."""
+        with self._transaction("reschedule an outbox row") as connection:
+            cursor = connection.execute(
+                f"UPDATE eventbus_outbox SET attempts = ?, available_at = {_NOW} + ?, "
+                "lease_owner = NULL, lease_until = NULL, last_error = ? "
+                "WHERE id = ? AND lease_owner = ?",
+                (attempts, delay, error[:2000], row_id, owner),
+            )
+            return cursor.rowcount == 1
+
+    def renew(self, ids: Iterable[int], *, owner: str, lease: float) -> int:
+        """Extend the lease of rows still being delivered."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self._transaction("renew outbox leases") as connection:
+            marks = ",".join("?" * len(ids))
+            cursor = connection.execute(
+                f"UPDATE eventbus_outbox SET lease_until = {_NOW} + ? "
+                f"WHERE lease_owner = ? AND id IN ({marks})",
+                [lease, owner, *ids],
+            )
+            return cursor.rowcount
+
+    def status(self) -> OutboxStatus:
+        """Counts and ages, for operators."""
+        with self._guard("read the outbox status") as connection:
+            total, in_flight, delayed, oldest = connection.execute(
+                f"SELECT COUNT(*), "
+                f"SUM(CASE WHEN lease_until >= {_NOW} THEN 1 ELSE 0 END), "
+                f"SUM(CASE WHEN available_at > {_NOW} THEN 1 ELSE 0 END), "
+                f"{_NOW} - MIN(created_at) FROM eventbus_outbox"
+            ).fetchone()
+            by_name = dict(
+                connection.execute(
+                    "SELECT name, COUNT(*) FROM eventbus_outbox GROUP BY name ORDER BY name"
+                ).fetchall()
+            )
+        return OutboxStatus(
+            pending=total,
+            in_flight=in_flight or 0,
+            delayed=delayed or 0,
+            oldest_age=None if oldest is None else max(0.0, oldest),
+            by_name=by_name,
+        )
+
+    # -- the inbox -----------------------------------------------------------------------
+
+    def seen(self, handler: str, envelope_id: uuid.UUID) -> bool:
+        """Whether ``handler`` already processed ``envelope_id``."""
+        with self._guard("read the inbox") as connection:
+            found = connection.execute(
+                "SELECT 1 FROM eventbus_inbox WHERE handler = ? AND envelope_id = ?",
+                (handler, str(envelope_id)),
+            ).fetchone()
+        return found is not None
+
+    def mark(
+        self, handler: str, envelope_id: uuid.UUID, connection: sqlite3.Connection | None = None
+    ) -> bool:
+        """Record that ``handler`` processed ``envelope_id``; False if it already had.
+
+        With ``connection``, the INSERT joins that connection's open transaction (the
+        handler's own writes), so effects and mark commit together.
+        """
+        statement = (
+            f"INSERT OR IGNORE INTO eventbus_inbox (handler, envelope_id, processed_at) "
+            f"VALUES (?, ?, {_NOW})"
+        )
+        if connection is not None:
+            return connection.execute(statement, (handler, str(envelope_id))).rowcount == 1
+        with self._transaction("write the inbox") as own:
+            return own.execute(statement, (handler, str(envelope_id))).rowcount == 1
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection to the application's database, set up like the relay's."""
+        connection = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+        self.configure(connection)
+        return connection
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise OutboxError(f"cannot {what}: the outbox {self._path!r} is closed")
+            try:
+                yield self._connection
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot {what} in {self._path!r}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._guard(what) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._connection.close()

@@ -16,6 +16,7 @@ from ._replay import ReplayResult
 from ._retry import RetryPolicy
 from ._serialization import JSONCodec
 from .deadletters import DeadLetter, MemoryDeadLetterStore, SQLiteDeadLetterStore
+from .outbox import OutboxStatus, SQLiteOutbox
 from .errors import (
     AsyncHandlerError,
     BusClosedError,
@@ -66,11 +67,13 @@ __all__ = [
     "JSONCodec",
     "MemoryDeadLetterStore",
     "NotAnEventError",
+    "OutboxStatus",
     "RejectEvent",
     "ReplayInProgressError",
     "ReplayResult",
     "RetryLater",
     "RetryPolicy",
+    "SQLiteOutbox",
     "SQLiteDeadLetterStore",
     "SerializationError",
     "SkipEvent",

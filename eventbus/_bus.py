@@ -135,6 +135,7 @@ class EventBus:
         "_outbox",
         "_registry",
         "_relay",
+        "_relays",
         "_retry",
         "_routes",
         "_runtime",
@@ -153,6 +154,7 @@ class EventBus:
         shutdown_timeout: float = 10.0,
         sleep: Callable[[float], object] | None = None,
         outbox: SQLiteOutbox | None = None,
+        relay: bool = True,
     ) -> None:
         """Make a bus.
 
@@ -164,7 +166,8 @@ class EventBus:
         the threads that run sync handlers there, and ``shutdown_timeout`` how long
         ``close()`` waits for them. ``sleep`` replaces the wait between retries (tests).
         ``outbox`` enables durable delivery: rows written in the application's
-        transaction (``bus.transaction(connection)``) and relayed by this process.
+        transaction (``bus.transaction(connection)``) and relayed by this process, or
+        with ``relay=False`` by another (``eventbus relay``).
         """
         self._registry = default_registry if registry is None else registry
         self._codec: Codec = JSONCodec(self._registry) if codec is None else codec
@@ -177,6 +180,7 @@ class EventBus:
         self._sleep = sleep
         self._outbox = outbox
         self._relay: Relay | None = None
+        self._relays = relay
         self._runtime = Runtime(
             concurrency=concurrency,
             workers=workers,
@@ -823,6 +827,8 @@ class EventBus:
         with self._lock:
             if self._relay is not None or self._outbox is None or self._closed:
                 return self._relay
+            if not self._relays:
+                return None
             self._runtime.ensure_started()
             self._relay = Relay(self, self._outbox)
             self._runtime.service(self._relay.run)

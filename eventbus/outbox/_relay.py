@@ -47,20 +47,12 @@ _MISSING_HANDLER_DELAY = 60.0
 class Relay:
     """Delivers a bus's outbox rows to its durable handlers."""
 
-    def __init__(
-        self,
-        bus: EventBus,
-        outbox: SQLiteOutbox,
-        *,
-        batch: int = 100,
-        lease: float = 30.0,
-        poll_interval: float = 1.0,
-    ) -> None:
+    def __init__(self, bus: EventBus, outbox: SQLiteOutbox) -> None:
         self._bus = bus
         self._outbox = outbox
-        self._batch = batch
-        self._lease = lease
-        self._poll_interval = poll_interval
+        self._batch = outbox.batch
+        self._lease = outbox.lease
+        self._poll_interval = outbox.poll_interval
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # asyncio.Event binds to a loop on first use, not here, so these may be made early.
         self._wake = asyncio.Event()

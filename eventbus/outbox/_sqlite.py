@@ -94,7 +94,25 @@ class SQLiteOutbox:
         timeout: float = 5.0,
         synchronous: str = "NORMAL",
         create: bool = True,
+        batch: int = 100,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
     ) -> None:
+        """Open (and by default create) the outbox tables in the database at ``path``.
+
+        ``batch``, ``lease`` and ``poll_interval`` set how it is relayed: rows claimed at
+        once, seconds a relay holds a claim before another may take it over (renewed
+        while a handler runs), and seconds between polls when no commit woke the relay.
+        """
+        for name, value in (("batch", batch),):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
+        for name, number in (("lease", lease), ("poll_interval", poll_interval)):
+            if not number > 0:
+                raise ConfigurationError(f"{name} must be > 0 seconds, got {number!r}")
+        self.batch = batch
+        self.lease = float(lease)
+        self.poll_interval = float(poll_interval)
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ConfigurationError(
                 f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"

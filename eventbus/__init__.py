@@ -16,7 +16,6 @@ from ._replay import ReplayResult
 from ._retry import RetryPolicy
 from ._serialization import JSONCodec
 from .deadletters import DeadLetter, MemoryDeadLetterStore, SQLiteDeadLetterStore
-from .outbox import OutboxStatus, SQLiteOutbox
 from .errors import (
     AsyncHandlerError,
     BusClosedError,
@@ -38,6 +37,7 @@ from .errors import (
     SkipEvent,
     UnknownEventError,
 )
+from .outbox import OutboxStatus, SQLiteOutbox
 
 try:
     __version__ = version("eventbus")

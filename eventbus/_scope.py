@@ -9,7 +9,6 @@ what was published inside it.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -18,19 +17,19 @@ __all__ = ["Scope", "current_scope"]
 
 current_scope: ContextVar[Scope | None] = ContextVar("eventbus_current_scope", default=None)
 
-_savepoints = itertools.count(1)
-
 
 class Scope:
     """One transaction (or savepoint) on one connection, and what waits for its commit."""
 
-    __slots__ = ("_after_commit", "bus", "connection", "parent")
+    __slots__ = ("_after_commit", "bus", "connection", "parent", "rows")
 
     def __init__(self, bus: object, connection: Any, parent: Scope | None = None) -> None:
         self.bus = bus
         self.connection = connection
         self.parent = parent
         self._after_commit: list[Callable[[], None]] = []
+        self.rows: list[Any] = []
+        """Outbox rows published in this scope, written in one batch just before COMMIT."""
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the outermost transaction has committed."""
@@ -41,14 +40,12 @@ class Scope:
         callbacks, self._after_commit = self._after_commit, []
         if self.parent is not None:
             self.parent._after_commit.extend(callbacks)
+            self.parent.rows.extend(self.rows)
+            self.rows = []
             return []
         return callbacks
 
     def rolled_back(self) -> None:
         """This scope rolled back: forget what waited for it."""
         self._after_commit.clear()
-
-
-def savepoint_name() -> str:
-    """A savepoint name unique in this process."""
-    return f"eventbus_sp_{next(_savepoints)}"
+        self.rows.clear()

@@ -6,13 +6,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
+    from contextlib import AbstractContextManager
     from datetime import datetime
 
     from ._envelope import Envelope
     from .deadletters import DeadLetter
+    from .outbox import ClaimedRow, OutboxStatus, PendingRow
 
-__all__ = ["Codec", "DeadLetterStore"]
+__all__ = ["Codec", "DeadLetterStore", "OutboxStore"]
 
 
 @runtime_checkable
@@ -87,5 +89,44 @@ class DeadLetterStore(Protocol):
         until: datetime | None = None,
         all: bool = False,  # noqa: A002 - reads as purge(all=True)
     ) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class OutboxStore(Protocol):
+    """The outbox table in the application's database, and the inbox beside it.
+
+    ``write`` runs in the caller's transaction, through the caller's connection (or
+    session); everything else is the relay's, in short transactions of its own. Changes
+    the relay makes are fenced by its lease ``owner``. ``SQLiteOutbox`` is the embedded
+    default; ``eventbus_contrib.sqlalchemy`` serves PostgreSQL, MariaDB and SQLite.
+    """
+
+    batch: int
+    lease: float
+    poll_interval: float
+
+    def write(self, connection: Any, rows: Sequence[PendingRow]) -> None: ...
+
+    def write_now(self, rows: Sequence[PendingRow]) -> None: ...
+
+    def claim(self, *, owner: str, batch: int, lease: float) -> list[ClaimedRow]: ...
+
+    def complete(self, ids: Iterable[int], *, owner: str) -> int: ...
+
+    def reschedule(
+        self, row_id: int, *, owner: str, attempts: int, delay: float, error: str
+    ) -> bool: ...
+
+    def renew(self, ids: Iterable[int], *, owner: str, lease: float) -> int: ...
+
+    def status(self) -> OutboxStatus: ...
+
+    def seen(self, handler: str, envelope_id: uuid.UUID) -> bool: ...
+
+    def mark(self, handler: str, envelope_id: uuid.UUID, connection: Any = None) -> bool: ...
+
+    def handler_transaction(self) -> AbstractContextManager[Any]: ...
 
     def close(self) -> None: ...

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from .._bus import EventBus
     from .._envelope import Envelope
     from .._handlers import Handler
+    from ..typing import OutboxStore
     from ._rows import ClaimedRow
-    from ._sqlite import SQLiteOutbox
 
 __all__ = ["Relay"]
 
@@ -47,7 +47,7 @@ _MISSING_HANDLER_DELAY = 60.0
 class Relay:
     """Delivers a bus's outbox rows to its durable handlers."""
 
-    def __init__(self, bus: EventBus, outbox: SQLiteOutbox) -> None:
+    def __init__(self, bus: EventBus, outbox: OutboxStore) -> None:
         self._bus = bus
         self._outbox = outbox
         self._batch = outbox.batch
@@ -186,27 +186,17 @@ class Relay:
         """Run a connection-taking handler with its inbox mark in its own transaction."""
         from .._causation import current_frame  # noqa: PLC0415
 
-        connection = self._outbox.connect()
         token = current_frame.set([envelope.event, None, None, envelope])
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
+            with self._outbox.handler_transaction() as connection:
                 if not self._outbox.mark(handler.name, envelope.id, connection):
-                    connection.execute("ROLLBACK")  # a duplicate: already done, with effects
-                    return
+                    return  # a duplicate: done before, with its effects, in one commit
                 args: tuple[Any, ...] = (envelope.event,)
                 if handler.wants_envelope:
                     args = (*args, envelope)
                 handler.fn(*args, connection)
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            if connection.in_transaction:
-                connection.execute("COMMIT")
         finally:
             current_frame.reset(token)
-            connection.close()
 
     async def _failed(
         self, row: ClaimedRow, handler: Handler, envelope: Envelope, error: Exception

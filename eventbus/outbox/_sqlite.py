@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigurationError, OutboxError
 from ._rows import ClaimedRow, OutboxStatus, PendingRow
@@ -281,9 +282,7 @@ class SQLiteOutbox:
             ).fetchone()
         return found is not None
 
-    def mark(
-        self, handler: str, envelope_id: uuid.UUID, connection: sqlite3.Connection | None = None
-    ) -> bool:
+    def mark(self, handler: str, envelope_id: uuid.UUID, connection: Any = None) -> bool:
         """Record that ``handler`` processed ``envelope_id``; False if it already had.
 
         With ``connection``, the INSERT joins that connection's open transaction (the
@@ -294,7 +293,8 @@ class SQLiteOutbox:
             f"VALUES (?, ?, {_NOW})"
         )
         if connection is not None:
-            return connection.execute(statement, (handler, str(envelope_id))).rowcount == 1
+            cursor: sqlite3.Cursor = connection.execute(statement, (handler, str(envelope_id)))
+            return cursor.rowcount == 1
         with self._transaction("write the inbox") as own:
             return own.execute(statement, (handler, str(envelope_id))).rowcount == 1
 
@@ -303,6 +303,31 @@ class SQLiteOutbox:
         connection = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
         self.configure(connection)
         return connection
+
+    @contextmanager
+    def handler_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A connection in a transaction of its own, for a durable handler that takes one.
+
+        ``BEGIN IMMEDIATE``: SQLite's write lock is held while the handler runs, so keep
+        such handlers short. Commits on a clean exit, rolls back on an exception.
+        """
+        connection = self.connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            if connection.in_transaction:
+                connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    def transaction_control(self, resource: object) -> None:
+        """No control of its own: bus.transaction() drives sqlite3 connections natively."""
+        del resource
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""How ``bus.transaction(resource)`` drives a kind of connection: begin, commit, savepoints.
+
+The core knows stdlib ``sqlite3`` connections; an outbox store for another library (the
+SQLAlchemy integration) supplies a control for its own resources.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from typing import Any, Protocol
+
+from .errors import ConfigurationError
+
+__all__ = ["SQLiteTransaction", "TransactionControl", "control_for"]
+
+_savepoints = itertools.count(1)
+
+
+class TransactionControl(Protocol):
+    """Begin, end and nest transactions on one resource (connection or session)."""
+
+    def in_transaction(self) -> bool: ...
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def savepoint(self) -> object: ...
+
+    def release(self, savepoint: object) -> None: ...
+
+    def rollback_to(self, savepoint: object) -> None: ...
+
+
+class SQLiteTransaction:
+    """A stdlib sqlite3 connection: ``BEGIN IMMEDIATE`` (never a deferred transaction
+    that reads, then fails to write with SQLITE_BUSY at once), and named savepoints."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def in_transaction(self) -> bool:
+        return self._connection.in_transaction
+
+    def begin(self) -> None:
+        self._connection.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
+
+    def savepoint(self) -> object:
+        name = f"eventbus_sp_{next(_savepoints)}"
+        self._connection.execute(f"SAVEPOINT {name}")
+        return name
+
+    def release(self, savepoint: object) -> None:
+        self._connection.execute(f"RELEASE {savepoint}")
+
+    def rollback_to(self, savepoint: object) -> None:
+        self._connection.execute(f"ROLLBACK TO {savepoint}")
+        self._connection.execute(f"RELEASE {savepoint}")
+
+
+def control_for(resource: Any, outbox: Any) -> TransactionControl:
+    """The control for ``resource``: the outbox store's, else the stdlib sqlite3 one."""
+    supply = getattr(outbox, "transaction_control", None)
+    if supply is not None:
+        control: TransactionControl | None = supply(resource)
+        if control is not None:
+            return control
+    if isinstance(resource, sqlite3.Connection):
+        return SQLiteTransaction(resource)
+    raise ConfigurationError(
+        f"bus.transaction() cannot drive a {type(resource).__qualname__}: pass a "
+        "sqlite3.Connection, or configure an outbox whose store knows this kind of "
+        "connection (for SQLAlchemy sessions, eventbus_contrib.sqlalchemy)"
+    )

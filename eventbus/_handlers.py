@@ -241,8 +241,19 @@ def _extras(
     return wants_envelope, wants_connection
 
 
+# What a durable handler may take to write in the transaction that records it ran:
+# sqlite3 connections here; integrations add theirs (SQLAlchemy's Session).
+_RESOURCE_TYPES: list[type[Any]] = [sqlite3.Connection]
+
+
+def register_resource_type(resource_type: type[Any]) -> None:
+    """Let durable handlers take ``resource_type`` (called by outbox integrations)."""
+    if resource_type not in _RESOURCE_TYPES:
+        _RESOURCE_TYPES.append(resource_type)
+
+
 def _is_connection(annotation: object) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, sqlite3.Connection)
+    return isinstance(annotation, type) and issubclass(annotation, tuple(_RESOURCE_TYPES))
 
 
 def _handler_name(fn: Callable[..., Any], name: str | None, label: str) -> str:

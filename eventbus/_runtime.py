@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import functools
 import logging
@@ -61,6 +62,11 @@ class Runtime:
         self._idle = threading.Condition()
         self._lock = threading.Lock()
         self._stopped = False
+
+    @property
+    def workers(self) -> int:
+        """How many threads run sync handlers."""
+        return self._workers
 
     @property
     def shutdown_timeout(self) -> float:
@@ -310,9 +316,12 @@ class Runtime:
             loop, thread, pool = self._loop, self._thread, self._pool
         if thread is not None and loop is not None:
             atexit.unregister(self._at_exit)
-            for task in [*self._tasks, *self._services]:
-                loop.call_soon_threadsafe(task.cancel)
-            loop.call_soon_threadsafe(loop.stop)
+            if thread.is_alive() and not loop.is_closed():
+                # Cancel what is left and let it unwind on the loop before it stops.
+                finished = asyncio.run_coroutine_threadsafe(self._cancel_all(), loop)
+                with contextlib.suppress(Exception):
+                    finished.result(timeout=5)
+                loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=5)
             if not thread.is_alive():
                 loop.close()
@@ -322,6 +331,12 @@ class Runtime:
                 loop.call_soon_threadsafe(task.cancel)
         if pool is not None:
             pool.shutdown()
+
+    async def _cancel_all(self) -> None:
+        tasks = [task for task in (*self._tasks, *self._services) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _at_exit(self) -> None:
         # Interpreter exit in a sync application: finish what is in flight, within reason.

@@ -113,7 +113,13 @@ class OutboxStore(Protocol):
 
     def claim(self, *, owner: str, batch: int, lease: float) -> list[ClaimedRow]: ...
 
-    def complete(self, ids: Iterable[int], *, owner: str) -> int: ...
+    def complete(
+        self,
+        ids: Iterable[int],
+        *,
+        owner: str,
+        processed: Sequence[tuple[str, uuid.UUID]] = (),
+    ) -> int: ...
 
     def reschedule(
         self, row_id: int, *, owner: str, attempts: int, delay: float, error: str
@@ -124,6 +130,8 @@ class OutboxStore(Protocol):
     def status(self) -> OutboxStatus: ...
 
     def seen(self, handler: str, envelope_id: uuid.UUID) -> bool: ...
+
+    def seen_many(self, pairs: Sequence[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]: ...
 
     def mark(self, handler: str, envelope_id: uuid.UUID, connection: Any = None) -> bool: ...
 

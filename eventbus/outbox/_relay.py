@@ -26,6 +26,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .. import hooks
 from .._delivery import Attempted, Outcome, dead_letter
 from ..errors import RejectEvent, SerializationError, SkipEvent, UnknownEventError
@@ -38,6 +40,28 @@ if TYPE_CHECKING:
     from ._rows import ClaimedRow
 
 __all__ = ["Relay"]
+
+
+@attrs.frozen
+class _Item:
+    row: ClaimedRow
+    envelope: Envelope
+    handler: Handler
+
+
+def _chunks(items: list[_Item], count: int) -> list[list[_Item]]:
+    """Split ``items`` into at most ``count`` chunks of nearly equal size, in order."""
+    if not items:
+        return []
+    count = min(count, len(items))
+    size, extra = divmod(len(items), count)
+    chunks, start = [], 0
+    for index in range(count):
+        end = start + size + (1 if index < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
 
 logger = logging.getLogger("eventbus.relay")
 
@@ -116,71 +140,142 @@ class Relay:
             self._quiet.set()  # nobody waits for a relay that has stopped
 
     async def deliver(self, rows: list[ClaimedRow]) -> None:
-        """Deliver claimed rows concurrently (at most one per key), then settle them."""
+        """Deliver claimed rows (at most one per key), then settle them in one statement.
+
+        Per batch, not per row: one inbox read, handlers run concurrently (sync ones in
+        chunks on the worker threads), then one transaction completes the delivered rows
+        and writes their inbox marks.
+        """
+        run = self._bus._runtime.run_sync
         self._in_flight.update(row.id for row in rows)
         try:
-            done = await asyncio.gather(*(self._deliver_one(row) for row in rows))
+            items, finished = await self._prepare(rows)
+            keys = [(item.handler.name, item.envelope.id) for item in items]
+            seen = await run(self._outbox.seen_many, keys) if keys else set()
+            fresh: list[_Item] = []
+            for item, pair in zip(items, keys, strict=True):
+                if pair in seen:
+                    finished.append(item.row.id)  # delivered before a crash: the inbox remembers
+                else:
+                    fresh.append(item)
+            marks: list[tuple[str, uuid.UUID]] = []
+            for item, error in await self._run_all(fresh):
+                if error is None or isinstance(error, SkipEvent):
+                    hooks._send(
+                        hooks.event_handled,
+                        self._bus,
+                        envelope=item.envelope,
+                        handler=item.handler.name,
+                    )
+                    finished.append(item.row.id)
+                    if not item.handler.wants_connection:
+                        marks.append((item.handler.name, item.envelope.id))
+                elif await self._failed(item.row, item.handler, item.envelope, error):
+                    finished.append(item.row.id)
+            if finished:
+                count = await run(
+                    functools.partial(
+                        self._outbox.complete, finished, owner=self.owner, processed=marks
+                    )
+                )
+                if count != len(finished):
+                    logger.warning(
+                        "%d delivered outbox rows were no longer leased to this relay "
+                        "(lease ran out); another relay may deliver them again",
+                        len(finished) - count,
+                    )
         finally:
             self._in_flight.difference_update(row.id for row in rows)
-        completed = [row.id for row, finished in zip(rows, done, strict=True) if finished]
-        if completed:
-            count = await self._bus._runtime.run_sync(
-                lambda: self._outbox.complete(completed, owner=self.owner)
-            )
-            if count != len(completed):
-                logger.warning(
-                    "%d delivered outbox rows were no longer leased to this relay "
-                    "(lease ran out); another relay may deliver them again",
-                    len(completed) - count,
+
+    async def _prepare(self, rows: list[ClaimedRow]) -> tuple[list[_Item], list[int]]:
+        """Decode rows and find their handlers; bury what cannot be decoded."""
+        decoded = await self._bus._runtime.run_sync(self._decode_all, rows)
+        items: list[_Item] = []
+        finished: list[int] = []
+        for row, result in zip(rows, decoded, strict=True):
+            if isinstance(result, Exception):
+                logger.error("outbox row %d (%s) cannot be decoded: %s", row.id, row.name, result)
+                await self._bury_undecodable(row, result)
+                finished.append(row.id)
+                continue
+            handler = self._bus._handlers.get(row.destination)
+            if handler is None or handler.delivery != "durable":
+                logger.error(
+                    "outbox row %d is for durable handler %r, which this bus does not have; "
+                    "it waits for a process that does",
+                    row.id,
+                    row.destination,
                 )
+                await self._reschedule(
+                    row,
+                    f"no durable handler named {row.destination!r} in this process",
+                    _MISSING_HANDLER_DELAY,
+                    count_attempt=False,
+                )
+                continue
+            items.append(_Item(row, result, handler))
+        return items, finished
 
-    async def _deliver_one(self, row: ClaimedRow) -> bool:
-        """Deliver one row; True when it is finished (delivered, duplicate, or buried)."""
-        bus = self._bus
+    def _decode_all(self, rows: list[ClaimedRow]) -> list[Envelope | Exception]:
+        decode = self._bus.codec.decode
+        results: list[Envelope | Exception] = []
+        for row in rows:
+            try:
+                results.append(decode(row.payload))
+            except (SerializationError, UnknownEventError) as error:
+                results.append(error)
+        return results
+
+    async def _run_all(self, items: list[_Item]) -> list[tuple[_Item, Exception | None]]:
+        """Run every item's handler; returns each item with its error (or None)."""
+        run = self._bus._runtime.run_sync
+        plain_sync = [i for i in items if not i.handler.is_async and not i.handler.wants_connection]
+        others = [i for i in items if i.handler.is_async or i.handler.wants_connection]
+        chunks = _chunks(plain_sync, self._bus._runtime.workers)
+        outcomes = await asyncio.gather(
+            *(run(self._run_chunk, chunk) for chunk in chunks),
+            *(self._run_one(item) for item in others),
+        )
+        results: list[tuple[_Item, Exception | None]] = []
+        for chunk, errors in zip(chunks, outcomes[: len(chunks)], strict=True):
+            results.extend(zip(chunk, errors, strict=True))  # type: ignore[arg-type]
+        results.extend(zip(others, outcomes[len(chunks) :], strict=True))  # type: ignore[arg-type]
+        return results
+
+    def _run_chunk(self, chunk: list[_Item]) -> list[Exception | None]:
+        """Sync handlers, one after another on one worker thread."""
+        from .._causation import current_frame  # noqa: PLC0415
+
+        errors: list[Exception | None] = []
+        for item in chunk:
+            envelope = item.envelope
+            token = current_frame.set([envelope.event, None, None, envelope])
+            try:
+                if item.handler.wants_envelope:
+                    item.handler.fn(envelope.event, envelope)
+                else:
+                    item.handler.fn(envelope.event)
+            except Exception as error:
+                errors.append(error)
+            else:
+                errors.append(None)
+            finally:
+                current_frame.reset(token)
+        return errors
+
+    async def _run_one(self, item: _Item) -> Exception | None:
         try:
-            envelope = bus.codec.decode(row.payload)
-        except (SerializationError, UnknownEventError) as error:
-            logger.error(  # noqa: TRY400 - the error is the message; its trace says nothing
-                "outbox row %d (%s) cannot be decoded: %s", row.id, row.name, error
-            )
-            await self._bury_undecodable(row, error)
-            return True
-        handler = bus._handlers.get(row.destination)
-        if handler is None or handler.delivery != "durable":
-            await self._reschedule(
-                row,
-                f"no durable handler named {row.destination!r} in this process",
-                _MISSING_HANDLER_DELAY,
-                count_attempt=False,
-            )
-            logger.error(
-                "outbox row %d is for durable handler %r, which this bus does not have; "
-                "it waits for a process that does",
-                row.id,
-                row.destination,
-            )
-            return False
-        run = bus._runtime.run_sync
-        if await run(lambda: self._outbox.seen(handler.name, envelope.id)):
-            return True  # delivered before a crash: the inbox remembers
-        try:
-            await self._call(handler, envelope)
-        except SkipEvent:
-            pass
+            if item.handler.wants_connection:
+                await self._bus._runtime.run_sync(
+                    self._call_in_transaction, item.handler, item.envelope
+                )
+            else:
+                from .._delivery import _call  # noqa: PLC0415 - shares the pipeline's call
+
+                await _call(self._bus, item.handler, item.envelope)
         except Exception as error:
-            return await self._failed(row, handler, envelope, error)
-        hooks._send(hooks.event_handled, bus, envelope=envelope, handler=handler.name)
-        return True
-
-    async def _call(self, handler: Handler, envelope: Envelope) -> None:
-        bus = self._bus
-        if handler.wants_connection:
-            await bus._runtime.run_sync(self._call_in_transaction, handler, envelope)
-            return
-        from .._delivery import _call  # noqa: PLC0415 - shares the pipeline's call
-
-        await _call(bus, handler, envelope)
-        await bus._runtime.run_sync(lambda: self._outbox.mark(handler.name, envelope.id))
+            return error
+        return None
 
     def _call_in_transaction(self, handler: Handler, envelope: Envelope) -> None:
         """Run a connection-taking handler with its inbox mark in its own transaction."""

@@ -209,12 +209,28 @@ class SQLiteOutbox:
         rows.sort(key=lambda row: row.id)
         return rows
 
-    def complete(self, ids: Iterable[int], *, owner: str) -> int:
-        """Delete delivered rows that ``owner`` still holds; returns how many."""
+    def complete(
+        self,
+        ids: Iterable[int],
+        *,
+        owner: str,
+        processed: Sequence[tuple[str, uuid.UUID]] = (),
+    ) -> int:
+        """Delete delivered rows that ``owner`` still holds; returns how many.
+
+        ``processed`` (handler, envelope id) pairs are written to the inbox in the same
+        transaction, so a row and its mark go together.
+        """
         ids = list(ids)
         if not ids:
             return 0
         with self._transaction("complete outbox rows") as connection:
+            if processed:
+                connection.executemany(
+                    f"INSERT OR IGNORE INTO eventbus_inbox (handler, envelope_id, processed_at) "
+                    f"VALUES (?, ?, {_NOW})",
+                    [(handler, str(envelope_id)) for handler, envelope_id in processed],
+                )
             marks = ",".join("?" * len(ids))
             cursor = connection.execute(
                 f"DELETE FROM eventbus_outbox WHERE lease_owner = ? AND id IN ({marks})",
@@ -281,6 +297,22 @@ class SQLiteOutbox:
                 (handler, str(envelope_id)),
             ).fetchone()
         return found is not None
+
+    def seen_many(self, pairs: Sequence[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
+        """Which of the (handler, envelope id) pairs the inbox already holds."""
+        found: set[tuple[str, uuid.UUID]] = set()
+        with self._guard("read the inbox") as connection:
+            for start in range(0, len(pairs), 400):  # two parameters each, under 999
+                chunk = pairs[start : start + 400]
+                clause = " OR ".join(["(handler = ? AND envelope_id = ?)"] * len(chunk))
+                values = [
+                    value for handler, envelope_id in chunk for value in (handler, str(envelope_id))
+                ]
+                for handler, envelope_id in connection.execute(
+                    f"SELECT handler, envelope_id FROM eventbus_inbox WHERE {clause}", values
+                ):
+                    found.add((handler, uuid.UUID(envelope_id)))
+        return found
 
     def mark(self, handler: str, envelope_id: uuid.UUID, connection: Any = None) -> bool:
         """Record that ``handler`` processed ``envelope_id``; False if it already had.

@@ -1,0 +1,232 @@
+"""Outbox cost: durable publishes and the relay against hand-written SQL, same driver.
+
+One process, one run, interleaved samples (minimum kept), ratios in the same run:
+
+  publish: N durable publishes inside one transaction (N = 1 and 100) against the same
+           INSERTs written by hand (json.dumps of the fields, a uuid4, one INSERT each)
+           through the same sqlite3 connection. Target: <= 1.3x.
+  relay:   delivering R committed rows to an in-process handler against a hand-written
+           claim (SELECT a batch) and delete loop on the same database. Target: >= 0.7x
+           (reported as throughput: rows per second, ours / hand-written).
+
+    python benchmarks/outbox.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import eventbus
+from eventbus import EventBus, EventRegistry, SQLiteOutbox
+
+registry = EventRegistry()
+
+
+@eventbus.event("bench.order_placed", registry=registry)
+class OrderPlaced:
+    order_id: str
+    customer: str
+    total: Decimal
+    quantity: int
+
+
+EVENT = OrderPlaced(order_id="o-1", customer="alice", total=Decimal("12.50"), quantity=2)
+
+HAND_TABLE = """
+CREATE TABLE IF NOT EXISTS hand_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, envelope_id TEXT NOT NULL, name TEXT NOT NULL,
+    destination TEXT NOT NULL, key TEXT, payload BLOB NOT NULL,
+    created_at REAL NOT NULL, available_at REAL NOT NULL
+)
+"""
+HAND_INSERT = (
+    "INSERT INTO hand_outbox (envelope_id, name, destination, key, payload, created_at, "
+    "available_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def publish_rows(
+    path: Path, per_transaction: int, transactions: int
+) -> dict[str, Callable[[], float]]:
+    bus = EventBus(registry=registry, outbox=SQLiteOutbox(path), relay=False)
+    bus.subscribe(OrderPlaced, name="billing.charge", delivery="durable")(lambda _event: None)
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute(HAND_TABLE)
+    event = EVENT
+
+    def ours() -> float:
+        start = time.perf_counter()
+        for _ in range(transactions):
+            with bus.transaction(connection):
+                for _ in range(per_transaction):
+                    bus.publish(event)
+        return (time.perf_counter() - start) / (transactions * per_transaction)
+
+    def hand() -> float:
+        start = time.perf_counter()
+        for _ in range(transactions):
+            connection.execute("BEGIN IMMEDIATE")
+            for _ in range(per_transaction):
+                payload = json.dumps(
+                    {
+                        "order_id": event.order_id,
+                        "customer": event.customer,
+                        "total": str(event.total),
+                        "quantity": event.quantity,
+                    }
+                ).encode()
+                now = time.time()
+                connection.execute(
+                    HAND_INSERT,
+                    (
+                        str(uuid.uuid4()),
+                        "bench.order_placed",
+                        "billing.charge",
+                        None,
+                        payload,
+                        now,
+                        now,
+                    ),
+                )
+            connection.execute("COMMIT")
+        return (time.perf_counter() - start) / (transactions * per_transaction)
+
+    return {"hand-written INSERTs": hand, "eventbus durable publish": ours}
+
+
+def relay_rows(path: Path, rows: int) -> dict[str, Callable[[], float]]:
+    """Seconds per delivered row: the relay against a claim-and-delete loop."""
+    seen: list[int] = []
+
+    def fill_ours() -> None:
+        writer = EventBus(registry=registry, outbox=SQLiteOutbox(path), relay=False)
+        writer.subscribe(OrderPlaced, name="billing.charge", delivery="durable")(
+            lambda _event: None
+        )
+        connection = sqlite3.connect(path, isolation_level=None)
+        with writer.transaction(connection):
+            for _ in range(rows):
+                writer.publish(EVENT)
+        connection.close()
+        writer.close()
+
+    def ours() -> float:
+        fill_ours()
+        bus = EventBus(registry=registry, outbox=SQLiteOutbox(path, poll_interval=0.01, batch=200))
+
+        @bus.subscribe(OrderPlaced, name="billing.charge", delivery="durable")
+        def charge(event: OrderPlaced) -> None:
+            seen.append(event.quantity)
+
+        start = time.perf_counter()
+        bus.start()
+        bus.drain(timeout=300)
+        elapsed = time.perf_counter() - start
+        bus.close()
+        return elapsed / rows
+
+    def hand() -> float:
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute(HAND_TABLE)
+        connection.execute("BEGIN IMMEDIATE")
+        payload = json.dumps(
+            {"order_id": "o-1", "customer": "alice", "total": "12.50", "quantity": 2}
+        )
+        now = time.time()
+        connection.executemany(
+            HAND_INSERT,
+            [(str(uuid.uuid4()), "bench.order_placed", "h", None, payload.encode(), now, now)]
+            * rows,
+        )
+        connection.execute("COMMIT")
+        start = time.perf_counter()
+        while True:
+            connection.execute("BEGIN IMMEDIATE")
+            batch = connection.execute(
+                "SELECT id, payload FROM hand_outbox ORDER BY id LIMIT 200"
+            ).fetchall()
+            if not batch:
+                connection.execute("COMMIT")
+                break
+            for _row_id, body in batch:
+                data = json.loads(body)
+                OrderPlaced(
+                    order_id=data["order_id"],
+                    customer=data["customer"],
+                    total=Decimal(data["total"]),
+                    quantity=data["quantity"],
+                )
+                seen.append(1)
+            connection.execute(
+                f"DELETE FROM hand_outbox WHERE id IN ({','.join('?' * len(batch))})",
+                [row_id for row_id, _ in batch],
+            )
+            connection.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        connection.close()
+        return elapsed / rows
+
+    return {"hand-written claim-and-delete": hand, "eventbus relay": ours}
+
+
+def measure(rows: dict[str, Callable[[], float]], samples: int) -> dict[str, float]:
+    best = dict.fromkeys(rows, float("inf"))
+    for sample in rows.values():
+        sample()  # warm up
+    for _ in range(samples):
+        for name, sample in rows.items():
+            best[name] = min(best[name], sample())
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+    args = parser.parse_args()
+    samples = 2 if args.quick else 7
+    print(f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {samples} samples\n")
+    print(f"{'case':<34} {'row':<32} {'us/event':>9} {'ratio':>6} {'target':>8}")
+    missed = []
+    with tempfile.TemporaryDirectory() as folder:
+        for per_transaction, transactions in (
+            (1, 200 if args.quick else 1000),
+            (100, 5 if args.quick else 30),
+        ):
+            path = Path(folder) / f"publish-{per_transaction}.sqlite3"
+            best = measure(publish_rows(path, per_transaction, transactions), samples)
+            ratio = best["eventbus durable publish"] / best["hand-written INSERTs"]
+            case = f"sqlite publish, {per_transaction}/transaction"
+            for name, seconds in best.items():
+                mark = "<= 1.3" if name.startswith("eventbus") else ""
+                shown = ratio if name.startswith("eventbus") else 1.0
+                print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
+            if ratio > 1.3:
+                missed.append(f"{case}: {ratio:.2f}x")
+        path = Path(folder) / "relay.sqlite3"
+        best = measure(relay_rows(path, 500 if args.quick else 5000), max(1, samples // 2))
+        throughput = best["hand-written claim-and-delete"] / best["eventbus relay"]
+        for name, seconds in best.items():
+            mark = ">= 0.7" if name.startswith("eventbus") else ""
+            shown = throughput if name.startswith("eventbus") else 1.0
+            case = "sqlite relay to a handler"
+            print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
+        if throughput < 0.7:
+            missed.append(f"sqlite relay throughput: {throughput:.2f}x")
+    if missed:
+        print("\nmissed targets:\n  " + "\n  ".join(missed))
+        return 1
+    print("\nall targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

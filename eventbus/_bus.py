@@ -898,10 +898,12 @@ class EventBus:
         ``ReplayInProgressError``. ``lease`` bounds how long a replay may hold the
         letter before another may take it over (its replayer died).
         """
+        self._check_open()
         return self._runtime.call(replay_letter(self, _letter_id(letter_id), lease=lease))
 
     async def areplay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
         """Run a dead letter's handler again, from async code."""
+        self._check_open()
         return await self._runtime.acall(replay_letter(self, _letter_id(letter_id), lease=lease))
 
     # -- lifecycle -------------------------------------------------------------------

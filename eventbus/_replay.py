@@ -15,6 +15,7 @@ from .errors import ConfigurationError, ReplayInProgressError
 
 if TYPE_CHECKING:
     from ._bus import EventBus
+    from ._envelope import Envelope
     from ._handlers import Handler
 
 __all__ = ["ReplayResult", "replay_letter"]
@@ -57,6 +58,7 @@ async def replay_letter(bus: EventBus, letter_id: uuid.UUID, *, lease: float) ->
     try:
         handler = _handler_of(bus, letter.handler, letter_id)
         envelope = letter.envelope(bus.codec)
+        _check_takes(handler, envelope, letter_id)
     except BaseException:
         await run(lambda: store.release(letter_id, owner=owner))
         raise
@@ -94,3 +96,13 @@ def _handler_of(bus: EventBus, name: str, letter_id: uuid.UUID) -> Handler:
             "subscribed to this bus; subscribe it (with that name) before replaying"
         )
     return handler
+
+
+def _check_takes(handler: Handler, envelope: Envelope, letter_id: uuid.UUID) -> None:
+    if not isinstance(envelope.event, handler.event_types):
+        raise ConfigurationError(
+            f"dead letter {letter_id} holds a {envelope.name!r} event, which handler "
+            f"{handler.name!r} does not take any more (it takes "
+            f"{' | '.join(t.__qualname__ for t in handler.event_types)}); the name was "
+            "reused for another handler: subscribe the old one under its name to replay"
+        )

@@ -213,26 +213,53 @@ class Runtime:
         await asyncio.sleep(0)
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coroutine`` on the runtime's loop and wait for its result (sync callers)."""
-        self.ensure_started()
-        if self._in_loop_thread():
+        """Run ``coroutine`` on the runtime's loop and wait for its result (sync callers).
+
+        Counted as pending, so ``drain`` (and so ``close``) waits for it: a replay in
+        flight is finished, not abandoned with its dead letter still claimed.
+        """
+        try:
+            self.ensure_started()
+            self._refuse_in_loop()
+        except BaseException:
             coroutine.close()
+            raise
+        loop = self._loop
+        assert loop is not None
+        self._begin()
+        return asyncio.run_coroutine_threadsafe(self._counted(coroutine), loop).result(timeout)
+
+    async def acall(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the runtime's loop, awaited from any loop; counted too."""
+        try:
+            self.ensure_started()
+        except BaseException:
+            coroutine.close()
+            raise
+        self._begin()
+        if self._in_loop_thread():
+            return await self._counted(coroutine)
+        loop = self._loop
+        assert loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._counted(coroutine), loop)
+        return await asyncio.wrap_future(future)
+
+    def _refuse_in_loop(self) -> None:
+        if self._in_loop_thread():
             raise RuntimeError(
                 "this sync call would block the event loop it needs; "
                 "use the async form (areplay, adrain) from async code"
             )
-        loop = self._loop
-        assert loop is not None
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
 
-    async def acall(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the runtime's loop, awaited from any loop."""
-        self.ensure_started()
-        if self._in_loop_thread():
+    def _begin(self) -> None:
+        with self._idle:
+            self._pending += 1
+
+    async def _counted(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        try:
             return await coroutine
-        loop = self._loop
-        assert loop is not None
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+        finally:
+            self._done()
 
     def _in_loop_thread(self) -> bool:
         loop = self._loop

@@ -13,6 +13,7 @@ import pytest
 import tenacity
 
 from eventbus import (
+    BusClosedError,
     DeliveryUnavailableError,
     Envelope,
     EventBus,
@@ -488,3 +489,64 @@ def test_a_sync_script_that_exits_still_finishes_its_deliveries(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert sorted(int(n) for n in out.read_text().split()) == list(range(6))
+
+
+def test_close_waits_for_a_replay_in_flight(slept):
+    store = MemoryDeadLetterStore()
+    bus = EventBus(registry=REGISTRY, dead_letters=store, retry=RetryPolicy.never())
+    failing = threading.Event()
+    failing.set()
+    entered = threading.Event()
+    effects: list[str] = []
+
+    @bus.subscribe(name="slow", delivery="after_commit")
+    def slow(event: OrderPlaced) -> None:
+        if failing.is_set():
+            raise BoomError("down")
+        entered.set()
+        time.sleep(0.3)
+        effects.append(event.order_id)
+
+    bus.publish(OrderPlaced(order_id="o-20"))
+    bus.drain(timeout=10)
+    [letter] = store.list()
+    failing.clear()
+    results: list[object] = []
+    replayer = threading.Thread(target=lambda: results.append(bus.replay(letter.id)))
+    replayer.start()
+    assert entered.wait(10)
+    bus.close()  # must let the replay finish, resolve its letter and return
+    replayer.join(10)
+    assert effects == ["o-20"]
+    assert [getattr(r, "ok", None) for r in results] == [True]
+    assert store.count() == 0
+
+
+def test_replay_refuses_a_letter_whose_handler_name_now_takes_another_event(bus):
+    @bus.subscribe(name="worker", delivery="after_commit", retry=RetryPolicy.never())
+    def boom(event: OrderPlaced) -> None:
+        raise BoomError("down")
+
+    bus.publish(OrderPlaced(order_id="o-21"))
+    bus.drain(timeout=10)
+    [letter] = bus.dead_letters.list()
+    bus.unsubscribe("worker")
+    seen: list[object] = []
+
+    @bus.subscribe(name="worker", delivery="after_commit")
+    def other(event: ReceiptSent) -> None:
+        seen.append(event)
+
+    with pytest.raises(ValueError, match="does not take any more"):
+        bus.replay(letter.id)
+    assert seen == []
+    assert bus.dead_letters.count() == 1  # kept, and not left claimed:
+    bus.unsubscribe("worker")
+    bus.subscribe(OrderPlaced, name="worker", delivery="after_commit")(lambda _event: None)
+    assert bus.replay(letter.id).ok
+
+
+def test_replay_after_close_is_bus_closed(bus):
+    bus.close()
+    with pytest.raises(BusClosedError):
+        bus.replay(uuid.uuid4())

@@ -1,0 +1,83 @@
+"""What every ``eventbus`` command shares: finding the bus, exit codes, usage errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ._bus import EventBus
+from .errors import DeadLetterStoreError, OutboxError
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_PROBLEM",
+    "EXIT_USAGE",
+    "Parser",
+    "UsageError",
+    "app_options",
+    "load_bus",
+]
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad input to the command: reported as one line, exit 2."""
+
+
+def load_bus(spec: str | None) -> EventBus:
+    """Import ``module:attribute`` and return the EventBus it names."""
+    spec = spec or os.environ.get("EVENTBUS_APP")
+    if not spec:
+        raise UsageError("name the bus with --app module:attribute (or set EVENTBUS_APP)")
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"--app takes module:attribute, like myapp.events:bus; got {spec!r}")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        # Like `python -m`, find the application's modules from the current directory.
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except (DeadLetterStoreError, OutboxError) as exc:  # the app is fine, its database not: 1
+        raise type(exc)(f"importing {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        raise UsageError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
+    if callable(target) and not isinstance(target, EventBus):
+        try:
+            target = target()  # an application factory
+        except (DeadLetterStoreError, OutboxError) as exc:
+            raise type(exc)(f"calling {spec}: {exc}") from exc
+        except Exception as exc:
+            raise UsageError(f"calling {spec} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(target, EventBus):
+        raise UsageError(f"{spec} is a {type(target).__name__}, not an eventbus.EventBus")
+    return target
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"eventbus: {message} (see eventbus --help)\n")
+
+
+def app_options() -> Parser:
+    """The --app and --json options, as a parent parser."""
+    app = Parser(add_help=False)
+    app.add_argument("--app", help="the bus, as module:attribute (default: $EVENTBUS_APP)")
+    app.add_argument("--json", action="store_true", help="machine-readable output")
+    return app

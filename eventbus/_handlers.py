@@ -100,6 +100,11 @@ def inspect_handler(
             raise HandlerSignatureError(f"{label} takes no parameters; it must take the event")
         _check_compatible(event_types, annotated, label)
     wants_envelope, wants_connection = _extras(params, hints, label)
+    if wants_connection and is_async:
+        raise HandlerSignatureError(
+            f"{label} is async and takes a connection; a connection-taking durable handler "
+            "runs in a database transaction on a worker thread, so it must be a plain def"
+        )
     if wants_connection and delivery != "durable":
         raise HandlerSignatureError(
             f"{label} takes a sqlite3.Connection, which only durable handlers get (the "

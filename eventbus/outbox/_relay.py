@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime
@@ -47,6 +48,11 @@ class _Item:
     row: ClaimedRow
     envelope: Envelope
     handler: Handler
+
+
+def _contention(error: BaseException) -> bool:
+    """A lock wait that ran out (SQLite's 'database is locked'), not a handler's fault."""
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
 
 
 def _chunks(items: list[_Item], count: int) -> list[list[_Item]]:
@@ -82,7 +88,10 @@ class Relay:
         self._wake = asyncio.Event()
         self._quiet = asyncio.Event()
         self._delivered = False
+        self._cycle = 0
+        self._quiet_cycle = 0
         self._stopping = False
+        self._stopped = False
         self._in_flight: set[int] = set()
 
     def nudge(self) -> None:
@@ -105,10 +114,15 @@ class Relay:
         deliveries may have published more).
         """
         self._delivered = False
-        self._quiet.clear()
-        self._wake.set()
-        await self._quiet.wait()
-        return self._delivered
+        # Only a claim that starts after this request counts: one already under way may
+        # have read the outbox before a commit this caller wants to see delivered.
+        wanted = self._cycle + 1
+        while True:
+            self._quiet.clear()
+            self._wake.set()
+            await self._quiet.wait()
+            if self._quiet_cycle >= wanted or self._stopped:
+                return self._delivered
 
     async def run(self) -> None:
         """Claim and deliver until stopped."""
@@ -116,6 +130,8 @@ class Relay:
         try:
             while not self._stopping:
                 self._wake.clear()
+                self._cycle += 1
+                cycle = self._cycle
                 try:
                     rows = await self._bus._runtime.run_sync(
                         lambda: self._outbox.claim(
@@ -127,8 +143,16 @@ class Relay:
                     rows = []
                 if rows:
                     self._delivered = True
-                    await self.deliver(rows)
+                    try:
+                        await self.deliver(rows)
+                    except Exception:
+                        # A database error while settling rows (a lock held too long, a
+                        # lost connection): the rows stay leased and come back when the
+                        # lease runs out. The relay itself must go on.
+                        logger.exception("the relay could not settle a batch; it goes on")
+                        await asyncio.sleep(self._poll_interval)
                     continue
+                self._quiet_cycle = cycle
                 self._quiet.set()
                 try:
                     async with asyncio.timeout(self._poll_interval):
@@ -137,6 +161,7 @@ class Relay:
                     pass
         finally:
             renewer.cancel()
+            self._stopped = True
             self._quiet.set()  # nobody waits for a relay that has stopped
 
     async def deliver(self, rows: list[ClaimedRow]) -> None:
@@ -155,8 +180,10 @@ class Relay:
             fresh: list[_Item] = []
             for item, pair in zip(items, keys, strict=True):
                 if pair in seen:
-                    finished.append(item.row.id)  # delivered before a crash: the inbox remembers
+                    # Delivered before (a crash after the handler), or twice in this batch.
+                    finished.append(item.row.id)
                 else:
+                    seen.add(pair)
                     fresh.append(item)
             marks: list[tuple[str, uuid.UUID]] = []
             for item, error in await self._run_all(fresh):
@@ -298,6 +325,12 @@ class Relay:
     ) -> bool:
         bus = self._bus
         hooks._send(hooks.handler_failed, bus, envelope=envelope, handler=handler.name, error=error)
+        if _contention(error):
+            # The database was busy, not the handler wrong: try again soon, uncounted.
+            await self._reschedule(
+                row, f"{type(error).__name__}: {error}", 0.1, count_attempt=False
+            )
+            return False
         attempt = row.attempts + 1
         policy = handler.retry or bus.retry_policy
         delay = None

@@ -17,9 +17,11 @@ pass ``synchronous="FULL"`` for that.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -109,12 +111,12 @@ class SQLiteOutbox:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
         for name, number in (("lease", lease), ("poll_interval", poll_interval)):
-            if not number > 0:
+            if not (number > 0 and math.isfinite(number)):
                 raise ConfigurationError(f"{name} must be > 0 seconds, got {number!r}")
         self.batch = batch
         self.lease = float(lease)
         self.poll_interval = float(poll_interval)
-        if synchronous.upper() not in _SYNCHRONOUS:
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
             raise ConfigurationError(
                 f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
             )
@@ -142,17 +144,34 @@ class SQLiteOutbox:
         return f"SQLiteOutbox({self._path!r})"
 
     def _connect(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = None
         try:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(
                 self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
             )
             connection.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            self._wal(connection)
             connection.execute(f"PRAGMA synchronous = {self._synchronous}")
         except (OSError, sqlite3.Error) as exc:
+            if connection is not None:
+                connection.close()
             raise OutboxError(f"cannot open the outbox database {self._path!r}: {exc}") from exc
         return connection
+
+    def _wal(self, connection: sqlite3.Connection) -> None:
+        """Switch to WAL. Several processes opening a new database at once can get
+        'database is locked' here at once, without the busy timeout: try again until it."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+            else:
+                return
 
     @classmethod
     def schema_sql(cls) -> str:

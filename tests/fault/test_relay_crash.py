@@ -12,6 +12,7 @@ Also: eight writer processes and a relay on one WAL database at once (no SQLITE_
 reach a writer), and eight processes opening a database that does not exist yet at once.
 """
 
+import itertools
 import os
 import random
 import signal
@@ -45,6 +46,18 @@ class Numbered:
     number: int
 
 
+@event("fault.keyed", registry=REGISTRY)
+class Keyed:
+    key: str
+    seq: int
+
+
+KEYS = 1_000
+PER_KEY = 4
+RELAYS = 3
+RESTARTS = 12
+
+
 # The child processes: a relay that applies effects, and a writer that publishes in
 # transactions. Same event and handler name as above, so rows written here match.
 CHILD = textwrap.dedent(
@@ -61,7 +74,29 @@ CHILD = textwrap.dedent(
     class Numbered:
         number: int
 
+    @event("fault.keyed", registry=REGISTRY)
+    class Keyed:
+        key: str
+        seq: int
+
     mode, path = sys.argv[1], sys.argv[2]
+
+    if mode == "keyed-relay":
+        # One of several relays; effects record (key, seq) so order per key can be judged.
+        outbox = SQLiteOutbox(path, lease=1.0, poll_interval=0.02, batch=100)
+        bus = EventBus(registry=REGISTRY, outbox=outbox)
+
+        @bus.subscribe(name="fault.apply_keyed", delivery="durable")
+        def apply_keyed(event: Keyed, connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO keyed_effects (key, seq, pid) VALUES (?, ?, ?)",
+                (event.key, event.seq, os.getpid()),
+            )
+
+        bus.start()
+        print("ready", flush=True)
+        while True:
+            time.sleep(3600)
 
     if mode == "relay":
         outbox = SQLiteOutbox(path, lease=1.0, poll_interval=0.05, batch=200)
@@ -120,6 +155,7 @@ def database(tmp_path: Path) -> Path:
         connection.executescript(
             "CREATE TABLE effects (number INTEGER NOT NULL, pid INTEGER NOT NULL);"
             "CREATE TABLE orders (number INTEGER NOT NULL);"
+            "CREATE TABLE keyed_effects (key TEXT NOT NULL, seq INTEGER NOT NULL, pid INTEGER);"
         )
     finally:
         connection.close()
@@ -383,3 +419,70 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(
     elapsed = time.monotonic() - started
     print(f"\nfresh-database opens: {trials * 8}, failed: {len(failures)}, elapsed {elapsed:.1f}s")
     assert failures == [], failures[:2]
+
+
+def test_three_relays_one_killed_again_and_again_keep_every_keys_order(
+    database: Path, script: Path, tmp_path: Path, children: list[subprocess.Popen[str]]
+) -> None:
+    started = time.monotonic()
+    outbox = SQLiteOutbox(database)
+    bus = EventBus(registry=REGISTRY, outbox=outbox, relay=False)
+
+    @bus.subscribe(name="fault.apply_keyed", delivery="durable")
+    def apply_keyed(event: Keyed, connection: sqlite3.Connection) -> None:
+        raise AssertionError("the test process never delivers")
+
+    connection = outbox.connect()
+    try:
+        # Interleaved: seq 0 of every key, then seq 1 of every key, ...
+        for seq in range(PER_KEY):
+            with bus.transaction(connection):
+                for index in range(KEYS):
+                    key = f"k{index}"
+                    bus.publish(Keyed(key=key, seq=seq), key=key)
+    finally:
+        connection.close()
+        bus.close()
+        outbox.close()
+    stderr_log = tmp_path / "relays.stderr"
+    relays = [spawn(children, [str(script), "keyed-relay", str(database)], stderr_log)]
+    relays += [
+        spawn(children, [str(script), "keyed-relay", str(database)], stderr_log)
+        for _ in range(RELAYS - 1)
+    ]
+    for relay in relays:
+        wait_ready(relay, stderr_log)
+    chance = random.Random()
+    for _ in range(RESTARTS):
+        time.sleep(chance.uniform(0.05, 0.3))
+        kill(relays[0])
+        relays[0] = spawn(children, [str(script), "keyed-relay", str(database)], stderr_log)
+        wait_ready(relays[0], stderr_log)
+    wait_for_empty_outbox(database, relays[1], timeout=90)
+    for relay in relays:
+        kill(relay)
+
+    rows = query(database, "SELECT key, seq, pid FROM keyed_effects ORDER BY rowid")
+    by_key: dict[str, list[int]] = {}
+    for key, seq, _pid in rows:
+        by_key.setdefault(str(key), []).append(int(seq))  # type: ignore[call-overload]
+    inversions = sum(1 for seqs in by_key.values() for a, b in itertools.pairwise(seqs) if b < a)
+    expected = {(f"k{i}", seq) for i in range(KEYS) for seq in range(PER_KEY)}
+    got = [(str(key), int(seq)) for key, seq, _ in rows]  # type: ignore[call-overload]
+    pids = {pid for _, _, pid in rows}
+    book = {
+        "committed": len(expected),
+        "effects": len(got),
+        "lost": len(expected - set(got)),
+        "duplicates": len(got) - len(set(got)),
+        "inversions": inversions,
+        "relays_that_delivered": len(pids),
+        "outbox_rows": query(database, "SELECT COUNT(*) FROM eventbus_outbox")[0][0],
+    }
+    print(f"\nthree relays ledger: {book}, restarts {RESTARTS}, {time.monotonic() - started:.1f}s")
+    assert book["lost"] == 0, book
+    assert book["duplicates"] == 0, book
+    assert book["inversions"] == 0, book
+    assert book["outbox_rows"] == 0, book
+    assert book["relays_that_delivered"] >= 2, book  # they really shared the work
+    assert "Traceback" not in stderr_log.read_text()

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from ._bus import EventBus
     from ._envelope import Envelope
     from ._handlers import Handler
-    from ._retry import RetryPolicy
 
 __all__ = ["Attempted", "Outcome", "attempt", "deliver"]
 
@@ -53,10 +52,39 @@ class Attempted:
     first_failed_at: datetime | None = None
 
 
-async def attempt(
-    bus: EventBus, handler: Handler, envelope: Envelope, policy: RetryPolicy
-) -> Attempted:
-    """Run ``handler`` until it succeeds or ``policy`` gives up; send the hooks."""
+def after_failure(
+    bus: EventBus,
+    handler: Handler,
+    envelope: Envelope,
+    error: Exception,
+    *,
+    attempt: int,
+    elapsed: float,
+    idle: float = 0.0,
+) -> float | None:
+    """Report a failed attempt to the hooks; the wait before the next one, or None.
+
+    The one place that asks the handler's policy (its own, else the bus's), for
+    in-process retries and for the relay's durable ones alike.
+    """
+    hooks._send(hooks.handler_failed, bus, envelope=envelope, handler=handler.name, error=error)
+    policy = handler.retry or bus.retry_policy
+    delay = policy.next_delay(attempt=attempt, error=error, elapsed=elapsed, idle=idle)
+    if delay is not None:
+        hooks._send(
+            hooks.handler_retrying,
+            bus,
+            envelope=envelope,
+            handler=handler.name,
+            error=error,
+            attempt=attempt,
+            delay=delay,
+        )
+    return delay
+
+
+async def attempt(bus: EventBus, handler: Handler, envelope: Envelope) -> Attempted:
+    """Run ``handler`` until it succeeds or its policy gives up; send the hooks."""
     started = time.monotonic()
     idle = 0.0
     first_failed_at: datetime | None = None
@@ -70,23 +98,17 @@ async def attempt(
             return Attempted(Outcome.SKIPPED, number, None, first_failed_at)
         except Exception as error:
             first_failed_at = first_failed_at or datetime.now(UTC)
-            hooks._send(
-                hooks.handler_failed, bus, envelope=envelope, handler=handler.name, error=error
-            )
-            delay = policy.next_delay(
-                attempt=number, error=error, elapsed=time.monotonic() - started, idle=idle
+            delay = after_failure(
+                bus,
+                handler,
+                envelope,
+                error,
+                attempt=number,
+                elapsed=time.monotonic() - started,
+                idle=idle,
             )
             if delay is None:
                 return Attempted(Outcome.FAILED, number, error, first_failed_at)
-            hooks._send(
-                hooks.handler_retrying,
-                bus,
-                envelope=envelope,
-                handler=handler.name,
-                error=error,
-                attempt=number,
-                delay=delay,
-            )
             await bus._runtime.sleep(delay)
             idle += delay
         else:
@@ -96,7 +118,7 @@ async def attempt(
 
 async def deliver(bus: EventBus, handler: Handler, envelope: Envelope) -> Outcome:
     """Attempt the delivery; when the policy gives up, write a dead letter."""
-    result = await attempt(bus, handler, envelope, handler.retry or bus.retry_policy)
+    result = await attempt(bus, handler, envelope)
     if result.outcome is not Outcome.FAILED:
         return result.outcome
     error = result.error

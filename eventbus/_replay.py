@@ -62,7 +62,7 @@ async def replay_letter(bus: EventBus, letter_id: uuid.UUID, *, lease: float) ->
     except BaseException:
         await run(lambda: store.release(letter_id, owner=owner))
         raise
-    result = await attempt(bus, handler, envelope, handler.retry or bus.retry_policy)
+    result = await attempt(bus, handler, envelope)
     if result.outcome in (Outcome.HANDLED, Outcome.SKIPPED):
         if not await run(lambda: store.resolve(letter_id, owner=owner)):
             # Our lease ran out mid-replay and another replayer took the letter over: the

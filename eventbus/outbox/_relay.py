@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .. import hooks
-from .._delivery import Attempted, Outcome, dead_letter
-from ..errors import RejectEvent, SerializationError, SkipEvent, UnknownEventError
+from .._delivery import Attempted, Outcome, after_failure, dead_letter
+from ..errors import SerializationError, SkipEvent, UnknownEventError
 
 if TYPE_CHECKING:
     from .._bus import EventBus
@@ -323,34 +323,26 @@ class Relay:
     async def _failed(
         self, row: ClaimedRow, handler: Handler, envelope: Envelope, error: Exception
     ) -> bool:
-        bus = self._bus
-        hooks._send(hooks.handler_failed, bus, envelope=envelope, handler=handler.name, error=error)
+        """A durable attempt failed: reschedule the row, or bury it; True when buried."""
         if _contention(error):
             # The database was busy, not the handler wrong: try again soon, uncounted.
-            await self._reschedule(
-                row, f"{type(error).__name__}: {error}", 0.1, count_attempt=False
+            hooks._send(
+                hooks.handler_failed,
+                self._bus,
+                envelope=envelope,
+                handler=handler.name,
+                error=error,
             )
+            error_text = f"{type(error).__name__}: {error}"
+            await self._reschedule(row, error_text, 0.1, count_attempt=False)
             return False
         attempt = row.attempts + 1
-        policy = handler.retry or bus.retry_policy
-        delay = None
-        if not isinstance(error, RejectEvent):
-            delay = policy.next_delay(
-                attempt=attempt, error=error, elapsed=max(0.0, time.time() - row.created_at)
-            )
+        elapsed = max(0.0, time.time() - row.created_at)
+        delay = after_failure(self._bus, handler, envelope, error, attempt=attempt, elapsed=elapsed)
         if delay is None:
             result = Attempted(Outcome.FAILED, attempt, error, None)
-            await dead_letter(bus, handler, envelope, error, result)
+            await dead_letter(self._bus, handler, envelope, error, result)
             return True
-        hooks._send(
-            hooks.handler_retrying,
-            bus,
-            envelope=envelope,
-            handler=handler.name,
-            error=error,
-            attempt=attempt,
-            delay=delay,
-        )
         await self._reschedule(row, f"{type(error).__name__}: {error}", delay)
         return False
 

@@ -52,6 +52,7 @@ from .errors import (
     ConfigurationError,
     DeliveryUnavailableError,
     DuplicateHandlerError,
+    HandlerSignatureError,
     NotAnEventError,
     SkipEvent,
 )
@@ -304,6 +305,7 @@ class EventBus:
         retry: RetryPolicy | None,
     ) -> F:
         handler = inspect_handler(fn, event_type, name=name, delivery=delivery, retry=retry)
+        _check_resource(handler, self._outbox)
         with self._lock:
             self._check_open()
             existing = self._handlers.get(handler.name)
@@ -717,8 +719,9 @@ class EventBus:
             names = ", ".join(h.name for h in route.durable)
             raise DeliveryUnavailableError(
                 f"{route.info.cls.__qualname__} has durable handlers ({names}), which need "
-                "the transactional outbox; this bus has none: pass "
-                "EventBus(outbox=SQLiteOutbox(path)). No handler was run"
+                "the transactional outbox; this bus has none: pass EventBus(outbox=...), "
+                "e.g. SQLiteOutbox(path) or eventbus_contrib.sqlalchemy.SQLAlchemyOutbox. "
+                "No handler was run"
             )
         return full_frame(event, route, checked_key, checked_headers)
 
@@ -1001,6 +1004,18 @@ def _tracking_changed() -> None:
     """Rebuild every bus's routes (called outside any bus lock, so none can deadlock)."""
     for bus in list(_buses):
         bus._invalidate()
+
+
+def _check_resource(handler: Handler, outbox: OutboxStore | None) -> None:
+    """A connection-taking durable handler must take what its outbox's transactions yield."""
+    wanted = handler.connection_type
+    if wanted is None or outbox is None or issubclass(outbox.resource_type, wanted):
+        return
+    raise HandlerSignatureError(
+        f"handler {handler.name} takes a {wanted.__qualname__}, but this bus's outbox "
+        f"({outbox!r}) gives durable handlers a {outbox.resource_type.__qualname__}: "
+        "annotate that type instead"
+    )
 
 
 def _is_type_spec(target: object) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -19,8 +20,8 @@ def _outbox_bus(args: argparse.Namespace) -> EventBus:
     bus = load_bus(args.app)
     if bus.outbox is None:
         raise UsageError(
-            f"{args.app or 'the bus'} has no outbox: build it with "
-            "EventBus(outbox=SQLiteOutbox(path)) (or another outbox store)"
+            f"{args.app or 'the bus'} has no outbox: build it with EventBus(outbox=...), "
+            "e.g. SQLiteOutbox(path) or eventbus_contrib.sqlalchemy.SQLAlchemyOutbox(engine)"
         )
     return bus
 
@@ -77,13 +78,20 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    if args.sql:
+    if args.sql and not (args.app or os.environ.get("EVENTBUS_APP")):
         from .outbox import SQLiteOutbox  # noqa: PLC0415
 
-        print(SQLiteOutbox.schema_sql().strip())
+        print(SQLiteOutbox.schema_sql().strip())  # no app: the embedded default's DDL
         return EXIT_OK
     bus = _outbox_bus(args)
     outbox = bus.outbox
+    if args.sql:
+        schema_sql = getattr(outbox, "schema_sql", None)
+        if schema_sql is None:
+            print(f"eventbus: {outbox!r} cannot print its DDL", file=sys.stderr)
+            return EXIT_USAGE
+        print(str(schema_sql()).strip())
+        return EXIT_OK
     create = getattr(outbox, "create_schema", None)
     if create is None:
         print(f"eventbus: {outbox!r} does not create its own schema", file=sys.stderr)

@@ -23,7 +23,9 @@ Delivery = Literal["inline", "after_commit", "durable"]
 DELIVERIES: tuple[Delivery, ...] = ("inline", "after_commit", "durable")
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+# Printable, and no space at either end (some databases compare names ignoring trailing
+# spaces, which would let two handlers share an inbox).
+_NAME = re.compile(r"(?=\S)[^\x00-\x1f\x7f]{1,200}(?<=\S)")
 
 
 @attrs.frozen(slots=True, eq=False)
@@ -41,8 +43,14 @@ class Handler:
     is_async: bool
     wants_envelope: bool = attrs.field(repr=False)
     """Whether the handler declared a second parameter annotated ``Envelope``."""
-    wants_connection: bool = attrs.field(default=False, repr=False)
-    """Whether a durable handler takes a ``sqlite3.Connection`` (its own transaction)."""
+    connection_type: type[Any] | None = attrs.field(default=None, repr=False)
+    """The connection (or session) type a durable handler takes, if it takes one."""
+
+    @property
+    def wants_connection(self) -> bool:
+        """Whether a durable handler takes a connection (its own transaction)."""
+        return self.connection_type is not None
+
     retry: RetryPolicy | None = attrs.field(default=None, repr=False)
     """Its own retry policy, if it has one (else the bus's, for non-inline handlers)."""
 
@@ -99,7 +107,8 @@ def inspect_handler(
         if not params:
             raise HandlerSignatureError(f"{label} takes no parameters; it must take the event")
         _check_compatible(event_types, annotated, label)
-    wants_envelope, wants_connection = _extras(params, hints, label)
+    wants_envelope, connection_type = _extras(params, hints, label)
+    wants_connection = connection_type is not None
     if wants_connection and is_async:
         raise HandlerSignatureError(
             f"{label} is async and takes a connection; a connection-taking durable handler "
@@ -107,9 +116,9 @@ def inspect_handler(
         )
     if wants_connection and delivery != "durable":
         raise HandlerSignatureError(
-            f"{label} takes a sqlite3.Connection, which only durable handlers get (the "
-            "connection's transaction also records that the handler ran): subscribe it "
-            "with delivery='durable'"
+            f"{label} takes a connection, which only durable handlers get (its "
+            "transaction also records that the handler ran): subscribe it with "
+            "delivery='durable'"
         )
     return Handler(
         name=_handler_name(fn, name, label),
@@ -118,7 +127,7 @@ def inspect_handler(
         delivery=delivery,
         is_async=is_async,
         wants_envelope=wants_envelope,
-        wants_connection=wants_connection,
+        connection_type=connection_type,
         retry=retry,
     )
 
@@ -218,20 +227,23 @@ def _type_label(annotation: Any) -> str:
 
 def _extras(
     params: list[inspect.Parameter], hints: dict[str, Any], label: str
-) -> tuple[bool, bool]:
-    """Which extras the handler takes after the event: (envelope, connection)."""
-    wants_envelope = wants_connection = False
+) -> tuple[bool, type[Any] | None]:
+    """What the handler takes after the event: (an envelope?, a connection type or None)."""
+    wants_envelope = False
+    connection_type: type[Any] | None = None
     for param in params[1:]:
         annotation = hints.get(param.name)
-        takes_envelope = annotation is Envelope and not (wants_envelope or wants_connection)
-        takes_connection = _is_connection(annotation) and not wants_connection
+        takes_envelope = annotation is Envelope and not wants_envelope and connection_type is None
+        takes_connection = _is_connection(annotation) and connection_type is None
         if takes_envelope or takes_connection:
             if param.kind not in _POSITIONAL:
                 raise HandlerSignatureError(
                     f"{label}: the parameter {param.name!r} must be positional"
                 )
-            wants_envelope = wants_envelope or takes_envelope
-            wants_connection = wants_connection or takes_connection
+            if takes_envelope:
+                wants_envelope = True
+            else:
+                connection_type = annotation
             continue
         if param.default is inspect.Parameter.empty and param.kind not in (
             inspect.Parameter.VAR_POSITIONAL,
@@ -239,11 +251,11 @@ def _extras(
         ):
             raise HandlerSignatureError(
                 f"{label}: parameter {param.name!r} has no default and is neither an "
-                "Envelope nor a sqlite3.Connection; a handler takes (event), then "
-                "optionally (envelope: Envelope), then optionally (connection: "
-                "sqlite3.Connection) when it is durable"
+                "Envelope nor a connection; a handler takes (event), then optionally "
+                "(envelope: Envelope), then optionally a connection or session of the "
+                "outbox's database (sqlite3.Connection, sqlalchemy.orm.Session) when durable"
             )
-    return wants_envelope, wants_connection
+    return wants_envelope, connection_type
 
 
 # What a durable handler may take to write in the transaction that records it ran:
@@ -266,7 +278,7 @@ def _handler_name(fn: Callable[..., Any], name: str | None, label: str) -> str:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
                 f"{label}: name must be a non-empty str of at most 200 printable "
-                f"characters, got {name!r}"
+                f"characters, without spaces at either end, got {name!r}"
             )
         return name
     if isinstance(fn, functools.partial):

@@ -106,6 +106,8 @@ class OutboxStore(Protocol):
     batch: int
     lease: float
     poll_interval: float
+    resource_type: type[Any]
+    """What ``handler_transaction`` yields, which connection-taking handlers annotate."""
 
     def write(self, connection: Any, rows: Sequence[PendingRow]) -> None: ...
 

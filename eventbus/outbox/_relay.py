@@ -50,9 +50,23 @@ class _Item:
     handler: Handler
 
 
-def _contention(error: BaseException) -> bool:
-    """A lock wait that ran out (SQLite's 'database is locked'), not a handler's fault."""
-    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+def _contention(error: BaseException, outbox: object) -> bool:
+    """A lock wait that ran out or a deadlock, not the handler's fault.
+
+    The outbox store may judge its own driver's errors (``is_contention``); SQLite's
+    'database is locked' is recognised anywhere in the chain of causes.
+    """
+    judge = getattr(outbox, "is_contention", None)
+    if judge is not None and judge(error):
+        return True
+    seen: BaseException | None = error
+    for _ in range(10):  # a bounded walk: chains can loop
+        if seen is None:
+            return False
+        if isinstance(seen, sqlite3.OperationalError) and "locked" in str(seen):
+            return True
+        seen = seen.__cause__ or getattr(seen, "orig", None) or seen.__context__
+    return False
 
 
 def _chunks(items: list[_Item], count: int) -> list[list[_Item]]:
@@ -324,7 +338,7 @@ class Relay:
         self, row: ClaimedRow, handler: Handler, envelope: Envelope, error: Exception
     ) -> bool:
         """A durable attempt failed: reschedule the row, or bury it; True when buried."""
-        if _contention(error):
+        if _contention(error, self._outbox):
             # The database was busy, not the handler wrong: try again soon, uncounted.
             hooks._send(
                 hooks.handler_failed,

@@ -90,6 +90,8 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 class SQLiteOutbox:
     """The transactional outbox in a SQLite database file (the application's own)."""
 
+    resource_type: type[Any] = sqlite3.Connection
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -656,3 +656,41 @@ def test_an_async_handler_that_takes_a_connection_is_refused_or_run(
     bus.drain(timeout=10)
     assert ran == [1]
     assert conn.execute("SELECT number FROM effects").fetchall() == [(1,)]
+
+
+def test_a_handler_must_take_what_the_outbox_gives(tmp_path):
+    import eventbus_contrib.sqlalchemy  # noqa: F401 - lets durable handlers take a Session
+    import sqlalchemy.orm
+
+    from eventbus import SQLiteOutbox as Store
+    from eventbus.errors import HandlerSignatureError as SignatureError
+
+    store = Store(tmp_path / "app.db")
+    bus = EventBus(registry=REGISTRY, outbox=store, relay=False)
+    try:
+        with pytest.raises(SignatureError, match="gives durable handlers a Connection"):
+
+            @bus.subscribe(name="wrong", delivery="durable")
+            def wrong(event: OrderPlaced, session: sqlalchemy.orm.Session) -> None: ...
+
+        assert bus.handlers == ()
+    finally:
+        bus.close()
+        store.close()
+
+
+def test_lock_contention_is_recognised_through_wrapping_errors():
+    import sqlite3 as sqlite
+
+    from eventbus.outbox._relay import _contention
+
+    wrapper = RuntimeError("wrapped")
+    wrapper.__cause__ = sqlite.OperationalError("database is locked")
+    assert _contention(wrapper, object())
+    assert not _contention(ValueError("no"), object())
+
+    class Judge:
+        def is_contention(self, error: BaseException) -> bool:
+            return isinstance(error, TimeoutError)
+
+    assert _contention(TimeoutError(), Judge())

@@ -793,3 +793,11 @@ def test_functools_partial_takes_its_event_type_from_the_wrapped_function(bus):
     assert handler.event_types == (A,)
     bus.publish(A(n=3))
     assert seen == [A(n=3)]
+
+
+@pytest.mark.parametrize("name", [" lead", "trail ", "\tboth\t"])
+def test_handler_names_with_spaces_at_either_end_are_refused(bus, name):
+    def handler(event: A) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="without spaces at either end"):
+        bus.subscribe(handler, name=name)

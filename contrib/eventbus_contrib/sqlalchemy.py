@@ -1,0 +1,889 @@
+"""The transactional outbox on SQLAlchemy 2: PostgreSQL, MariaDB (and MySQL 8) and SQLite.
+
+``pip install "eventbus[sqlalchemy]"`` (plus ``postgres`` or ``mysql`` for a driver)::
+
+    engine = create_engine("postgresql+psycopg://app@db/app")
+    bus = EventBus(outbox=SQLAlchemyOutbox(engine))
+
+    with Session(engine) as session, bus.transaction(session):
+        session.add(Order(...))
+        bus.publish(OrderPlaced(...))  # its outbox rows commit with the order
+
+Rows are written through the application's ``Session`` (or ``Connection``), in its
+transaction, as one multi-row INSERT; the relay claims, completes (writing the inbox
+marks of the delivered rows in the same transaction), reschedules and renews them in
+short transactions of its own, fenced by its lease owner. Leases and retry times come
+from the database's clock, never from this process's.
+
+Claiming never relies on ids being committed in order (they are not on PostgreSQL and
+MariaDB: a sequence value is taken at INSERT, not at COMMIT). It picks rows by state,
+``FOR UPDATE SKIP LOCKED``, oldest first; a transaction that commits late makes its rows
+claimable at its commit, whatever the relay claimed meanwhile. Per (destination, key), a
+row is claimable only while no earlier row of that key is left (in any state), which
+keeps outbox order across retries and several relays. On PostgreSQL and MariaDB "earlier"
+means a smaller id among committed rows: two transactions that publish the same key at
+the same time are delivered in commit order, not in id order.
+
+Per database:
+
+- PostgreSQL (>= 9.5): one statement, ``WITH c AS MATERIALIZED (SELECT ... FOR UPDATE
+  SKIP LOCKED) UPDATE ... FROM c RETURNING``. Not ``WHERE id IN (SELECT ...)``: planned
+  as a nested loop, that subquery runs again per outer row and leases far more than the
+  batch. The clock is ``clock_timestamp()`` (``now()`` is the transaction's start).
+- MariaDB (>= 10.6) and MySQL (>= 8.0) have no ``UPDATE ... RETURNING``: one short
+  transaction runs ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE ... WHERE id IN``.
+  The relay's transactions run at READ COMMITTED, so a claim never takes gap locks that
+  would stall the application's INSERTs. The clock is ``UNIX_TIMESTAMP() +
+  MICROSECOND(NOW(6)) / 1e6``: both read the statement's start time, and unlike
+  ``UNIX_TIMESTAMP(NOW(6))`` it does not go through the session time zone, which is
+  ambiguous for an hour each year under daylight saving time. Tables are ``utf8mb4`` with
+  the binary collation ``utf8mb4_bin``, so handler names and keys compare case-sensitively
+  (the server default ``utf8mb4_general_ci`` would make handlers ``a.B`` and ``a.b`` share
+  an inbox). Like every ``PAD SPACE`` collation it ignores trailing spaces.
+- SQLite (>= 3.35, the ``pysqlite`` driver, a database file): the same single
+  ``UPDATE ... RETURNING`` as ``eventbus.outbox.SQLiteOutbox``. The store installs
+  SQLAlchemy's documented workaround on the engine (a ``connect`` listener sets the
+  driver's ``isolation_level`` to None, a ``begin`` listener emits BEGIN itself), which is
+  what makes savepoints (``session.begin_nested()``) work on SQLite at all. Transactions of
+  the outbox and of ``bus.transaction()`` begin with ``BEGIN IMMEDIATE``, others with a
+  plain ``BEGIN``. The database is switched to WAL. Create sessions and connections after
+  the store, on its engine.
+
+``outbox_tables()`` gives the two tables for an application's ``MetaData`` (Alembic's
+``target_metadata``); then pass ``create=False``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from eventbus._handlers import register_resource_type
+from eventbus.errors import ConfigurationError, MissingDependencyError, OutboxError
+from eventbus.outbox import ClaimedRow, OutboxStatus, PendingRow
+
+try:
+    import sqlalchemy as sa
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import Session, SessionTransaction
+    from sqlalchemy.schema import CreateIndex, CreateTable
+except ImportError as error:  # pragma: no cover - the extra is installed in development
+    raise MissingDependencyError(
+        'eventbus_contrib.sqlalchemy needs SQLAlchemy 2: pip install "eventbus[sqlalchemy]"'
+    ) from error
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+    from eventbus._transactions import TransactionControl
+
+__all__ = ["SQLAlchemyOutbox", "outbox_tables"]
+
+# Durable handlers may take ``session: Session``: the relay hands them the session of
+# handler_transaction(), in which their inbox mark is written too.
+register_resource_type(Session)
+
+_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_KEY_INDEX_PREFIX: Final = 255
+"""Characters of ``key`` in the (destination, key, id) index on MariaDB/MySQL: 1024
+characters of utf8mb4 are 4096 bytes, over InnoDB's 3072-byte limit for an index entry.
+The column keeps all 1024; the index narrows by the first 255 and the row decides."""
+
+_CHUNK_ROWS: Final = 500
+_CHUNK_BYTES: Final = 2 * 1024 * 1024
+"""A multi-row INSERT carries at most this many rows and payload bytes, well inside every
+database's bound-parameter limit and MariaDB's default ``max_allowed_packet`` (16 MiB)."""
+
+_ERROR_LENGTH: Final = 2000
+
+_CLAIMED: Final = (
+    "id",
+    "envelope_id",
+    "name",
+    "destination",
+    "key",
+    "payload",
+    "attempts",
+    "created_at",
+)
+
+_IMMEDIATE: Final = "eventbus_begin_immediate"
+"""An execution option: on SQLite, this connection's transaction begins IMMEDIATE."""
+
+_NOW_SQL: Final = {
+    "postgresql": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",
+    "mysql": "(UNIX_TIMESTAMP() + MICROSECOND(NOW(6)) / 1e6)",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+"""Unix seconds with sub-second precision, from the database's clock."""
+
+_MINIMUM_VERSIONS: Final = {
+    "postgresql": ((9, 5), "PostgreSQL 9.5 (FOR UPDATE SKIP LOCKED)"),
+    "mariadb": ((10, 6), "MariaDB 10.6 (FOR UPDATE SKIP LOCKED)"),
+    "mysql": ((8, 0), "MySQL 8.0 (FOR UPDATE SKIP LOCKED)"),
+    "sqlite": ((3, 35), "SQLite 3.35 (UPDATE ... RETURNING)"),
+}
+
+
+def outbox_tables(metadata: sa.MetaData, *, prefix: str = "eventbus") -> tuple[sa.Table, sa.Table]:
+    """The outbox and inbox tables, ``{prefix}_outbox`` and ``{prefix}_inbox``, in ``metadata``.
+
+    For applications that manage their schema with Alembic: include them in the metadata
+    that migrations are generated from, and open the store with ``create=False``. Calling
+    it again on the same metadata returns the same tables.
+
+    The columns match ``SQLiteOutbox.schema_sql()``: times are unix seconds (doubles)
+    from the database clock; ``id`` never goes back (``AUTOINCREMENT`` on SQLite, a
+    sequence on PostgreSQL, InnoDB's persistent counter on MariaDB >= 10.2.4).
+    ``(destination, key, id)`` is indexed on the first 255 characters of ``key`` on
+    MariaDB/MySQL, whose index entries cannot hold 1024 utf8mb4 characters.
+    """
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise ConfigurationError(
+            "prefix must be 1 to 40 letters, digits or underscores, not starting with a "
+            f"digit (it names tables and indexes), got {prefix!r}"
+        )
+    outbox_name, inbox_name = f"{prefix}_outbox", f"{prefix}_inbox"
+    if outbox_name in metadata.tables and inbox_name in metadata.tables:
+        return metadata.tables[outbox_name], metadata.tables[inbox_name]
+    mysql_options: dict[str, Any] = {
+        f"{dialect}_{option}": value
+        for dialect in ("mysql", "mariadb")
+        for option, value in (
+            ("engine", "InnoDB"),
+            ("charset", "utf8mb4"),
+            ("collate", "utf8mb4_bin"),
+        )
+    }
+    outbox = sa.Table(
+        outbox_name,
+        metadata,
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("envelope_id", sa.String(36), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("destination", sa.String(200), nullable=False),
+        sa.Column("key", sa.String(1024), nullable=True),
+        sa.Column(
+            "payload",
+            sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"),
+            nullable=False,
+        ),
+        sa.Column("created_at", sa.Double(), nullable=False),
+        sa.Column("available_at", sa.Double(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+        sa.Column("lease_owner", sa.String(200), nullable=True),
+        sa.Column("lease_until", sa.Double(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sqlite_autoincrement=True,
+        **mysql_options,
+    )
+    sa.Index(f"{outbox_name}_available", outbox.c.available_at, outbox.c.id)
+    sa.Index(
+        f"{outbox_name}_key",
+        outbox.c.destination,
+        outbox.c.key,
+        outbox.c.id,
+        mysql_length={"key": _KEY_INDEX_PREFIX},
+        mariadb_length={"key": _KEY_INDEX_PREFIX},
+    )
+    inbox = sa.Table(
+        inbox_name,
+        metadata,
+        sa.Column("handler", sa.String(200), primary_key=True),
+        sa.Column("envelope_id", sa.String(36), primary_key=True),
+        sa.Column("processed_at", sa.Double(), nullable=False),
+        **mysql_options,
+    )
+    return outbox, inbox
+
+
+class SQLAlchemyOutbox:
+    """The transactional outbox in the application's database, through a SQLAlchemy engine.
+
+    Implements ``eventbus.typing.OutboxStore``. ``bus.transaction()`` takes a ``Session``
+    or a ``Connection`` of this engine; durable handlers may take ``session: Session``
+    (their writes and their inbox mark commit together). ``close()`` leaves the engine,
+    which is the application's, open.
+    """
+
+    resource_type: type[Any] = Session
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        metadata: sa.MetaData | None = None,
+        prefix: str = "eventbus",
+        batch: int = 100,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        create: bool = True,
+    ) -> None:
+        """Use the outbox tables on ``engine`` (by default creating them if missing).
+
+        ``metadata``: the application's, to define the tables in (see ``outbox_tables``).
+        ``batch``, ``lease`` and ``poll_interval`` set how it is relayed: rows claimed at
+        once, seconds a relay holds a claim before another may take it over (renewed
+        while a handler runs), and seconds between polls when no commit woke the relay.
+        """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigurationError(f"batch must be an int >= 1, got {batch!r}")
+        for name, number in (("lease", lease), ("poll_interval", poll_interval)):
+            if not (number > 0 and math.isfinite(number)):
+                raise ConfigurationError(f"{name} must be > 0 seconds, got {number!r}")
+        if not isinstance(engine, Engine):
+            raise ConfigurationError(
+                "SQLAlchemyOutbox takes a sqlalchemy.Engine (create_engine(...)), got "
+                f"{type(engine).__qualname__}; async engines are not supported"
+            )
+        self.batch = batch
+        self.lease = float(lease)
+        self.poll_interval = float(poll_interval)
+        self._engine = engine
+        self._url = engine.url.render_as_string(hide_password=True)
+        self._password = engine.url.password
+        self._kind = _kind_of(engine)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._materialize = False
+        if self._kind == "sqlite":
+            _check_sqlite(engine)
+            _install_sqlite_transactions(engine)
+            # The relay's and the handlers' transactions take SQLite's write lock at
+            # BEGIN: a deferred one that reads then writes fails at once with SQLITE_BUSY.
+            self._writer: Engine = engine.execution_options(**{_IMMEDIATE: True})
+            self._reader: Engine = engine
+            self._handler_engine: Engine = self._writer
+        else:
+            # Short relay transactions at READ COMMITTED: no gap locks (MariaDB), no
+            # serialization failures (an engine configured SERIALIZABLE).
+            self._writer = engine.execution_options(isolation_level="READ COMMITTED")
+            self._reader = self._writer
+            self._handler_engine = engine
+        self.outbox, self.inbox = outbox_tables(
+            sa.MetaData() if metadata is None else metadata, prefix=prefix
+        )
+        self._prefix = prefix
+        self._now: sa.ColumnElement[float] = sa.literal_column(
+            _NOW_SQL[self._kind],
+            sa.Double(),
+        )
+        self._prepare(create=create)
+
+    def __repr__(self) -> str:
+        return f"SQLAlchemyOutbox({self._url!r}, prefix={self._prefix!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """The application's engine this outbox lives on."""
+        return self._engine
+
+    def _prepare(self, *, create: bool) -> None:
+        """Check the server can run the claim; put SQLite in WAL; create the tables."""
+        with self._guard("connect to the database"), self._engine.connect() as opened:
+            connection = opened.execution_options(isolation_level="AUTOCOMMIT")
+            dialect = connection.dialect
+            version = dialect.server_version_info or ()
+            kind = "mariadb" if getattr(dialect, "is_mariadb", False) else self._kind
+            needed, label = _MINIMUM_VERSIONS[kind]
+            if tuple(version[:2]) < needed:
+                shown = ".".join(map(str, version))
+                raise ConfigurationError(f"the outbox needs {label} or later, got {shown}")
+            self._materialize = kind == "postgresql" and tuple(version[:1]) >= (12,)
+            if self._kind == "sqlite":
+                mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+                if str(mode).lower() != "wal":
+                    connection.exec_driver_sql("PRAGMA journal_mode = WAL")
+        if create:
+            self._create()
+
+    def create_schema(self) -> None:
+        """Create the outbox and inbox tables if they do not exist."""
+        self._check_open("create the outbox tables")
+        self._create()
+
+    def schema_sql(self) -> str:
+        """The DDL of both tables and their indexes for this engine's database, for
+        applications that manage their own migrations (without Alembic)."""
+        dialect = self._engine.dialect
+        statements: list[str] = []
+        for table in (self.outbox, self.inbox):
+            statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+            statements.extend(
+                str(CreateIndex(index).compile(dialect=dialect)).strip()
+                for index in sorted(table.indexes, key=lambda index: str(index.name))
+            )
+        return "".join(f"{statement};\n" for statement in statements)
+
+    def _create(self) -> None:
+        with self._guard("create the outbox tables"), self._writer.begin() as connection:
+            self.outbox.metadata.create_all(connection, tables=[self.outbox, self.inbox])
+
+    # -- the publisher's side ----------------------------------------------------------
+
+    def write(self, connection: Any, rows: Sequence[PendingRow]) -> None:
+        """INSERT ``rows`` through the application's ``Session`` or ``Connection``, in its
+        transaction: one multi-row INSERT (split only when very large)."""
+        self._check_open("write to the outbox")
+        with self._guard("write to the outbox"):
+            joined = self._joined(connection, "write to the outbox")
+            if not rows:
+                return
+            for chunk in _chunks(rows):
+                joined.execute(
+                    sa.insert(self.outbox).values(
+                        [
+                            {
+                                "envelope_id": str(row.envelope_id),
+                                "name": row.name,
+                                "destination": row.destination,
+                                "key": row.key,
+                                "payload": row.payload,
+                                "created_at": self._now,
+                                "available_at": self._now,
+                            }
+                            for row in chunk
+                        ]
+                    )
+                )
+
+    def write_now(self, rows: Sequence[PendingRow]) -> None:
+        """INSERT ``rows`` in a transaction of their own (a publish outside any scope)."""
+        with self._begin("write to the outbox") as connection:
+            self.write(connection, rows)
+
+    # -- the relay's side --------------------------------------------------------------
+
+    def claim(self, *, owner: str, batch: int, lease: float) -> list[ClaimedRow]:
+        """Lease up to ``batch`` available rows, oldest first, at most one per key."""
+        with self._begin("claim outbox rows") as connection:
+            if self._kind == "mysql":  # MariaDB too
+                found = self._claim_in_two(connection, owner, batch, lease)
+            else:
+                found = self._claim_in_one(connection, owner, batch, lease)
+        rows = [
+            ClaimedRow(
+                id=int(row.id),
+                envelope_id=uuid.UUID(row.envelope_id),
+                name=row.name,
+                destination=row.destination,
+                key=row.key,
+                payload=bytes(row.payload),
+                attempts=int(row.attempts),
+                created_at=float(row.created_at),
+            )
+            for row in found
+        ]
+        rows.sort(key=lambda row: row.id)
+        return rows
+
+    def _claimable(self, batch: int, *, only_id: bool) -> sa.Select[Any]:
+        """The oldest due, unleased rows whose key has no earlier row left (in any state)."""
+        now = self._now
+        mine = self.outbox.alias("o")
+        earlier = self.outbox.alias("p")
+        blocked = (
+            sa.select(earlier.c.id)
+            .where(
+                earlier.c.destination == mine.c.destination,
+                earlier.c.key == mine.c.key,
+                earlier.c.id < mine.c.id,
+            )
+            .exists()
+        )
+        columns = [mine.c.id] if only_id else [mine.c[name] for name in _CLAIMED]
+        return (
+            sa.select(*columns)
+            .where(
+                mine.c.available_at <= now,
+                sa.or_(mine.c.lease_until.is_(None), mine.c.lease_until < now),
+                sa.or_(mine.c.key.is_(None), ~blocked),
+            )
+            .order_by(mine.c.id)
+            .limit(batch)
+            .with_for_update(skip_locked=True)  # rendered by PostgreSQL and MariaDB only
+        )
+
+    def _claim_in_one(
+        self, connection: Connection, owner: str, batch: int, lease: float
+    ) -> Sequence[sa.Row[Any]]:
+        """PostgreSQL and SQLite: one UPDATE of the rows the SELECT picked, RETURNING them.
+
+        On PostgreSQL the SELECT is a materialised CTE, run exactly once: as ``id IN
+        (SELECT ...)``, a nested-loop plan (the planner's choice on a table whose
+        statistics say it is empty) runs the locking subquery again for each outer row;
+        forced, that leased 30 rows for a batch of 2. SQLite runs an uncorrelated IN
+        subquery once.
+        """
+        table = self.outbox
+        claimable = self._claimable(batch, only_id=True)
+        if self._kind == "postgresql":
+            picked = claimable.cte("eventbus_claimable")
+            if self._materialize:  # PostgreSQL >= 12 may inline a CTE; older ones never do
+                picked = picked.prefix_with("MATERIALIZED")
+            chosen = table.c.id == picked.c.id
+        else:
+            chosen = table.c.id.in_(claimable)
+        statement = (
+            sa.update(table)
+            .where(chosen)
+            .values(lease_owner=owner, lease_until=self._now + float(lease))
+            .returning(*(table.c[name] for name in _CLAIMED))
+        )
+        return connection.execute(statement).all()
+
+    def _claim_in_two(
+        self, connection: Connection, owner: str, batch: int, lease: float
+    ) -> Sequence[sa.Row[Any]]:
+        """MariaDB/MySQL (no UPDATE ... RETURNING): lock the rows, then lease them, in the
+        same short transaction."""
+        found = connection.execute(self._claimable(batch, only_id=False)).all()
+        if found:
+            table = self.outbox
+            connection.execute(
+                sa.update(table)
+                .where(table.c.id.in_([row.id for row in found]))
+                .values(lease_owner=owner, lease_until=self._now + float(lease))
+            )
+        return found
+
+    def complete(
+        self,
+        ids: Iterable[int],
+        *,
+        owner: str,
+        processed: Sequence[tuple[str, uuid.UUID]] = (),
+    ) -> int:
+        """Delete delivered rows that ``owner`` still holds; returns how many.
+
+        ``processed`` (handler, envelope id) pairs are written to the inbox in the same
+        transaction, so a row and its mark go together (in a fixed order, so two relays
+        marking the same pairs cannot deadlock).
+        """
+        ids = list(ids)
+        if not ids:
+            return 0
+        table = self.outbox
+        pairs = sorted({(handler, str(envelope_id)) for handler, envelope_id in processed})
+        with self._begin("complete outbox rows") as connection:
+            for start in range(0, len(pairs), _CHUNK_ROWS):
+                connection.execute(
+                    self._insert_marks(
+                        [
+                            {"handler": handler, "envelope_id": envelope_id}
+                            for handler, envelope_id in pairs[start : start + _CHUNK_ROWS]
+                        ]
+                    )
+                )
+            result = connection.execute(
+                sa.delete(table).where(table.c.lease_owner == owner, table.c.id.in_(ids))
+            )
+            return int(result.rowcount)
+
+    def reschedule(
+        self, row_id: int, *, owner: str, attempts: int, delay: float, error: str
+    ) -> bool:
+        """Put a failed row back, available again in ``delay`` seconds (fenced)."""
+        table = self.outbox
+        with self._begin("reschedule an outbox row") as connection:
+            result = connection.execute(
+                sa.update(table)
+                .where(table.c.id == row_id, table.c.lease_owner == owner)
+                .values(
+                    attempts=attempts,
+                    available_at=self._now + float(delay),
+                    lease_owner=None,
+                    lease_until=None,
+                    last_error=error[:_ERROR_LENGTH],
+                )
+            )
+            return int(result.rowcount) == 1
+
+    def renew(self, ids: Iterable[int], *, owner: str, lease: float) -> int:
+        """Extend the lease of rows still being delivered."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        table = self.outbox
+        with self._begin("renew outbox leases") as connection:
+            result = connection.execute(
+                sa.update(table)
+                .where(table.c.lease_owner == owner, table.c.id.in_(ids))
+                .values(lease_until=self._now + float(lease))
+            )
+            return int(result.rowcount)
+
+    def status(self) -> OutboxStatus:
+        """Counts and ages, for operators."""
+        table, now = self.outbox, self._now
+        with self._begin("read the outbox status", self._reader) as connection:
+            total, in_flight, delayed, oldest = connection.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.sum(sa.case((table.c.lease_until >= now, 1), else_=0)),
+                    sa.func.sum(sa.case((table.c.available_at > now, 1), else_=0)),
+                    now - sa.func.min(table.c.created_at),
+                ).select_from(table)
+            ).one()
+            by_name = {
+                name: int(count)
+                for name, count in connection.execute(
+                    sa.select(table.c.name, sa.func.count())
+                    .group_by(table.c.name)
+                    .order_by(table.c.name)
+                )
+            }
+        return OutboxStatus(
+            pending=int(total),
+            in_flight=int(in_flight or 0),
+            delayed=int(delayed or 0),
+            oldest_age=None if oldest is None else max(0.0, float(oldest)),
+            by_name=by_name,
+        )
+
+    # -- the inbox -----------------------------------------------------------------------
+
+    def seen(self, handler: str, envelope_id: uuid.UUID) -> bool:
+        """Whether ``handler`` already processed ``envelope_id``."""
+        inbox = self.inbox
+        with self._begin("read the inbox", self._reader) as connection:
+            found = connection.execute(
+                sa.select(inbox.c.handler).where(
+                    inbox.c.handler == handler, inbox.c.envelope_id == str(envelope_id)
+                )
+            ).first()
+        return found is not None
+
+    def seen_many(self, pairs: Sequence[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
+        """Which of the (handler, envelope id) pairs the inbox already holds."""
+        inbox = self.inbox
+        found: set[tuple[str, uuid.UUID]] = set()
+        with self._begin("read the inbox", self._reader) as connection:
+            for start in range(0, len(pairs), _CHUNK_ROWS):
+                chunk = pairs[start : start + _CHUNK_ROWS]
+                wanted = sa.tuple_(inbox.c.handler, inbox.c.envelope_id).in_(
+                    [(handler, str(envelope_id)) for handler, envelope_id in chunk]
+                )
+                for handler, envelope_id in connection.execute(
+                    sa.select(inbox.c.handler, inbox.c.envelope_id).where(wanted)
+                ):
+                    found.add((handler, uuid.UUID(envelope_id)))
+        return found
+
+    def mark(self, handler: str, envelope_id: uuid.UUID, connection: Any = None) -> bool:
+        """Record that ``handler`` processed ``envelope_id``; False if it already had.
+
+        With ``connection`` (a ``Session`` or ``Connection``), the INSERT joins its open
+        transaction (the handler's own writes), so effects and mark commit together. A
+        concurrent mark of the same pair waits for that transaction, then finds it.
+        """
+        statement = self._insert_marks([{"handler": handler, "envelope_id": str(envelope_id)}])
+        if connection is not None:
+            self._check_open("write the inbox")
+            with self._guard("write the inbox"):
+                joined = self._joined(connection, "write the inbox")
+                return int(joined.execute(statement).rowcount) == 1
+        with self._begin("write the inbox") as own:
+            return int(own.execute(statement).rowcount) == 1
+
+    def _insert_marks(self, marks: list[dict[str, str]]) -> sa.Insert:
+        """INSERT inbox rows, skipping those already there; its rowcount is what it added."""
+        values = [{**mark, "processed_at": self._now} for mark in marks]
+        statement: sa.Insert
+        if self._kind == "postgresql":
+            statement = postgresql.insert(self.inbox).values(values).on_conflict_do_nothing()
+        elif self._kind == "sqlite":
+            statement = sqlite.insert(self.inbox).values(values).on_conflict_do_nothing()
+        else:
+            # MariaDB/MySQL: IGNORE also turns other errors into warnings, but the values
+            # are bounded by the core (handler names <= 200 characters, UUIDs).
+            statement = sa.insert(self.inbox).values(values).prefix_with("IGNORE")
+        # An INSERT's rowcount is kept only when asked (SQLAlchemy >= 2.0.28).
+        return statement.execution_options(preserve_rowcount=True)
+
+    @contextmanager
+    def handler_transaction(self) -> Iterator[Session]:
+        """A ``Session`` in a transaction of its own, for a durable handler that takes one.
+
+        Commits on a clean exit, rolls back on an exception. On SQLite it begins
+        IMMEDIATE: the write lock is held while the handler runs, so keep such handlers
+        short.
+        """
+        self._check_open("open a handler transaction")
+        with Session(self._handler_engine) as session, session.begin():
+            yield session
+
+    def transaction_control(self, resource: object) -> TransactionControl | None:
+        """How ``bus.transaction()`` drives a ``Session`` or a ``Connection`` (else None)."""
+        if isinstance(resource, Session):
+            self._check_bind(resource, "bus.transaction()")
+            return _SessionControl(resource, self.outbox, immediate=self._kind == "sqlite")
+        if isinstance(resource, Connection):
+            self._check_bind(resource, "bus.transaction()")
+            return _ConnectionControl(resource, immediate=self._kind == "sqlite")
+        return None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse further work. The engine is the application's: it stays open."""
+        with self._lock:
+            self._closed = True
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise OutboxError(f"cannot {what}: the outbox on {self._url} is closed")
+
+    def _check_bind(self, resource: Session | Connection, what: str) -> Engine:
+        """The engine ``resource`` runs on; it must be this outbox's kind of database (on
+        SQLite, this very engine: its transactions are set up by listeners on it)."""
+        if isinstance(resource, Session):
+            try:
+                bind = resource.get_bind(clause=self.outbox)
+            except sa_exc.UnboundExecutionError as exc:
+                raise ConfigurationError(
+                    f"{what} needs a Session bound to an engine: Session({self._url!r} engine)"
+                ) from exc
+            engine = bind.engine if isinstance(bind, Connection) else bind
+        else:
+            engine = resource.engine
+        if _kind_of(engine) != self._kind:
+            raise ConfigurationError(
+                f"{what} got a {type(resource).__qualname__} on a {engine.dialect.name} "
+                f"database, but the outbox is on {self._url}: use a session of that engine"
+            )
+        if self._kind == "sqlite" and engine.pool is not self._engine.pool:
+            raise ConfigurationError(
+                f"{what} got a {type(resource).__qualname__} of another SQLite engine; on "
+                "SQLite, use the engine given to SQLAlchemyOutbox (it sets up BEGIN "
+                "IMMEDIATE and savepoints on that engine)"
+            )
+        return engine
+
+    def _joined(self, resource: object, what: str) -> Connection:
+        """The connection of the caller's Session or Connection, in its transaction."""
+        if isinstance(resource, Session):
+            self._check_bind(resource, what)
+            connection = resource.connection(bind_arguments={"clause": self.outbox})
+        elif isinstance(resource, Connection):
+            self._check_bind(resource, what)
+            connection = resource
+        else:
+            raise ConfigurationError(
+                f"cannot {what} through a {type(resource).__qualname__}: SQLAlchemyOutbox "
+                "takes a sqlalchemy.orm.Session or a sqlalchemy.engine.Connection"
+            )
+        if _autocommits(connection, self._kind):
+            raise ConfigurationError(
+                f"cannot {what} through a connection in AUTOCOMMIT mode: the rows would "
+                "commit at once, whatever becomes of the application's transaction. Use a "
+                "session or connection of an engine without isolation_level='AUTOCOMMIT'"
+            )
+        return connection
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Database errors become OutboxErrors naming the operation (never the password)."""
+        try:
+            yield
+        except sa_exc.SQLAlchemyError as exc:
+            raise OutboxError(f"cannot {what} in {self._url}: {self._reason(exc)}") from exc
+
+    @contextmanager
+    def _begin(self, what: str, engine: Engine | None = None) -> Iterator[Connection]:
+        """A short transaction of the relay's own; committed on a clean exit."""
+        self._check_open(what)
+        with self._guard(what), (engine or self._writer).begin() as connection:
+            yield connection
+
+    def _reason(self, exc: sa_exc.SQLAlchemyError) -> str:
+        """The driver's message, without the statement and its parameters (payloads)."""
+        if isinstance(exc, sa_exc.StatementError) and exc.orig is not None:
+            reason = f"{type(exc.orig).__name__}: {exc.orig}"
+        elif isinstance(exc, sa_exc.StatementError):
+            reason = str(exc.args[0]) if exc.args else type(exc).__name__
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        if self._password:
+            reason = reason.replace(self._password, "***")
+        return reason
+
+
+class _SessionControl:
+    """``bus.transaction(session)``: the session's transaction, savepoints by begin_nested."""
+
+    def __init__(self, session: Session, table: sa.Table, *, immediate: bool) -> None:
+        self._session = session
+        self._table = table
+        self._immediate = immediate
+
+    def in_transaction(self) -> bool:
+        return self._session.in_transaction()
+
+    def begin(self) -> None:
+        self._session.begin()
+        if self._immediate:
+            # Procure the connection now, so SQLite's write lock is taken at BEGIN (or
+            # the busy timeout runs out here, leaving the session as it was).
+            try:
+                connection = self._session.connection(
+                    bind_arguments={"clause": self._table}, execution_options={_IMMEDIATE: True}
+                )
+                _check_sqlite_began(connection)
+            except BaseException:
+                self._session.rollback()
+                raise
+
+    def commit(self) -> None:
+        self._session.commit()
+
+    def rollback(self) -> None:
+        self._session.rollback()
+
+    def savepoint(self) -> object:
+        return self._session.begin_nested()
+
+    def release(self, savepoint: object) -> None:
+        cast("SessionTransaction", savepoint).commit()
+
+    def rollback_to(self, savepoint: object) -> None:
+        cast("SessionTransaction", savepoint).rollback()
+
+
+class _ConnectionControl:
+    """``bus.transaction(connection)``: Core transactions, savepoints by begin_nested."""
+
+    def __init__(self, connection: Connection, *, immediate: bool) -> None:
+        self._connection = connection
+        self._immediate = immediate
+
+    def in_transaction(self) -> bool:
+        return self._connection.in_transaction()
+
+    def begin(self) -> None:
+        connection = self._connection
+        if not self._immediate:
+            connection.begin()
+            return
+        connection.execution_options(**{_IMMEDIATE: True})
+        try:
+            connection.begin()
+            _check_sqlite_began(connection)
+        except BaseException:
+            connection.rollback()  # the busy timeout ran out: leave it as it was
+            raise
+        finally:
+            connection.execution_options(**{_IMMEDIATE: False})
+
+    def commit(self) -> None:
+        self._connection.commit()
+
+    def rollback(self) -> None:
+        self._connection.rollback()
+
+    def savepoint(self) -> object:
+        return self._connection.begin_nested()
+
+    def release(self, savepoint: object) -> None:
+        cast("sa.NestedTransaction", savepoint).commit()
+
+    def rollback_to(self, savepoint: object) -> None:
+        cast("sa.NestedTransaction", savepoint).rollback()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _autocommits(connection: Connection, kind: str) -> bool:
+    """Whether statements on ``connection`` commit one by one (AUTOCOMMIT)."""
+    if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return True
+    if kind == "sqlite":
+        return False  # the driver's flag is off on purpose; _sqlite_begin emits BEGIN
+    detect = getattr(connection.dialect, "detect_autocommit_setting", None)  # SQLAlchemy 2.1
+    raw = connection.connection.dbapi_connection
+    return detect is not None and raw is not None and bool(detect(raw))
+
+
+def _kind_of(engine: Engine) -> str:
+    name = engine.dialect.name
+    if name not in ("postgresql", "mysql", "mariadb", "sqlite"):
+        raise ConfigurationError(
+            f"SQLAlchemyOutbox serves PostgreSQL, MariaDB, MySQL and SQLite, not {name}"
+        )
+    return "mysql" if name == "mariadb" else name
+
+
+def _chunks(rows: Sequence[PendingRow]) -> Iterator[Sequence[PendingRow]]:
+    start, size = 0, 0
+    for index, row in enumerate(rows):
+        if index > start and (
+            index - start >= _CHUNK_ROWS or size + len(row.payload) > _CHUNK_BYTES
+        ):
+            yield rows[start:index]
+            start, size = index, 0
+        size += len(row.payload)
+    yield rows[start:]
+
+
+def _check_sqlite(engine: Engine) -> None:
+    if engine.dialect.driver != "pysqlite":
+        raise ConfigurationError(
+            f"on SQLite the outbox needs the pysqlite driver (sqlite:///path), got "
+            f"{engine.dialect.driver}"
+        )
+    database = engine.url.database or ""
+    memory = database in ("", ":memory:") or "mode=memory" in database
+    if memory or engine.url.query.get("mode") == "memory":
+        raise ConfigurationError(
+            "the outbox must live in a database file that the application's own "
+            "connections share; an in-memory SQLite database is private to one connection"
+        )
+
+
+def _sqlite_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+    """pysqlite must not BEGIN on its own: SQLAlchemy's begin listener does it."""
+    del record
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """Emit BEGIN (IMMEDIATE when asked) where SQLAlchemy begins a transaction."""
+    options = connection.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return
+    raw = connection.connection.dbapi_connection
+    if raw is not None and raw.isolation_level is not None:
+        # A pooled connection whose isolation level SQLAlchemy reset (it sets "" again).
+        raw.isolation_level = None
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_IMMEDIATE) else "BEGIN")
+
+
+def _install_sqlite_transactions(engine: Engine) -> None:
+    """SQLAlchemy's documented pysqlite workaround, once per engine."""
+    if not sa.event.contains(engine, "connect", _sqlite_connect):
+        sa.event.listen(engine, "connect", _sqlite_connect)
+    if not sa.event.contains(engine, "begin", _sqlite_begin):
+        sa.event.listen(engine, "begin", _sqlite_begin)
+
+
+def _check_sqlite_began(connection: Connection) -> None:
+    raw = connection.connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:
+        raise ConfigurationError(
+            "this SQLite connection did not begin a transaction: it was made before the "
+            "SQLAlchemyOutbox set up its engine. Create the outbox first, then sessions"
+        )

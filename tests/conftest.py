@@ -53,6 +53,8 @@ class Backend:
     (PostgreSQL sequences, InnoDB auto-increment); SQLite has one writer at a time."""
     skip_locked: bool
     """Claims skip rows another transaction holds (FOR UPDATE SKIP LOCKED)."""
+    notifications: bool = False
+    """A commit can wake relays in other processes (PostgreSQL LISTEN/NOTIFY)."""
 
 
 def _in_ci() -> bool:
@@ -125,7 +127,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     url, why = _probe(kind)
     if url is None:
         _unavailable(f"{kind} is not reachable: {why}")
-    return Backend(kind, url, concurrent_writers=True, skip_locked=True)
+    return Backend(
+        kind,
+        url,
+        concurrent_writers=True,
+        skip_locked=True,
+        notifications=kind == "postgresql",
+    )
 
 
 @pytest.fixture

@@ -55,11 +55,12 @@ Per database:
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -90,6 +91,8 @@ __all__ = ["SQLAlchemyOutbox", "outbox_tables"]
 # Durable handlers may take ``session: Session``: the relay hands them the session of
 # handler_transaction(), in which their inbox mark is written too.
 register_resource_type(Session)
+
+logger = logging.getLogger("eventbus.sqlalchemy")
 
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _KEY_INDEX_PREFIX: Final = 255
@@ -231,6 +234,7 @@ class SQLAlchemyOutbox:
         lease: float = 30.0,
         poll_interval: float = 1.0,
         create: bool = True,
+        notify: bool = True,
     ) -> None:
         """Use the outbox tables on ``engine`` (by default creating them if missing).
 
@@ -238,6 +242,11 @@ class SQLAlchemyOutbox:
         ``batch``, ``lease`` and ``poll_interval`` set how it is relayed: rows claimed at
         once, seconds a relay holds a claim before another may take it over (renewed
         while a handler runs), and seconds between polls when no commit woke the relay.
+        ``notify`` (PostgreSQL): a write also sends ``NOTIFY`` on commit, and relays
+        ``LISTEN``, so a commit in any process wakes them at once. It only wakes them
+        early: polling stays what makes delivery correct (notifications are lost while
+        nobody listens, and do not pass PgBouncer in transaction mode). Turn it off
+        there, or to spare the commit its notification lock.
         """
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigurationError(f"batch must be an int >= 1, got {batch!r}")
@@ -277,6 +286,8 @@ class SQLAlchemyOutbox:
             sa.MetaData() if metadata is None else metadata, prefix=prefix
         )
         self._prefix = prefix
+        self._notify = notify and self._kind == "postgresql"
+        self._channel = f"{prefix}_outbox"
         self._now: sa.ColumnElement[float] = sa.literal_column(
             _NOW_SQL[self._kind],
             sa.Double(),
@@ -359,6 +370,46 @@ class SQLAlchemyOutbox:
                         ]
                     )
                 )
+            if self._notify:
+                # Delivered by PostgreSQL at COMMIT, and only if the transaction commits.
+                joined.execute(sa.select(sa.func.pg_notify(self._channel, "")))
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` whenever a write commits anywhere (PostgreSQL ``LISTEN``).
+
+        Returns a function that stops listening, or None when this database has no
+        notifications (or ``notify=False``). A dropped listening connection is opened
+        again after a pause; meanwhile polling carries on.
+        """
+        if not self._notify:
+            return None
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._listen, args=(wake, stop), name="eventbus-listen", daemon=True
+        )
+        thread.start()
+        return stop.set
+
+    def _listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                raw = self._engine.raw_connection()
+                try:
+                    driver: Any = raw.driver_connection
+                    driver.autocommit = True
+                    driver.execute(f'LISTEN "{self._channel}"')
+                    while not stop.is_set():
+                        for _ in driver.notifies(timeout=0.5, stop_after=1):
+                            wake()
+                finally:
+                    raw.invalidate()  # a LISTENing connection must not go back to the pool
+            except Exception:
+                logger.warning(
+                    "the outbox listener on %s lost its connection; polling meanwhile",
+                    self._url,
+                    exc_info=True,
+                )
+                stop.wait(self.poll_interval)
 
     def write_now(self, rows: Sequence[PendingRow]) -> None:
         """INSERT ``rows`` in a transaction of their own (a publish outside any scope)."""

@@ -141,6 +141,8 @@ class Relay:
     async def run(self) -> None:
         """Claim and deliver until stopped."""
         renewer = asyncio.create_task(self._renew_leases())
+        listen = getattr(self._outbox, "listen", None)  # commits in other processes
+        stop_listening = await self._bus._runtime.run_sync(listen, self.nudge) if listen else None
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -175,6 +177,8 @@ class Relay:
                     pass
         finally:
             renewer.cancel()
+            if stop_listening is not None:
+                stop_listening()
             self._stopped = True
             self._quiet.set()  # nobody waits for a relay that has stopped
 

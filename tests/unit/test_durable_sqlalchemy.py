@@ -405,3 +405,34 @@ def test_concurrent_writers_every_commit_delivered_once_no_rollback_delivered(
     assert sorted(handled) == sorted(committed)
     assert numbers_in(engine, effects) == sorted(committed)  # exactly once, via the inbox
     assert outbox_rows(engine, bus) == 0
+
+
+@pytest.mark.parametrize("notify", [True, False])
+def test_a_commit_elsewhere_wakes_the_relay_through_notifications(
+    backend: Any, engine: sa.Engine, prefix: str, tables: Tables, notify: bool
+) -> None:
+    """A writer with no relay of its own (another process, in production) commits; a relay
+    that polls only every 60 s delivers within seconds when notifications are on."""
+    if not backend.notifications:
+        pytest.skip("this database cannot wake relays in other processes")
+    del tables
+    relay_outbox = SQLAlchemyOutbox(engine, prefix=prefix, poll_interval=60.0, notify=notify)
+    writer_outbox = SQLAlchemyOutbox(engine, prefix=prefix, notify=notify)
+    relaying = EventBus(registry=REGISTRY, outbox=relay_outbox)
+    writer = EventBus(registry=REGISTRY, outbox=writer_outbox, relay=False)
+    delivered = threading.Event()
+    for bus in (relaying, writer):
+        bus.subscribe(OrderPlaced, name="notified", delivery="durable")(
+            lambda _event: delivered.set()
+        )
+    try:
+        relaying.start()
+        time.sleep(1.0)  # the relay's first (empty) claim is done; now it waits 60 s
+        with Session(engine) as session, writer.transaction(session):
+            writer.publish(OrderPlaced(number=1))
+        assert delivered.wait(10 if notify else 3) is notify
+    finally:
+        writer.close()
+        relaying.close()
+        writer_outbox.close()
+        relay_outbox.close()

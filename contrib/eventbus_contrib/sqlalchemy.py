@@ -292,6 +292,8 @@ class SQLAlchemyOutbox:
             _NOW_SQL[self._kind],
             sa.Double(),
         )
+        self._insert = sa.insert(self.outbox).values(created_at=self._now, available_at=self._now)
+        self._notifying: dict[int, sa.TextClause] = {}
         self._prepare(create=create)
 
     def __repr__(self) -> str:
@@ -353,26 +355,39 @@ class SQLAlchemyOutbox:
             joined = self._joined(connection, "write to the outbox")
             if not rows:
                 return
-            for chunk in _chunks(rows):
-                joined.execute(
-                    sa.insert(self.outbox).values(
-                        [
-                            {
-                                "envelope_id": str(row.envelope_id),
-                                "name": row.name,
-                                "destination": row.destination,
-                                "key": row.key,
-                                "payload": row.payload,
-                                "created_at": self._now,
-                                "available_at": self._now,
-                            }
-                            for row in chunk
-                        ]
-                    )
-                )
             if self._notify:
-                # Delivered by PostgreSQL at COMMIT, and only if the transaction commits.
-                joined.execute(sa.select(sa.func.pg_notify(self._channel, "")))
+                # One round trip for the rows and the notification: the INSERT in a
+                # data-modifying CTE, then pg_notify (sent by PostgreSQL at COMMIT only).
+                for chunk in _chunks(rows):
+                    joined.execute(self._notifying_insert(len(chunk)), _numbered(chunk))
+                return
+            # One compiled statement, reused: the rows go as executemany parameters,
+            # which SQLAlchemy sends as multi-row VALUES ("insertmanyvalues"). Building
+            # .values([...]) per call cost a statement compilation per transaction.
+            for chunk in _chunks(rows):
+                joined.execute(self._insert, [_parameters(row) for row in chunk])
+
+    def _notifying_insert(self, count: int) -> sa.TextClause:
+        statement = self._notifying.get(count)
+        if statement is None:
+            now = _NOW_SQL[self._kind]
+            values = ", ".join(
+                f"(:envelope_id_{n}, :name_{n}, :destination_{n}, :key_{n}, :payload_{n}, "
+                f"{now}, {now})"
+                for n in range(count)
+            )
+            # Table and channel names are ours (a checked prefix); every value is bound.
+            table = self.outbox.name
+            sql = (
+                f"WITH written AS (INSERT INTO {table} (envelope_id, name, destination, key, "
+                f"payload, created_at, available_at) VALUES {values} RETURNING 1) "
+                f"SELECT pg_notify('{self._channel}', '')"
+            )
+            statement = sa.text(sql).bindparams(
+                *(sa.bindparam(f"payload_{n}", type_=sa.LargeBinary()) for n in range(count))
+            )
+            self._notifying[count] = statement
+        return statement
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         """Call ``wake`` whenever a write commits anywhere (PostgreSQL ``LISTEN``).
@@ -938,3 +953,22 @@ def _check_sqlite_began(connection: Connection) -> None:
             "this SQLite connection did not begin a transaction: it was made before the "
             "SQLAlchemyOutbox set up its engine. Create the outbox first, then sessions"
         )
+
+
+def _parameters(row: PendingRow) -> dict[str, Any]:
+    return {
+        "envelope_id": str(row.envelope_id),
+        "name": row.name,
+        "destination": row.destination,
+        "key": row.key,
+        "payload": row.payload,
+    }
+
+
+def _numbered(rows: Sequence[PendingRow]) -> dict[str, Any]:
+    """The rows' parameters, suffixed by position, for one multi-row VALUES."""
+    return {
+        f"{name}_{n}": value
+        for n, row in enumerate(rows)
+        for name, value in _parameters(row).items()
+    }

@@ -294,6 +294,18 @@ class SQLAlchemyOutbox:
         )
         self._insert = sa.insert(self.outbox).values(created_at=self._now, available_at=self._now)
         self._notifying: dict[int, sa.TextClause] = {}
+        # Statements the relay runs per batch, built once so SQLAlchemy compiles them once.
+        inbox, outbox = self.inbox, self.outbox
+        self._seen = sa.select(inbox.c.handler, inbox.c.envelope_id).where(
+            sa.tuple_(inbox.c.handler, inbox.c.envelope_id).in_(
+                sa.bindparam("pairs", expanding=True)
+            )
+        )
+        self._complete = sa.delete(outbox).where(
+            outbox.c.lease_owner == sa.bindparam("owner"),
+            outbox.c.id.in_(sa.bindparam("ids", expanding=True)),
+        )
+        self._mark_many = self._mark_statement()
         self._prepare(create=create)
 
     def __repr__(self) -> str:
@@ -542,21 +554,19 @@ class SQLAlchemyOutbox:
         ids = list(ids)
         if not ids:
             return 0
-        table = self.outbox
         pairs = sorted({(handler, str(envelope_id)) for handler, envelope_id in processed})
         with self._begin("complete outbox rows") as connection:
-            for start in range(0, len(pairs), _CHUNK_ROWS):
+            if pairs:
+                # executemany of one statement built once (sent as multi-row VALUES):
+                # building the INSERT with literal values compiled it on every call.
                 connection.execute(
-                    self._insert_marks(
-                        [
-                            {"handler": handler, "envelope_id": envelope_id}
-                            for handler, envelope_id in pairs[start : start + _CHUNK_ROWS]
-                        ]
-                    )
+                    self._mark_many,
+                    [
+                        {"handler": handler, "envelope_id": envelope_id}
+                        for handler, envelope_id in pairs
+                    ],
                 )
-            result = connection.execute(
-                sa.delete(table).where(table.c.lease_owner == owner, table.c.id.in_(ids))
-            )
+            result = connection.execute(self._complete, {"owner": owner, "ids": ids})
             return int(result.rowcount)
 
     def reschedule(
@@ -635,17 +645,14 @@ class SQLAlchemyOutbox:
 
     def seen_many(self, pairs: Sequence[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
         """Which of the (handler, envelope id) pairs the inbox already holds."""
-        inbox = self.inbox
         found: set[tuple[str, uuid.UUID]] = set()
         with self._begin("read the inbox", self._reader) as connection:
             for start in range(0, len(pairs), _CHUNK_ROWS):
-                chunk = pairs[start : start + _CHUNK_ROWS]
-                wanted = sa.tuple_(inbox.c.handler, inbox.c.envelope_id).in_(
-                    [(handler, str(envelope_id)) for handler, envelope_id in chunk]
-                )
-                for handler, envelope_id in connection.execute(
-                    sa.select(inbox.c.handler, inbox.c.envelope_id).where(wanted)
-                ):
+                chunk = [
+                    (handler, str(envelope_id))
+                    for handler, envelope_id in pairs[start : start + _CHUNK_ROWS]
+                ]
+                for handler, envelope_id in connection.execute(self._seen, {"pairs": chunk}):
                     found.add((handler, uuid.UUID(envelope_id)))
         return found
 
@@ -664,6 +671,18 @@ class SQLAlchemyOutbox:
                 return int(joined.execute(statement).rowcount) == 1
         with self._begin("write the inbox") as own:
             return int(own.execute(statement).rowcount) == 1
+
+    def _mark_statement(self) -> sa.Insert:
+        """INSERT one inbox row (bound handler and envelope_id), skipping existing ones."""
+        statement: sa.Insert
+        values = {"processed_at": self._now}
+        if self._kind == "postgresql":
+            statement = postgresql.insert(self.inbox).values(values).on_conflict_do_nothing()
+        elif self._kind == "sqlite":
+            statement = sqlite.insert(self.inbox).values(values).on_conflict_do_nothing()
+        else:
+            statement = sa.insert(self.inbox).values(values).prefix_with("IGNORE")
+        return statement
 
     def _insert_marks(self, marks: list[dict[str, str]]) -> sa.Insert:
         """INSERT inbox rows, skipping those already there; its rowcount is what it added."""

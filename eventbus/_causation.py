@@ -18,9 +18,10 @@ from __future__ import annotations
 import threading
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
-from ._envelope import EMPTY_HEADERS, Envelope, uuid7
+from ._envelope import EMPTY_HEADERS, Envelope, check_headers, uuid7
 
 __all__ = ["Frame", "current_frame", "envelope_of", "full_frame"]
 
@@ -39,7 +40,10 @@ current_frame: ContextVar[Frame | None] = ContextVar("eventbus_current_frame", d
 # Two threads that share a frame (a handler that hands work to a thread with a copied
 # context) may both need its envelope at once; the lock makes them agree on one id.
 _build_lock = threading.Lock()
+_acquire_build = _build_lock.acquire
+_release_build = _build_lock.release
 _now = datetime.now
+_envelope = Envelope._trusted
 
 
 def full_frame(event: object, route: Any, key: str | None, headers: Any) -> Frame:
@@ -49,18 +53,27 @@ def full_frame(event: object, route: Any, key: str | None, headers: Any) -> Fram
 
 def envelope_of(frame: Frame) -> Envelope:
     """The frame's envelope, built on first need; its parent's too, for the ids."""
-    if len(frame) > ENVELOPE and frame[ENVELOPE] is not None:
-        return frame[ENVELOPE]  # type: ignore[no-any-return]
-    parent = parent_of(frame)
-    parent_envelope = envelope_of(parent) if parent is not None else None
-    with _build_lock:
-        if len(frame) > ENVELOPE and frame[ENVELOPE] is not None:
-            return frame[ENVELOPE]  # type: ignore[no-any-return]
-        envelope = _build(frame, parent_envelope)
+    if len(frame) > ENVELOPE:
+        envelope: Envelope | None = frame[ENVELOPE]
+        if envelope is not None:
+            return envelope
+    # parent_of(frame), inline: this runs once per durable or observed publish.
+    token: Token[Frame | None] | None = frame[TOKEN]
+    parent = None if token is None else token.old_value
+    parent_envelope = None if parent is None or parent is _MISSING else envelope_of(parent)
+    # acquire/try/finally: cheaper than a with statement, as safe.
+    _acquire_build()
+    try:
         if len(frame) > ENVELOPE:
-            frame[ENVELOPE] = envelope
+            envelope = frame[ENVELOPE]
+            if envelope is not None:
+                return envelope
+            envelope = frame[ENVELOPE] = _build(frame, parent_envelope)
         else:
+            envelope = _build(frame, parent_envelope)
             frame.append(envelope)
+    finally:
+        _release_build()
     return envelope
 
 
@@ -76,14 +89,32 @@ def parent_of(frame: Frame) -> Frame | None:
 def _build(frame: Frame, parent: Envelope | None) -> Envelope:
     envelope_id = uuid7()
     info = frame[ROUTE].info
-    return Envelope(
-        id=envelope_id,
-        name=info.name,
-        version=info.version,
-        occurred_at=_now(UTC),
-        event=frame[EVENT],
-        key=frame[KEY] if len(frame) > KEY else None,
-        correlation_id=envelope_id if parent is None else parent.correlation_id,
-        causation_id=None if parent is None else parent.id,
-        headers=frame[HEADERS] if len(frame) > HEADERS else EMPTY_HEADERS,
+    key = frame[KEY] if len(frame) > KEY else None
+    headers = frame[HEADERS] if len(frame) > HEADERS else EMPTY_HEADERS
+    if type(headers) is not MappingProxyType:  # what Envelope's converter would do
+        headers = check_headers(headers)
+    # Every value is valid by construction: the key and headers were checked when they
+    # were published (_frame), and now(UTC) is aware. _trusted skips the attrs checks.
+    if parent is None:
+        return _envelope(
+            envelope_id,
+            info.name,
+            info.version,
+            _now(UTC),
+            frame[EVENT],
+            key,
+            envelope_id,
+            None,
+            headers,
+        )
+    return _envelope(
+        envelope_id,
+        info.name,
+        info.version,
+        _now(UTC),
+        frame[EVENT],
+        key,
+        parent.correlation_id,
+        parent.id,
+        headers,
     )

@@ -7,8 +7,18 @@ consumer is refused before or while parsing: oversized input, deep nesting, NaN,
 integers too long to convert, duplicate keys, unknown or missing fields.
 
 Each event class is inspected once, on first use: its type hints are turned into a plan
-of small encoder/decoder closures per field, cached on the codec. After that a message
-costs a dict walk and one call per value, with no reflection.
+of small encoder/decoder closures per field, cached on the codec, and from the plan one
+encoder and one decoder are generated for the class, as attrs generates ``__init__``:
+Python source with the field names written in, str/int/bool/None/Decimal fields checked
+and converted inline, compiled once. After that a message costs about one call per
+class, with no reflection.
+
+Both directions have a fast path for the usual message and a general path for anything
+else. ``encode`` writes the JSON text directly (the bytes ``json.dumps`` would write for
+the document, exactly) and hands anything unusual to the general path, which builds the
+document and raises the documented errors. ``decode`` checks the usual envelope (UUIDs in
+their canonical form, say) as strictly as the general path, and hands everything it does
+not accept to it, to be judged and named there.
 
 Errors inside a payload carry a path (``data.items[2].price``). The path is built only
 when something fails: the happy path pays for a ``try`` block, which is free in 3.11.
@@ -21,20 +31,23 @@ import dataclasses
 import enum
 import inspect
 import json
+import keyword
 import math
 import re
 import sys
 import types
 import typing
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from json.encoder import encode_basestring as _quote
 from typing import Any, ClassVar, Literal, NamedTuple, Union
 
 import attrs
 
-from ._envelope import Envelope, check_key
+from ._envelope import _MAX_KEY_LENGTH, EMPTY_HEADERS, Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
 from .errors import ConfigurationError, DecodeError, EncodeError, EventBusError
 
@@ -131,12 +144,22 @@ def _type_label(tp: object) -> str:
 
 
 class _Plan(NamedTuple):
-    """How to write and read one declared type, and how a union recognises its values."""
+    """How to write and read one declared type, and how a union recognises its values.
+
+    ``text`` writes a value straight to its JSON text (what ``_dumps(encode(value))``
+    gives, byte for byte), for ``JSONCodec.encode``; None means exactly that, the
+    generic way. ``kind`` names a scalar that generated class code checks and converts
+    inline (``_INLINE_TEXT``, ``_INLINE_READ``); ``owner`` is the class plan of an attrs
+    class or dataclass.
+    """
 
     encode: Converter
     decode: Converter
     match: Callable[[Any], bool]
     label: str
+    text: Converter | None = None
+    kind: str = ""
+    owner: _ClassPlan | None = None
 
 
 class _KeyPlan(NamedTuple):
@@ -320,23 +343,111 @@ def _always(_value: object) -> bool:
     return True
 
 
+# --- scalars written straight to JSON text ---------------------------------------------------
+#
+# Each gives exactly what json writes for the value its encoder returns (the same C string
+# escaping, int.__repr__, float.__repr__), or raises; JSONCodec.encode falls back to the
+# dict-and-json.dumps path on any exception, which then raises the documented error.
+
+
+def _text_str(value: Any, depth: int) -> str:
+    return _quote(value if type(value) is str else _encode_str(value, depth))
+
+
+def _text_int(value: Any, depth: int) -> str:
+    # ValueError past the int-to-str digit limit, as json.dumps would raise.
+    return int.__repr__(value if type(value) is int else _encode_int(value, depth))
+
+
+def _text_float(value: Any, depth: int) -> str:
+    return float.__repr__(_encode_float(value, depth))
+
+
+def _text_bool(value: Any, _depth: int) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    raise _expected("bool", value)
+
+
+def _text_none(value: Any, _depth: int) -> str:
+    if value is None:
+        return "null"
+    raise _expected("None", value)
+
+
+def _text_decimal(value: Any, depth: int) -> str:
+    if type(value) is Decimal and value.is_finite():
+        text = str(value)  # digits, '-', '+', '.', 'E': nothing to escape
+        if len(text) <= _MAX_DECIMAL_LENGTH:
+            return f'"{text}"'
+    return _quote(_encode_decimal(value, depth))
+
+
+def _text_datetime(value: Any, depth: int) -> str:
+    return _quote(_encode_datetime(value, depth))
+
+
+def _text_date(value: Any, depth: int) -> str:
+    return _quote(_encode_date(value, depth))
+
+
+def _uuid_text(value: uuid.UUID) -> str:
+    """str(value) for an exact UUID, without the method lookup and the %-formatting."""
+    h = value.int.to_bytes(16, "big").hex()  # OverflowError past 128 bits: the general path
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _text_uuid(value: Any, depth: int) -> str:
+    if type(value) is uuid.UUID:
+        return f'"{_uuid_text(value)}"'
+    return _quote(_encode_uuid(value, depth))
+
+
 _SCALARS: dict[object, _Plan] = {
-    str: _Plan(_encode_str, _decode_str, lambda v: isinstance(v, str), "str"),
+    str: _Plan(_encode_str, _decode_str, lambda v: isinstance(v, str), "str", _text_str, "str"),
     int: _Plan(
         _encode_int,
         _decode_int,
         lambda v: isinstance(v, int) and not isinstance(v, bool),
         "int",
+        _text_int,
+        "int",
     ),
-    float: _Plan(_encode_float, _decode_float, lambda v: isinstance(v, float), "float"),
-    bool: _Plan(_encode_bool, _decode_bool, lambda v: isinstance(v, bool), "bool"),
-    type(None): _Plan(_convert_none, _convert_none, lambda v: v is None, "None"),
-    Decimal: _Plan(_encode_decimal, _decode_decimal, lambda v: isinstance(v, Decimal), "Decimal"),
+    float: _Plan(
+        _encode_float,
+        _decode_float,
+        lambda v: isinstance(v, float),
+        "float",
+        _text_float,
+        "float",
+    ),
+    bool: _Plan(
+        _encode_bool, _decode_bool, lambda v: isinstance(v, bool), "bool", _text_bool, "bool"
+    ),
+    type(None): _Plan(
+        _convert_none, _convert_none, lambda v: v is None, "None", _text_none, "none"
+    ),
+    Decimal: _Plan(
+        _encode_decimal,
+        _decode_decimal,
+        lambda v: isinstance(v, Decimal),
+        "Decimal",
+        _text_decimal,
+        "decimal",
+    ),
     datetime: _Plan(
-        _encode_datetime, _decode_datetime, lambda v: isinstance(v, datetime), "datetime"
+        _encode_datetime,
+        _decode_datetime,
+        lambda v: isinstance(v, datetime),
+        "datetime",
+        _text_datetime,
     ),
-    date: _Plan(_encode_date, _decode_date, _is_date, "date"),
-    uuid.UUID: _Plan(_encode_uuid, _decode_uuid, lambda v: isinstance(v, uuid.UUID), "UUID"),
+    date: _Plan(_encode_date, _decode_date, _is_date, "date", _text_date),
+    uuid.UUID: _Plan(
+        _encode_uuid, _decode_uuid, lambda v: isinstance(v, uuid.UUID), "UUID", _text_uuid
+    ),
 }
 
 
@@ -707,10 +818,23 @@ def _enum_plan(cls: type[enum.Enum]) -> _Plan:
             return to_wire[value]
         raise _expected(f"a member of {label}", value)
 
+    to_text = {member: _dumps(encoded) for member, encoded in to_wire.items()}
+
+    def text(value: Any, _depth: int) -> str:
+        if isinstance(value, cls):
+            return to_text[value]
+        raise _expected(f"a member of {label}", value)
+
     nested = any(isinstance(v, tuple) for v in to_wire.values())
     choices = _choices(to_wire.values())
     decode = _value_decoder(from_wire, nested, f"a value of {label}", choices)
-    return _Plan(_thawed(encode) if nested else encode, decode, lambda v: isinstance(v, cls), label)
+    return _Plan(
+        _thawed(encode) if nested else encode,
+        decode,
+        lambda v: isinstance(v, cls),
+        label,
+        text,
+    )
 
 
 def _flag_plan(cls: type[enum.Flag]) -> _Plan:
@@ -799,13 +923,20 @@ def _optional_plan(inner: _Plan) -> _Plan:
     """X | None, the common union, without the general union's trial and error."""
     encode_inner, decode_inner, match_inner = inner.encode, inner.decode, inner.match
 
+    text_inner = _text_of(inner)
+
     def encode(value: Any, depth: int) -> Any:
         return None if value is None else encode_inner(value, depth)
 
     def decode(value: Any, depth: int) -> Any:
         return None if value is None else decode_inner(value, depth)
 
-    return _Plan(encode, decode, lambda v: v is None or match_inner(v), f"{inner.label} | None")
+    def text(value: Any, depth: int) -> str:
+        return "null" if value is None else text_inner(value, depth)
+
+    return _Plan(
+        encode, decode, lambda v: v is None or match_inner(v), f"{inner.label} | None", text
+    )
 
 
 def _union_plan(members: tuple[_Plan, ...]) -> _Plan:
@@ -851,13 +982,36 @@ class _ClassPlan:
     itself (``children: list[Node]``) through the same plan object.
     """
 
-    __slots__ = ("cls", "fields", "label", "wire_names")
+    __slots__ = ("cls", "fast_decode", "fast_text", "fields", "label", "plans", "wire_names")
 
     def __init__(self, cls: type[Any]) -> None:
         self.cls = cls
         self.label = cls.__qualname__
         self.fields: tuple[_Field, ...] = ()
+        self.plans: tuple[_Plan, ...] = ()  # the plan of each field, in the same order
         self.wire_names: frozenset[str] = frozenset()
+        # Replaced by code generated for the class once its fields are known (finish).
+        self.fast_text: Converter = self.text_generic
+        self.fast_decode: Converter = self.decode_slow
+
+    def finish(self, fields: tuple[_Field, ...], plans: tuple[_Plan, ...]) -> None:
+        """Set the fields and generate the fast encoder and decoder for them."""
+        self.fields = fields
+        self.plans = plans
+        self.wire_names = frozenset(field.wire for field in fields)
+        generated = _generate(self)
+        if generated is not None:
+            self.fast_text, self.fast_decode = generated
+
+    def text(self, value: Any, depth: int) -> str:
+        """The value as JSON text: what ``_dumps(self.encode(value, depth))`` gives."""
+        return self.fast_text(value, depth)  # type: ignore[no-any-return]
+
+    def text_generic(self, value: Any, depth: int) -> str:
+        return _dumps(self.encode(value, depth))
+
+    def decode(self, value: Any, depth: int) -> Any:
+        return self.fast_decode(value, depth)
 
     def encode(self, value: Any, depth: int) -> dict[str, Any]:
         if type(value) is not self.cls:
@@ -875,7 +1029,9 @@ class _ClassPlan:
                 raise
         return out
 
-    def decode(self, value: Any, depth: int) -> Any:
+    def decode_slow(self, value: Any, depth: int) -> Any:
+        """The general decoder: the generated one hands over whatever it does not expect
+        (absent or unknown fields, values of another JSON type), and this one raises."""
         if type(value) is not dict:
             raise _expected(f"a JSON object for {self.label}", value)
         if depth <= 0:
@@ -917,7 +1073,190 @@ class _ClassPlan:
 
     def as_plan(self) -> _Plan:
         cls = self.cls
-        return _Plan(self.encode, self.decode, lambda v: type(v) is cls, self.label)
+        return _Plan(
+            self.encode, self.decode, lambda v: type(v) is cls, self.label, self.text, "", self
+        )
+
+
+# --- generated class code --------------------------------------------------------------------
+#
+# Like attrs, the codec writes Python source per class and compiles it once: field reads by
+# attribute name, one f-string for the whole object, and scalars checked and converted
+# inline, with no call per field. The generated code does exactly what the general code
+# does; whatever it does not expect, it hands to the general code (decode_slow on decode, the
+# dict-and-json.dumps path on encode), so the errors stay exactly the documented ones.
+
+# Scalars written inline by generated encoders. kind: (the check that the value is the
+# usual type, its replacement field in the f-string). An exact int formats as its repr; the
+# walrus keeps the text of a Decimal whose length the check has measured.
+_INLINE_TEXT: dict[str, tuple[str, str]] = {
+    "str": ("type({v}) is str", "{{_quote({v})}}"),
+    "int": ("type({v}) is int", "{{{v}}}"),
+    "bool": ("({v} is True or {v} is False)", '{{"true" if {v} else "false"}}'),
+    "none": ("{v} is None", "null"),
+    "float": ("(type({v}) is float and _isfinite({v}))", "{{{v}!r}}"),
+    "decimal": (
+        (
+            f"(type({{v}}) is Decimal and {{v}}.is_finite()"
+            f" and len(s{{v}} := str({{v}})) <= {_MAX_DECIMAL_LENGTH})"
+        ),
+        '"{{s{v}}}"',
+    ),
+}
+# Scalars read inline by generated decoders. kind: (the check that the JSON value is
+# exactly what the scalar's decoder accepts, the value it then returns). An int read for a
+# float field stays a call.
+_INLINE_READ: dict[str, tuple[str, str]] = {
+    "str": ("type({v}) is str", "{v}"),
+    "int": ("type({v}) is int", "{v}"),
+    "bool": ("type({v}) is bool", "{v}"),
+    "none": ("{v} is None", "{v}"),
+    "decimal": (
+        f"type({{v}}) is str and len({{v}}) <= {_MAX_DECIMAL_LENGTH} and _decimal_text({{v}})",
+        "_Decimal({v})",
+    ),
+}
+
+
+def _safe_name(name: str) -> bool:
+    """Whether ``name`` reads as itself in source: Python NFKC-normalises identifiers."""
+    return (
+        name.isidentifier()
+        and not keyword.iskeyword(name)
+        and unicodedata.normalize("NFKC", name) == name
+    )
+
+
+def _generate(plan: _ClassPlan) -> tuple[Converter, Converter] | None:
+    """Compile the fast text encoder and decoder of a class plan (None: keep the general
+    ones, for field names that cannot be written into Python source as they are)."""
+    for field in plan.fields:
+        if not (_safe_name(field.name) and _safe_name(field.alias)):
+            return None
+    namespace: dict[str, Any] = {
+        "cls": plan.cls,
+        "label": plan.label,
+        "slow": plan.decode_slow,
+        "_quote": _quote,
+        "_isfinite": math.isfinite,
+        "_decimal_text": _DECIMAL_TEXT.fullmatch,
+        "_Decimal": Decimal,
+        "Decimal": Decimal,
+        "_expected": _expected,
+        "_TooDeepError": _TooDeepError,
+        "_WireError": _WireError,
+    }
+    source = _text_source(plan, namespace) + "\n" + _decode_source(plan, namespace)
+    code = compile(source, f"<eventbus codec for {plan.cls.__module__}.{plan.label}>", "exec")
+    exec(code, namespace)  # noqa: S102 - built from field names checked to be identifiers
+    return namespace["text"], namespace["decode"]
+
+
+def _text_source(plan: _ClassPlan, namespace: dict[str, Any]) -> str:
+    """``text(value, depth)``: the object as one f-string, '{"a":' + the JSON of field a +
+    ',"b":' ... + '}'; scalars of their usual type inline, anything else through the
+    field's text writer. Wire names are identifiers: their JSON text needs no escaping in
+    an f-string (no quote, backslash or brace)."""
+    reads, checks, fast, general = [], [], [], []
+    for index, (field, field_plan) in enumerate(zip(plan.fields, plan.plans, strict=True)):
+        v = f"v{index}"
+        key = ("{{" if index == 0 else ",") + _quote(field.wire) + ":"
+        reads.append(f"    {v} = value.{field.name}")
+        if field_plan.owner is not None:
+            namespace[f"P{index}"] = field_plan.owner
+            call = f"{{P{index}.fast_text({v}, depth)}}"
+        else:
+            namespace[f"t{index}"] = _text_of(field_plan)
+            call = f"{{t{index}({v}, depth)}}"
+        general.append(key + call)
+        inline = _INLINE_TEXT.get(field_plan.kind)
+        if inline is None:
+            fast.append(key + call)
+        else:
+            checks.append(inline[0].format(v=v))
+            fast.append(key + inline[1].format(v=v))
+    lines = [
+        "def text(value, depth):",
+        "    if type(value) is not cls:",
+        "        raise _expected(label, value)",
+        "    if depth <= 0:",
+        "        raise _TooDeepError",
+        "    depth -= 1",
+        *reads,
+    ]
+    if checks:
+        lines.append(f"    if {' and '.join(checks)}:")
+        lines.append("        return f'" + "".join(fast) + "}}'")
+    lines.append("    return f'" + "".join(general) + "}}'" if general else "    return '{}'")
+    return "\n".join(lines) + "\n"
+
+
+def _decode_source(plan: _ClassPlan, namespace: dict[str, Any]) -> str:
+    """``decode(value, depth)``: for an object with exactly the class's fields, read each
+    by key, check and pass scalars inline, convert the rest through their decoders, then
+    call the class. Anything else (absent, unknown or mistyped fields) goes to ``slow``,
+    the general decoder, which says what is wrong."""
+    fields = plan.fields
+    lines = [
+        "def decode(value, depth):",
+        f"    if type(value) is not dict or len(value) != {len(fields)} or depth <= 0:",
+        "        return slow(value, depth)",
+    ]
+    if fields:
+        lines.append("    try:")
+        lines += [f"        v{index} = value[{field.wire!r}]" for index, field in enumerate(fields)]
+        lines += ["    except KeyError:", "        return slow(value, depth)"]
+    checks, converted, arguments = [], [], []
+    for index, (field, field_plan) in enumerate(zip(fields, plan.plans, strict=True)):
+        v = f"v{index}"
+        read = _INLINE_READ.get(field_plan.kind)
+        if read is not None:
+            checks.append(read[0].format(v=v))
+            if read[1] == "{v}":
+                arguments.append(f"{field.alias}={v}")
+            else:  # before the constructor's try: a failure here is not the class's
+                converted.append(f"    a{index} = {read[1].format(v=v)}")
+                arguments.append(f"{field.alias}=a{index}")
+            continue
+        if field_plan.owner is not None:
+            namespace[f"P{index}"] = field_plan.owner
+            call = f"P{index}.fast_decode({v}, depth - 1)"
+        else:
+            namespace[f"d{index}"] = field_plan.decode
+            call = f"d{index}({v}, depth - 1)"
+        # In field order, as the general decoder reads them: the same first error.
+        converted += [
+            "    try:",
+            f"        a{index} = {call}",
+            "    except _WireError as exc:",
+            f"        exc.at({'.' + field.wire!r})",
+            "        raise",
+        ]
+        arguments.append(f"{field.alias}=a{index}")
+    if checks:
+        lines.append(f"    if not ({' and '.join(checks)}):")
+        lines.append("        return slow(value, depth)")
+    lines += converted
+    lines += [
+        "    try:",
+        f"        return cls({', '.join(arguments)})",
+        "    except (TypeError, ValueError) as exc:",
+        "        # The class's own validators and converters have the last word on the data.",
+        '        raise _WireError(f"{label} refused the data: {exc}") from exc',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _text_of(plan: _Plan) -> Converter:
+    """A plan's text writer; the generic one is json.dumps of what its encoder returns."""
+    if plan.text is not None:
+        return plan.text
+    encode = plan.encode
+
+    def text(value: Any, depth: int) -> str:
+        return _dumps(encode(value, depth))
+
+    return text
 
 
 class _FieldSpec(NamedTuple):
@@ -994,11 +1333,15 @@ class _Compiler:
         self.pending[cls] = plan  # before the fields: a field may refer back to cls
         specs = _field_specs(cls)
         hints = _resolve_hints(cls, specs)
-        plan.fields = tuple(self._field(cls, spec, hints) for spec in specs)
-        plan.wire_names = frozenset(field.wire for field in plan.fields)
+        compiled = [self._field(cls, spec, hints) for spec in specs]
+        plan.finish(
+            tuple(field for field, _ in compiled), tuple(field_plan for _, field_plan in compiled)
+        )
         return plan
 
-    def _field(self, cls: type[Any], spec: _FieldSpec, hints: dict[str, Any]) -> _Field:
+    def _field(
+        self, cls: type[Any], spec: _FieldSpec, hints: dict[str, Any]
+    ) -> tuple[_Field, _Plan]:
         annotation = hints.get(spec.name, spec.annotation)
         where = f"{cls.__qualname__}.{spec.name}"
         if annotation is None or isinstance(annotation, str):
@@ -1007,7 +1350,8 @@ class _Compiler:
             plan = self.compile(annotation)
         except _PlanError as exc:
             raise _PlanError(f"{where}: {exc}") from None
-        return _Field(spec.name, spec.name, spec.alias, plan.encode, plan.decode, spec.required)
+        field = _Field(spec.name, spec.name, spec.alias, plan.encode, plan.decode, spec.required)
+        return field, plan
 
     def compile(self, tp: Any) -> _Plan:
         try:
@@ -1119,7 +1463,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-_loads = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys).decode
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+_loads = _decoder.decode
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 _dumps = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
 ).encode
@@ -1168,6 +1514,9 @@ class JSONCodec:
         self._max_size = _positive(max_size, "max_size")
         self._max_depth = _positive(max_depth, "max_depth")
         self._plans: dict[type[Any], _ClassPlan] = {}
+        # The name and version of each event class as encode writes them, with the
+        # registration they were read from (re-registering replaces it).
+        self._heads: dict[type[Any], tuple[EventType, str]] = {}
 
     @property
     def registry(self) -> EventRegistry:
@@ -1188,6 +1537,79 @@ class JSONCodec:
 
     def encode(self, envelope: Envelope) -> bytes:
         """The envelope as compact UTF-8 JSON; EncodeError if it cannot be written."""
+        if type(envelope) is Envelope:
+            try:
+                raw = self._encode_text(envelope).encode()  # UTF-8, strict
+            except Exception:  # noqa: S110 - the general path raises the real error
+                pass
+            else:
+                if len(raw) <= self._max_size:
+                    return raw
+        return self._encode_general(envelope)
+
+    def _encode_text(self, envelope: Envelope) -> str:
+        """The fast path of encode: the JSON text written directly, byte for byte what
+        ``_encode_general`` writes. It raises on anything unusual (wrong types, a
+        subclass, a lone surrogate, a failing field) and encode then takes the general
+        path, which raises the documented EncodeError, or writes what this could not."""
+        event = envelope.event
+        info = self._registry.info(type(event))
+        if envelope.name != info.name or envelope.version != info.version:
+            raise _Unusual
+        plan = self._plans.get(info.cls) or self._compile(info.cls, EncodeError)
+        data = plan.fast_text(event, self._max_depth - 1)
+        ident = envelope.id
+        if type(ident) is not uuid.UUID:
+            raise _Unusual
+        ident_text = _uuid_text(ident)
+        correlation = envelope.correlation_id
+        if correlation is ident:  # a root publication: its own correlation id
+            correlation_text = ident_text
+        elif type(correlation) is uuid.UUID:
+            correlation_text = _uuid_text(correlation)
+        else:
+            raise _Unusual
+        causation = envelope.causation_id
+        if causation is None:
+            causation_text = "null"
+        elif type(causation) is uuid.UUID:
+            causation_text = f'"{_uuid_text(causation)}"'
+        else:
+            raise _Unusual
+        head = self._heads.get(info.cls)
+        if head is None or head[0] is not info:
+            text = f'","name":{_quote(info.name)},"version":{int.__repr__(info.version)},'
+            head = self._heads[info.cls] = (info, text + '"occurred_at":"')
+        key = envelope.key
+        if key is None:
+            key_text = "null"
+        elif type(key) is str and 0 < len(key) <= _MAX_KEY_LENGTH:  # check_key's test
+            key_text = _quote(key)
+        else:
+            raise _Unusual
+        headers = envelope.headers
+        # The document _encode_general builds, in its order, as _serialize writes it.
+        return "".join(
+            (
+                '{"id":"',
+                ident_text,
+                head[1],
+                _time_text(envelope.occurred_at),
+                '","key":',
+                key_text,
+                ',"correlation_id":"',
+                correlation_text,
+                '","causation_id":',
+                causation_text,
+                ',"headers":',
+                "{}" if headers is EMPTY_HEADERS else _dumps(dict(headers)),
+                ',"data":',
+                data,
+                "}",
+            )
+        )
+
+    def _encode_general(self, envelope: Envelope) -> bytes:
         if not isinstance(envelope, Envelope):
             raise EncodeError(f"expected an Envelope, got {_show(envelope)}")
         info = self._registry.info(type(envelope.event))
@@ -1246,7 +1668,96 @@ class JSONCodec:
         UnknownEventError (from the registry) for a well-formed message whose event
         name, or version, this process does not know.
         """
-        document = self._parse(data)
+        document: Any = _ABSENT
+        if type(data) is bytes and len(data) <= self._max_size:
+            # The usual message, bytes as encode wrote them: what _parse does, minus its
+            # checks for the other kinds of input and JSONDecoder.decode's whitespace
+            # searches. Anything else (an error of any kind too) goes to _parse, which
+            # does it all again and raises the documented error.
+            try:
+                text = data.decode()
+                document, end = _scan(text, 0)
+            except Exception:  # _parse raises it again, with its message
+                document = _ABSENT
+            else:
+                if end != len(text):
+                    document = _ABSENT
+        if document is _ABSENT:
+            document = self._parse(data)
+        if type(document) is dict and len(document) == len(_ENVELOPE_KEYS):
+            envelope = self._decode_fast(document)
+            if envelope is not None:
+                return envelope
+        return self._decode_general(document)
+
+    def _decode_fast(self, document: dict[str, Any]) -> Envelope | None:
+        """The fast path of decode, for a well-formed envelope. It checks every envelope
+        field as strictly as the general path, with cheaper tests for the usual forms
+        (a UUID in its canonical text, say), and returns None for anything it does not
+        accept, for the general path to judge and name in its error. The event itself
+        is decoded the same way on both paths, with the same errors."""
+        try:
+            name = document["name"]
+            version = document["version"]
+            ident = document["id"]
+            occurred = document["occurred_at"]
+            key = document["key"]
+            correlation = document["correlation_id"]
+            causation = document["causation_id"]
+            headers = document["headers"]
+            data = document["data"]
+        except KeyError:
+            return None
+        if type(name) is not str or type(version) is not int or version < 1:
+            return None
+        if type(ident) is not str or not _UUID_TEXT.fullmatch(ident):
+            return None
+        envelope_id: uuid.UUID = _new_uuid(uuid.UUID)  # as _uuid_of, without the call
+        _set_uuid_int(envelope_id, int(ident.replace("-", ""), 16))
+        _set_uuid_safe(envelope_id, _SAFE_UNKNOWN)
+        if correlation == ident:  # a root publication: its own correlation id
+            correlation_id = envelope_id
+        elif type(correlation) is str and _UUID_TEXT.fullmatch(correlation):
+            correlation_id = _uuid_of(int(correlation.replace("-", ""), 16))
+        else:
+            return None
+        causation_id: uuid.UUID | None = None
+        if causation is not None:
+            if type(causation) is not str or not _UUID_TEXT.fullmatch(causation):
+                return None
+            causation_id = _uuid_of(int(causation.replace("-", ""), 16))
+        if type(occurred) is not str or len(occurred) > _MAX_DATETIME_LENGTH:
+            return None
+        try:
+            occurred_at = datetime.fromisoformat(occurred)
+        except ValueError:
+            return None
+        if occurred_at.tzinfo is None:  # else a datetime.timezone: utcoffset() is not None
+            return None
+        if type(headers) is not dict:
+            return None
+        try:
+            if key is not None:
+                check_key(key)
+            checked_headers = check_headers(headers) if headers else EMPTY_HEADERS
+        except ConfigurationError:
+            return None
+        info = self._registry.by_name(name)
+        event = self._decode_data(info, version, data, self._max_depth - 1)
+        # Every field is checked above as Envelope's converter and validator would.
+        return _trusted_envelope(
+            envelope_id,
+            info.name,
+            info.version,  # the registered version, not the wire one: the event was upcast
+            occurred_at,
+            event,
+            key,
+            correlation_id,
+            causation_id,
+            checked_headers,
+        )
+
+    def _decode_general(self, document: Any) -> Envelope:
         if type(document) is not dict:
             raise DecodeError(
                 f"an envelope is a JSON object, got {_json_kind(document)} at the top level"
@@ -1303,7 +1814,7 @@ class JSONCodec:
             data = self._upcast(info, version, data)
         plan = self._plans.get(info.cls) or self._compile(info.cls, DecodeError)
         try:
-            return plan.decode(data, depth)
+            return plan.fast_decode(data, depth)
         except _WireError as exc:
             raise DecodeError(
                 f"cannot decode {info.name!r}: {exc.path('data')}: {self._message(exc)}"
@@ -1323,7 +1834,10 @@ class JSONCodec:
             ) from exc
 
     def _parse(self, data: bytes | bytearray | memoryview | str) -> Any:
-        if isinstance(data, memoryview):
+        kind = type(data)
+        if kind is bytes or kind is str:
+            size = len(data)
+        elif isinstance(data, memoryview):
             size = data.nbytes
         elif isinstance(data, (bytes, bytearray, str)):
             size = len(data)
@@ -1368,6 +1882,39 @@ class JSONCodec:
 # --- envelope fields -----------------------------------------------------------------------
 
 
+class _Unusual(Exception):  # noqa: N818 - not an error: a signal to take the general path
+    """Raised by the fast path of encode for what only the general path handles."""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# (days, seconds) since the epoch and the isoformat of that second, without its offset:
+# the date and time of day cost more to format than the rest of an envelope together, and
+# change once a second. Replaced as a whole, so a reader always sees a consistent triple.
+_last_second: tuple[int, int, str] = (0, 0, _EPOCH.replace(tzinfo=None).isoformat())
+
+
+def _time_text(value: object) -> str:
+    """What value.isoformat() gives for an exact aware datetime (nothing in it needs JSON
+    escaping); raises _Unusual for anything else (a subclass may format itself)."""
+    global _last_second  # noqa: PLW0603 - one cache for the process
+    if type(value) is not datetime:
+        raise _Unusual
+    if value.tzinfo is not UTC:
+        if value.utcoffset() is None:
+            raise _Unusual
+        return value.isoformat()
+    # Exact (timedelta arithmetic): the same second always gives the same days and seconds.
+    delta = value - _EPOCH
+    days = delta.days
+    seconds = delta.seconds
+    cached_days, cached_seconds, text = _last_second
+    if seconds != cached_seconds or days != cached_days:
+        text = value.replace(microsecond=0, tzinfo=None).isoformat()
+        _last_second = (days, seconds, text)
+    micro = delta.microseconds
+    return "%s.%06d+00:00" % (text, micro) if micro else text + "+00:00"  # noqa: UP031
+
+
 def _serialize(document: dict[str, Any]) -> bytes:
     try:
         text = _dumps(document)
@@ -1380,6 +1927,16 @@ def _serialize(document: dict[str, Any]) -> bytes:
 
 
 def _parse_json(text: str) -> Any:
+    # The decoder's own scanner, without JSONDecoder.decode's two regex searches for
+    # whitespace around the document: a message as encode writes it has none. Anything
+    # else (whitespace, an error of any kind) is parsed again by _loads, which says why.
+    try:
+        document, end = _scan(text, 0)
+    except Exception:  # noqa: S110 - _loads raises it again, with its message
+        pass
+    else:
+        if end == len(text):
+            return document
     try:
         return _loads(text)
     except json.JSONDecodeError as exc:
@@ -1445,6 +2002,26 @@ def _envelope_field(decode: Converter, value: object, field: str) -> Any:
         return decode(value, 0)
     except _WireError as exc:
         raise DecodeError(f"cannot decode envelope: {field}: {exc.message}") from None
+
+
+# The canonical text of a UUID, which encode writes: read without uuid.UUID's parsing of
+# the other forms it accepts (braces, "urn:uuid:", no dashes), which go the general way.
+_UUID_TEXT = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_new_uuid = object.__new__
+_set_uuid_int = uuid.UUID.__dict__["int"].__set__
+_set_uuid_safe = uuid.UUID.__dict__["is_safe"].__set__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+_trusted_envelope = Envelope._trusted
+
+
+def _uuid_of(value: int) -> uuid.UUID:
+    """uuid.UUID(int=value) for a value known to fit in 128 bits, as uuid.UUID builds it."""
+    result: uuid.UUID = _new_uuid(uuid.UUID)
+    _set_uuid_int(result, value)
+    _set_uuid_safe(result, _SAFE_UNKNOWN)
+    return result
 
 
 def _decode_envelope_uuid(value: object, field: str) -> uuid.UUID:

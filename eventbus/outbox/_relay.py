@@ -204,6 +204,7 @@ class Relay:
                     seen.add(pair)
                     fresh.append(item)
             marks: list[tuple[str, uuid.UUID]] = []
+            delivered: list[Envelope] = []
             for item, error in await self._run_all(fresh):
                 if error is None or isinstance(error, SkipEvent):
                     hooks._send(
@@ -213,6 +214,7 @@ class Relay:
                         handler=item.handler.name,
                     )
                     finished.append(item.row.id)
+                    delivered.append(item.envelope)
                     if not item.handler.wants_connection:
                         marks.append((item.handler.name, item.envelope.id))
                 elif await self._failed(item.row, item.handler, item.envelope, error):
@@ -223,6 +225,8 @@ class Relay:
                         self._outbox.complete, finished, owner=self.owner, processed=marks
                     )
                 )
+                if delivered:
+                    hooks._send(hooks.outbox_relayed, self._bus, envelopes=tuple(delivered))
                 if count != len(finished):
                     logger.warning(
                         "%d delivered outbox rows were no longer leased to this relay "

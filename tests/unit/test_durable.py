@@ -694,3 +694,24 @@ def test_lock_contention_is_recognised_through_wrapping_errors():
             return isinstance(error, TimeoutError)
 
     assert _contention(TimeoutError(), Judge())
+
+
+def test_the_relay_reports_each_delivered_batch(bus, conn):
+    from eventbus import hooks
+
+    batches: list[tuple[object, tuple[Envelope, ...]]] = []
+
+    def seen(sender: object, *, envelopes: tuple[Envelope, ...]) -> None:
+        batches.append((sender, envelopes))
+
+    @bus.subscribe(name="ok", delivery="durable")
+    def ok(event: OrderPlaced) -> None: ...
+
+    with hooks.outbox_relayed.connected_to(seen, sender=bus):
+        with bus.transaction(conn):
+            for number in range(3):
+                bus.publish(OrderPlaced(number=number))
+        bus.drain(timeout=10)
+    delivered = [envelope.event for _, envelopes in batches for envelope in envelopes]
+    assert sorted(event.number for event in delivered) == [0, 1, 2]
+    assert all(sender is bus for sender, _ in batches)

@@ -30,7 +30,7 @@ import types
 import typing
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from . import hooks
@@ -44,7 +44,12 @@ from ._retry import RetryPolicy
 from ._runtime import Runtime
 from ._scope import Scope, current_scope
 from ._serialization import JSONCodec
-from ._transactions import TransactionControl, control_for
+from ._transactions import (
+    AsyncTransactionControl,
+    TransactionControl,
+    async_control_for,
+    control_for,
+)
 from .deadletters import MemoryDeadLetterStore
 from .errors import (
     AsyncHandlerError,
@@ -817,6 +822,73 @@ class EventBus:
             scope.committed()
         finally:
             current_scope.reset(token)
+
+    @contextlib.asynccontextmanager
+    async def atransaction(self, resource: R) -> AsyncIterator[R]:
+        """``transaction()`` for an async resource (a SQLAlchemy ``AsyncSession``).
+
+        The same unit of work, awaited: begins on entry, writes the durable rows and
+        commits on a clean exit, rolls back when the block raises; after-commit handlers
+        wait for the commit. Nested on the same resource, it is a savepoint. Publish
+        inside with ``bus.publish`` or ``await bus.apublish``: neither does I/O here.
+        """
+        control = async_control_for(resource, self._outbox)
+        outer = current_scope.get()
+        if outer is not None and outer.connection is resource:
+            async with self._asavepoint(outer, control, resource):
+                yield resource
+            return
+        if control.in_transaction():
+            raise ConfigurationError(
+                "this session already has an open transaction: let bus.atransaction() "
+                "begin it (commit or roll back first), so the outbox rows join it"
+            )
+        await control.begin()
+        scope = Scope(self, resource)
+        token = current_scope.set(scope)
+        try:
+            yield resource
+        except BaseException:
+            await control.rollback()
+            scope.rolled_back()
+            raise
+        else:
+            try:
+                if scope.rows:
+                    await self._awrite_rows(resource, scope.rows)
+                await control.commit()
+            except BaseException:
+                await control.rollback()
+                scope.rolled_back()
+                raise
+            callbacks = scope.committed()
+        finally:
+            current_scope.reset(token)
+        for callback in callbacks:
+            callback()
+
+    @contextlib.asynccontextmanager
+    async def _asavepoint(
+        self, outer: Scope, control: AsyncTransactionControl, resource: object
+    ) -> AsyncIterator[None]:
+        savepoint = await control.savepoint()
+        scope = Scope(self, resource, parent=outer)
+        token = current_scope.set(scope)
+        try:
+            yield
+        except BaseException:
+            await control.rollback_to(savepoint)
+            scope.rolled_back()
+            raise
+        else:
+            await control.release(savepoint)
+            scope.committed()
+        finally:
+            current_scope.reset(token)
+
+    async def _awrite_rows(self, resource: object, rows: list[PendingRow]) -> None:
+        outbox: Any = self._outbox
+        await outbox.awrite(resource, rows)
 
     def _write_rows(self, connection: object, rows: list[PendingRow]) -> None:
         outbox = self._outbox

@@ -1,7 +1,9 @@
 """How ``bus.transaction(resource)`` drives a kind of connection: begin, commit, savepoints.
 
 The core knows stdlib ``sqlite3`` connections; an outbox store for another library (the
-SQLAlchemy integration) supplies a control for its own resources.
+SQLAlchemy integration) supplies a control for its own resources. ``bus.atransaction``
+drives async resources (an ``AsyncSession``) through an ``AsyncTransactionControl``,
+which only an outbox store can supply.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from typing import Any, Protocol
 
 from .errors import ConfigurationError
 
-__all__ = ["SQLiteTransaction", "TransactionControl", "control_for"]
+__all__ = [
+    "AsyncTransactionControl",
+    "SQLiteTransaction",
+    "TransactionControl",
+    "async_control_for",
+    "control_for",
+]
 
 _savepoints = itertools.count(1)
 
@@ -33,6 +41,24 @@ class TransactionControl(Protocol):
     def release(self, savepoint: object) -> None: ...
 
     def rollback_to(self, savepoint: object) -> None: ...
+
+
+class AsyncTransactionControl(Protocol):
+    """``TransactionControl`` for an async resource: the same steps, awaited."""
+
+    def in_transaction(self) -> bool: ...
+
+    async def begin(self) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+    async def savepoint(self) -> object: ...
+
+    async def release(self, savepoint: object) -> None: ...
+
+    async def rollback_to(self, savepoint: object) -> None: ...
 
 
 class SQLiteTransaction:
@@ -82,3 +108,23 @@ def control_for(resource: Any, outbox: Any) -> TransactionControl:
         "sqlite3.Connection, or configure an outbox whose store knows this kind of "
         "connection (for SQLAlchemy sessions, eventbus_contrib.sqlalchemy)"
     )
+
+
+def async_control_for(resource: Any, outbox: Any) -> AsyncTransactionControl:
+    """The async control for ``resource``, from the outbox store (which must also be able
+    to write its rows asynchronously, ``awrite``)."""
+    supply = getattr(outbox, "async_transaction_control", None)
+    control: AsyncTransactionControl | None = None if supply is None else supply(resource)
+    if control is None:
+        raise ConfigurationError(
+            f"bus.atransaction() cannot drive a {type(resource).__qualname__}: pass an "
+            "async session or connection that the bus's outbox knows (for SQLAlchemy, an "
+            "AsyncSession with EventBus(outbox=eventbus_contrib.sqlalchemy."
+            "SQLAlchemyOutbox(engine))); for a sync connection, use bus.transaction()"
+        )
+    if getattr(outbox, "awrite", None) is None:
+        raise ConfigurationError(
+            f"bus.atransaction() needs an outbox store that writes asynchronously: "
+            f"{type(outbox).__qualname__} has async_transaction_control() but no awrite()"
+        )
+    return control

@@ -101,6 +101,12 @@ class OutboxStore(Protocol):
     session); everything else is the relay's, in short transactions of its own. Changes
     the relay makes are fenced by its lease ``owner``. ``SQLiteOutbox`` is the embedded
     default; ``eventbus_contrib.sqlalchemy`` serves PostgreSQL, MariaDB and SQLite.
+
+    Optional, looked up by name: ``transaction_control(resource)`` (how
+    ``bus.transaction`` drives the store's kind of connection), and for
+    ``bus.atransaction``, ``async_transaction_control(resource)`` (an
+    ``AsyncTransactionControl``, or None for a resource it does not know) with
+    ``async def awrite(resource, rows)``, the async ``write``.
     """
 
     batch: int

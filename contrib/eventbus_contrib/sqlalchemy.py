@@ -81,10 +81,17 @@ except ImportError as error:  # pragma: no cover - the extra is installed in dev
     ) from error
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
     from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.ext.asyncio import (
+        AsyncConnection,
+        AsyncSession,
+        AsyncSessionTransaction,
+        AsyncTransaction,
+    )
     from sqlalchemy.pool import ConnectionPoolEntry
 
-    from eventbus._transactions import TransactionControl
+    from eventbus._transactions import AsyncTransactionControl, TransactionControl
 
 __all__ = ["SQLAlchemyOutbox", "outbox_tables"]
 
@@ -217,9 +224,10 @@ class SQLAlchemyOutbox:
     """The transactional outbox in the application's database, through a SQLAlchemy engine.
 
     Implements ``eventbus.typing.OutboxStore``. ``bus.transaction()`` takes a ``Session``
-    or a ``Connection`` of this engine; durable handlers may take ``session: Session``
-    (their writes and their inbox mark commit together). ``close()`` leaves the engine,
-    which is the application's, open.
+    or a ``Connection`` of this engine; ``bus.atransaction()`` an ``AsyncSession`` or an
+    ``AsyncConnection`` of an async engine on the same database (not on SQLite yet).
+    Durable handlers may take ``session: Session`` (their writes and their inbox mark
+    commit together). ``close()`` leaves the engine, which is the application's, open.
     """
 
     resource_type: type[Any] = Session
@@ -379,6 +387,22 @@ class SQLAlchemyOutbox:
             for chunk in _chunks(rows):
                 joined.execute(self._insert, [_parameters(row) for row in chunk])
 
+    async def awrite(self, resource: Any, rows: Sequence[PendingRow]) -> None:
+        """``write`` through the application's ``AsyncSession`` or ``AsyncConnection``, in
+        its transaction: the same statements, awaited."""
+        what = "write to the outbox"
+        self._check_open(what)
+        with self._guard(what):
+            joined = await self._ajoined(resource, what)
+            if not rows:
+                return
+            if self._notify:
+                for chunk in _chunks(rows):
+                    await joined.execute(self._notifying_insert(len(chunk)), _numbered(chunk))
+                return
+            for chunk in _chunks(rows):
+                await joined.execute(self._insert, [_parameters(row) for row in chunk])
+
     def _notifying_insert(self, count: int) -> sa.TextClause:
         statement = self._notifying.get(count)
         if statement is None:
@@ -415,7 +439,14 @@ class SQLAlchemyOutbox:
             target=self._listen, args=(wake, stop), name="eventbus-listen", daemon=True
         )
         thread.start()
-        return stop.set
+
+        def stop_listening() -> None:
+            # Wait for the listener to close its connection (it looks every 0.5 s), so
+            # nothing is left open when the relay, and then the application, stops.
+            stop.set()
+            thread.join(timeout=5)
+
+        return stop_listening
 
     def _listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
         while not stop.is_set():
@@ -721,6 +752,20 @@ class SQLAlchemyOutbox:
             return _ConnectionControl(resource, immediate=self._kind == "sqlite")
         return None
 
+    def async_transaction_control(self, resource: object) -> AsyncTransactionControl | None:
+        """How ``bus.atransaction()`` drives an ``AsyncSession`` or an ``AsyncConnection``
+        (else None)."""
+        asyncio = _asyncio()
+        if asyncio is None:
+            return None
+        if isinstance(resource, asyncio.AsyncSession):
+            self._check_async_bind(resource, "bus.atransaction()")
+            return _AsyncSessionControl(resource)
+        if isinstance(resource, asyncio.AsyncConnection):
+            self._check_async_bind(resource, "bus.atransaction()")
+            return _AsyncConnectionControl(resource)
+        return None
+
     # -- plumbing ------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -757,6 +802,58 @@ class SQLAlchemyOutbox:
                 "IMMEDIATE and savepoints on that engine)"
             )
         return engine
+
+    def _check_async_bind(self, resource: AsyncSession | AsyncConnection, what: str) -> None:
+        """``resource`` must run on an async engine for this outbox's database (the same
+        URL, the driver and the password aside)."""
+        kind = type(resource).__qualname__
+        if self._kind == "sqlite":
+            raise ConfigurationError(
+                f"{what} does not take a {kind} on SQLite yet: use a Session of the "
+                "outbox's engine with bus.transaction()"
+            )
+        if isinstance(resource, _asyncio().AsyncSession):
+            try:
+                bind = resource.sync_session.get_bind(clause=self.outbox)
+            except sa_exc.UnboundExecutionError as exc:
+                raise ConfigurationError(
+                    f"{what} needs an AsyncSession bound to an async engine: "
+                    f"AsyncSession(create_async_engine({self._url!r}))"
+                ) from exc
+            engine = bind.engine if isinstance(bind, Connection) else bind
+        else:
+            engine = cast("AsyncConnection", resource).sync_engine
+        if _database(engine.url) != _database(self._engine.url):
+            theirs = engine.url.render_as_string(hide_password=True)
+            raise ConfigurationError(
+                f"{what} got a {kind} on {theirs}, but the outbox is on {self._url}: use "
+                "an async engine on the outbox's database"
+            )
+
+    async def _ajoined(self, resource: object, what: str) -> AsyncConnection:
+        """The async connection of the caller's AsyncSession or AsyncConnection."""
+        asyncio = _asyncio()
+        connection: AsyncConnection
+        if asyncio is not None and isinstance(resource, asyncio.AsyncSession):
+            self._check_async_bind(resource, what)
+            connection = await resource.connection(bind_arguments={"clause": self.outbox})
+        elif asyncio is not None and isinstance(resource, asyncio.AsyncConnection):
+            self._check_async_bind(resource, what)
+            connection = resource
+        else:
+            raise ConfigurationError(
+                f"cannot {what} asynchronously through a {type(resource).__qualname__}: "
+                "SQLAlchemyOutbox takes a sqlalchemy.ext.asyncio.AsyncSession or "
+                "AsyncConnection"
+            )
+        sync = connection.sync_connection
+        if sync is not None and _autocommits(sync, self._kind):
+            raise ConfigurationError(
+                f"cannot {what} through a connection in AUTOCOMMIT mode: the rows would "
+                "commit at once, whatever becomes of the application's transaction. Use a "
+                "session or connection of an engine without isolation_level='AUTOCOMMIT'"
+            )
+        return connection
 
     def _joined(self, resource: object, what: str) -> Connection:
         """The connection of the caller's Session or Connection, in its transaction."""
@@ -889,7 +986,80 @@ class _ConnectionControl:
         cast("sa.NestedTransaction", savepoint).rollback()
 
 
+class _AsyncSessionControl:
+    """``bus.atransaction(session)``: the AsyncSession's transaction, savepoints by
+    begin_nested."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def in_transaction(self) -> bool:
+        return self._session.in_transaction()
+
+    async def begin(self) -> None:
+        await self._session.begin()
+
+    async def commit(self) -> None:
+        await self._session.commit()
+
+    async def rollback(self) -> None:
+        await self._session.rollback()
+
+    async def savepoint(self) -> object:
+        return await self._session.begin_nested()
+
+    async def release(self, savepoint: object) -> None:
+        await cast("AsyncSessionTransaction", savepoint).commit()
+
+    async def rollback_to(self, savepoint: object) -> None:
+        await cast("AsyncSessionTransaction", savepoint).rollback()
+
+
+class _AsyncConnectionControl:
+    """``bus.atransaction(connection)``: an AsyncConnection's transactions."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    def in_transaction(self) -> bool:
+        return self._connection.in_transaction()
+
+    async def begin(self) -> None:
+        await self._connection.begin()
+
+    async def commit(self) -> None:
+        await self._connection.commit()
+
+    async def rollback(self) -> None:
+        await self._connection.rollback()
+
+    async def savepoint(self) -> object:
+        return await self._connection.begin_nested()
+
+    async def release(self, savepoint: object) -> None:
+        await cast("AsyncTransaction", savepoint).commit()
+
+    async def rollback_to(self, savepoint: object) -> None:
+        await cast("AsyncTransaction", savepoint).rollback()
+
+
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _asyncio() -> Any:
+    """``sqlalchemy.ext.asyncio``, or None when it cannot load (greenlet is missing): then
+    no resource can be an AsyncSession."""
+    try:
+        import sqlalchemy.ext.asyncio as module  # noqa: PLC0415 - needs greenlet
+    except ImportError:
+        return None
+    return module
+
+
+def _database(url: URL) -> tuple[object, ...]:
+    """What names a database in a URL: not the driver, not the password."""
+    name = url.get_backend_name()
+    return ("mysql" if name == "mariadb" else name, url.username, url.host, url.port, url.database)
 
 
 def _autocommits(connection: Connection, kind: str) -> bool:

@@ -760,10 +760,10 @@ class SQLAlchemyOutbox:
             return None
         if isinstance(resource, asyncio.AsyncSession):
             self._check_async_bind(resource, "bus.atransaction()")
-            return _AsyncSessionControl(resource)
+            return _AsyncControl(resource)
         if isinstance(resource, asyncio.AsyncConnection):
             self._check_async_bind(resource, "bus.atransaction()")
-            return _AsyncConnectionControl(resource)
+            return _AsyncControl(resource)
         return None
 
     # -- plumbing ------------------------------------------------------------------------
@@ -986,61 +986,33 @@ class _ConnectionControl:
         cast("sa.NestedTransaction", savepoint).rollback()
 
 
-class _AsyncSessionControl:
-    """``bus.atransaction(session)``: the AsyncSession's transaction, savepoints by
-    begin_nested."""
+class _AsyncControl:
+    """``bus.atransaction(resource)`` for an AsyncSession or an AsyncConnection: both
+    spell begin, commit, rollback and begin_nested (savepoints) the same way."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-
-    def in_transaction(self) -> bool:
-        return self._session.in_transaction()
-
-    async def begin(self) -> None:
-        await self._session.begin()
-
-    async def commit(self) -> None:
-        await self._session.commit()
-
-    async def rollback(self) -> None:
-        await self._session.rollback()
-
-    async def savepoint(self) -> object:
-        return await self._session.begin_nested()
-
-    async def release(self, savepoint: object) -> None:
-        await cast("AsyncSessionTransaction", savepoint).commit()
-
-    async def rollback_to(self, savepoint: object) -> None:
-        await cast("AsyncSessionTransaction", savepoint).rollback()
-
-
-class _AsyncConnectionControl:
-    """``bus.atransaction(connection)``: an AsyncConnection's transactions."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, resource: AsyncSession | AsyncConnection) -> None:
+        self._resource = resource
 
     def in_transaction(self) -> bool:
-        return self._connection.in_transaction()
+        return self._resource.in_transaction()
 
     async def begin(self) -> None:
-        await self._connection.begin()
+        await self._resource.begin()
 
     async def commit(self) -> None:
-        await self._connection.commit()
+        await self._resource.commit()
 
     async def rollback(self) -> None:
-        await self._connection.rollback()
+        await self._resource.rollback()
 
     async def savepoint(self) -> object:
-        return await self._connection.begin_nested()
+        return await self._resource.begin_nested()
 
     async def release(self, savepoint: object) -> None:
-        await cast("AsyncTransaction", savepoint).commit()
+        await cast("AsyncSessionTransaction | AsyncTransaction", savepoint).commit()
 
     async def rollback_to(self, savepoint: object) -> None:
-        await cast("AsyncTransaction", savepoint).rollback()
+        await cast("AsyncSessionTransaction | AsyncTransaction", savepoint).rollback()
 
 
 # -- helpers ---------------------------------------------------------------------------

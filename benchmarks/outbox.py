@@ -105,6 +105,22 @@ def publish_rows(
     return {"hand-written INSERTs": hand, "eventbus durable publish": ours}
 
 
+def time_relay(outbox: Any, rows: int, seen: list[int]) -> float:
+    """Seconds per row for a fresh bus on ``outbox`` to relay what it holds to a handler."""
+    bus = EventBus(registry=registry, outbox=outbox)
+
+    @bus.subscribe(OrderPlaced, name="billing.charge", delivery="durable")
+    def charge(event: OrderPlaced) -> None:
+        seen.append(event.quantity)
+
+    start = time.perf_counter()
+    bus.start()
+    bus.drain(timeout=300)
+    elapsed = time.perf_counter() - start
+    bus.close()
+    return elapsed / rows
+
+
 def relay_rows(path: Path, rows: int) -> dict[str, Callable[[], float]]:
     """Seconds per delivered row: the relay against a claim-and-delete loop."""
     seen: list[int] = []
@@ -123,18 +139,7 @@ def relay_rows(path: Path, rows: int) -> dict[str, Callable[[], float]]:
 
     def ours() -> float:
         fill_ours()
-        bus = EventBus(registry=registry, outbox=SQLiteOutbox(path, poll_interval=0.01, batch=200))
-
-        @bus.subscribe(OrderPlaced, name="billing.charge", delivery="durable")
-        def charge(event: OrderPlaced) -> None:
-            seen.append(event.quantity)
-
-        start = time.perf_counter()
-        bus.start()
-        bus.drain(timeout=300)
-        elapsed = time.perf_counter() - start
-        bus.close()
-        return elapsed / rows
+        return time_relay(SQLiteOutbox(path, poll_interval=0.01, batch=200), rows, seen)
 
     def hand() -> float:
         connection = sqlite3.connect(path, isolation_level=None)
@@ -279,18 +284,7 @@ def postgres_relay_rows(engine: Any, prefix: str, rows: int) -> dict[str, Callab
                 writer.publish(EVENT)
         writer.close()
         outbox = SQLAlchemyOutbox(engine, prefix=prefix, poll_interval=0.01, batch=200)
-        bus = EventBus(registry=registry, outbox=outbox)
-
-        @bus.subscribe(OrderPlaced, name="billing.charge", delivery="durable")
-        def charge(event: OrderPlaced) -> None:
-            seen.append(event.quantity)
-
-        start = time.perf_counter()
-        bus.start()
-        bus.drain(timeout=300)
-        elapsed = time.perf_counter() - start
-        bus.close()
-        return elapsed / rows
+        return time_relay(outbox, rows, seen)
 
     def hand() -> float:
         payload = json.dumps(
@@ -346,7 +340,15 @@ def measure(rows: dict[str, Callable[[], float]], samples: int) -> dict[str, flo
     return best
 
 
-def main() -> int:  # noqa: PLR0915 - one flat report, case after case
+def report(case: str, best: dict[str, float], ratio: float, target: str) -> None:
+    """Print a case's rows: the baseline at 1.00, eventbus with its ratio and target."""
+    for name, seconds in best.items():
+        ours = name.startswith("eventbus")
+        shown, mark = (ratio, target) if ours else (1.0, "")
+        print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
     args = parser.parse_args()
@@ -363,20 +365,14 @@ def main() -> int:  # noqa: PLR0915 - one flat report, case after case
             best = measure(publish_rows(path, per_transaction, transactions), samples)
             ratio = best["eventbus durable publish"] / best["hand-written INSERTs"]
             case = f"sqlite publish, {per_transaction}/transaction"
-            for name, seconds in best.items():
-                mark = "<= 1.3" if name.startswith("eventbus") else ""
-                shown = ratio if name.startswith("eventbus") else 1.0
-                print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
+            report(case, best, ratio, "<= 1.3")
             if ratio > 1.3:
                 missed.append(f"{case}: {ratio:.2f}x")
         path = Path(folder) / "relay.sqlite3"
         best = measure(relay_rows(path, 500 if args.quick else 5000), max(1, samples // 2))
         throughput = best["hand-written claim-and-delete"] / best["eventbus relay"]
-        for name, seconds in best.items():
-            mark = ">= 0.7" if name.startswith("eventbus") else ""
-            shown = throughput if name.startswith("eventbus") else 1.0
-            case = "sqlite relay to a handler"
-            print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
+        case = "sqlite relay to a handler"
+        report(case, best, throughput, ">= 0.7")
         if throughput < 0.7:
             missed.append(f"sqlite relay throughput: {throughput:.2f}x")
     engine = postgres_engine()
@@ -394,20 +390,14 @@ def main() -> int:  # noqa: PLR0915 - one flat report, case after case
                 )
                 ratio = best["eventbus durable publish"] / best["hand-written INSERTs"]
                 case = f"postgresql publish, {per_transaction}/txn"
-                for name, seconds in best.items():
-                    mark = "<= 1.3" if name.startswith("eventbus") else ""
-                    shown = ratio if name.startswith("eventbus") else 1.0
-                    print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
+                report(case, best, ratio, "<= 1.3")
                 if ratio > 1.3:
                     missed.append(f"{case}: {ratio:.2f}x")
             relay_count = 500 if args.quick else 3000
             best = measure(postgres_relay_rows(engine, prefix, relay_count), max(1, samples // 2))
             throughput = best["hand-written claim-and-delete"] / best["eventbus relay"]
-            for name, seconds in best.items():
-                mark = ">= 0.7" if name.startswith("eventbus") else ""
-                shown = throughput if name.startswith("eventbus") else 1.0
-                case = "postgresql relay to a handler"
-                print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
+            case = "postgresql relay to a handler"
+            report(case, best, throughput, ">= 0.7")
             if throughput < 0.7:
                 missed.append(f"postgresql relay throughput: {throughput:.2f}x")
         finally:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import Iterable, Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
     from contextlib import AbstractContextManager
     from datetime import datetime
 
     from ._envelope import Envelope
     from .deadletters import DeadLetter
     from .outbox import ClaimedRow, OutboxStatus, PendingRow
+    from .transports import Capabilities, Message
 
-__all__ = ["Codec", "DeadLetterStore", "OutboxStore"]
+__all__ = ["Codec", "DeadLetterStore", "OutboxStore", "Received", "Transport"]
 
 
 @runtime_checkable
@@ -146,3 +147,51 @@ class OutboxStore(Protocol):
     def handler_transaction(self) -> AbstractContextManager[Any]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Received(Protocol):
+    """A message a consumer took from a transport, to acknowledge once it is handled.
+
+    ``body`` is what the publisher's codec wrote: the worker decodes it (through the
+    registry, the allow-list), so a transport never decides what gets deserialised.
+    ``message_id`` is the broker's own id (a stream entry id, a delivery tag): for logs
+    only, never for deduplication. ``delivery_count`` is 1 on the first delivery.
+    """
+
+    topic: str
+    body: bytes
+    message_id: str
+    delivery_count: int
+
+    async def ack(self) -> None: ...
+
+    async def nack(self, *, requeue: bool = True) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Carries envelopes between processes; ``eventbus.transports.MemoryTransport`` is the
+    reference. Async only: the bus runs it on its runtime.
+
+    ``publish`` returns only when the broker has confirmed every message (raise
+    otherwise: the relay then keeps the rows and tries again, so a message is never
+    marked sent unconfirmed). ``subscribe`` yields messages of ``topics`` for the
+    consumer ``group`` until the iterator is closed; messages that were not acked by
+    then are delivered again (to this group), in order. Errors in
+    ``retryable_errors`` are transient (a lost connection): the caller retries.
+    """
+
+    capabilities: ClassVar[Capabilities]
+    retryable_errors: ClassVar[tuple[type[BaseException], ...]]
+
+    @classmethod
+    def from_url(cls, url: str, /, **options: Any) -> Self: ...
+
+    async def connect(self) -> None: ...
+
+    async def publish(self, topic: str, /, *messages: Message) -> None: ...
+
+    def subscribe(self, topics: Sequence[str], /, *, group: str) -> AsyncIterator[Received]: ...
+
+    async def aclose(self) -> None: ...

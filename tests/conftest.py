@@ -14,7 +14,9 @@ that use none of them never import them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -185,3 +187,22 @@ def _drop_tables(backend: Backend, prefix: str) -> None:
             metadata.drop_all(engine)
     finally:
         engine.dispose()
+
+
+ASYNC_TEST_TIMEOUT = 120.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests on a fresh event loop each (no plugin needed), bounded."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    arguments = {name: pyfuncitem.funcargs[name] for name in names}
+
+    async def bounded() -> None:
+        async with asyncio.timeout(ASYNC_TEST_TIMEOUT):
+            await pyfuncitem.obj(**arguments)
+
+    asyncio.run(bounded())
+    return True

@@ -18,7 +18,8 @@ Misuse errors also subclass the builtin a caller would already catch, so
     ├── SerializationError(ValueError)
     │   ├── EncodeError                       an event cannot be written to the wire
     │   └── DecodeError                       bytes from the wire are not a valid envelope
-    ├── TransportError                        a transport failed to carry a message
+    ├── TransportError                        a transport failed to carry a message (transient)
+    │   └── MessageRejectedError              the broker will never take this message (too large)
     ├── OutboxError                           the outbox store failed
     ├── DeadLetterStoreError                  the dead-letter store failed
     │   └── DeadLetterNotFoundError(LookupError)  no dead letter has that id
@@ -49,6 +50,7 @@ __all__ = [
     "EventBusError",
     "HandlerDirective",
     "HandlerSignatureError",
+    "MessageRejectedError",
     "MissingDependencyError",
     "NotAnEventError",
     "OutboxError",
@@ -127,7 +129,17 @@ class DecodeError(SerializationError):
 
 
 class TransportError(EventBusError):
-    """A transport failed to carry a message."""
+    """A transport failed to carry a message: the connection, a refusal, a missing confirm.
+
+    The relay keeps the rows and tries again later: nothing is marked sent unconfirmed.
+    """
+
+
+class MessageRejectedError(TransportError):
+    """The broker will never take this message (over its size limit): retrying cannot help.
+
+    The relay dead-letters the row instead of retrying it forever.
+    """
 
 
 class OutboxError(EventBusError):

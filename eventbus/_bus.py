@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from . import hooks
 from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
+from ._config import load_settings
 from ._delivery import deliver
 from ._envelope import Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
@@ -62,9 +63,11 @@ from .errors import (
     SkipEvent,
 )
 from .outbox import PendingRow, Relay
+from .transports._link import FORWARD, TransportLink
+from .transports._resolve import transport_from_url
 
 if TYPE_CHECKING:
-    from .typing import Codec, DeadLetterStore, OutboxStore
+    from .typing import Codec, DeadLetterStore, OutboxStore, Transport
 
 __all__ = ["EventBus"]
 
@@ -137,6 +140,7 @@ class EventBus:
         "_dead_letters",
         "_general",
         "_handlers",
+        "_link",
         "_linkers",
         "_lock",
         "_outbox",
@@ -147,6 +151,7 @@ class EventBus:
         "_routes",
         "_runtime",
         "_sleep",
+        "_worker",
     )
 
     def __init__(
@@ -162,6 +167,11 @@ class EventBus:
         sleep: Callable[[float], object] | None = None,
         outbox: OutboxStore | None = None,
         relay: bool = True,
+        transport_url: str | None = None,
+        transport: Transport | None = None,
+        group: str | None = None,
+        max_deliveries: int | None = None,
+        worker: bool = True,
     ) -> None:
         """Make a bus.
 
@@ -175,6 +185,14 @@ class EventBus:
         ``outbox`` enables durable delivery: rows written in the application's
         transaction (``bus.transaction(connection)``) and relayed by this process, or
         with ``relay=False`` by another (``eventbus relay``).
+
+        ``transport_url`` (or ``EVENTBUS_TRANSPORT_URL``, or ``transport_url`` in
+        ``[tool.eventbus]`` of pyproject.toml or in eventbus.toml) sends durable events
+        through a broker: ``redis://``, ``amqp://``, ``nats://`` or ``memory://``; a
+        ``transport`` instance does the same from code. Durable handlers then run in the
+        workers of every process whose bus has them, one per consumer ``group``
+        (``EVENTBUS_GROUP``); ``worker=False`` keeps this process from consuming.
+        A message delivered more than ``max_deliveries`` times (10) is dead-lettered.
         """
         self._registry = default_registry if registry is None else registry
         self._codec: Codec = JSONCodec(self._registry) if codec is None else codec
@@ -194,6 +212,8 @@ class EventBus:
             sleep=sleep,
             shutdown_timeout=shutdown_timeout,
         )
+        self._link = self._make_link(transport_url, transport, group, max_deliveries)
+        self._worker = worker
         self._handlers: dict[str, Handler] = {}
         self._by_type: dict[type[Any], list[Handler]] = {}
         self._routes: dict[type[Any], _Cached] = {}
@@ -208,6 +228,34 @@ class EventBus:
         self._lock = threading.RLock()
         hooks._watch(self)
         _buses.add(self)
+
+    def _make_link(
+        self,
+        transport_url: str | None,
+        transport: Transport | None,
+        group: str | None,
+        max_deliveries: int | None,
+    ) -> TransportLink | None:
+        arguments = {
+            "transport_url": transport_url,
+            "group": group,
+            "max_deliveries": max_deliveries,
+        }
+        if transport is not None and transport_url is not None:
+            raise ConfigurationError("give transport_url or transport, not both")
+        settings = load_settings(arguments)
+        if transport is None and settings.transport_url is not None:
+            transport = transport_from_url(settings.transport_url)
+        if transport is None:
+            return None
+        return TransportLink(
+            self, transport, group=settings.group, max_deliveries=settings.max_deliveries
+        )
+
+    @property
+    def transport(self) -> Transport | None:
+        """The transport durable events travel through, or None (in this process only)."""
+        return None if self._link is None else self._link.transport
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -673,6 +721,10 @@ class EventBus:
             return []
         envelope = envelope_of(frame)
         payload = self._codec.encode(envelope)
+        if self._link is not None:
+            # One row for the transport: the handlers may live in other processes, and
+            # each worker's inbox and retries are per handler there.
+            return [PendingRow(envelope.id, envelope.name, FORWARD, envelope.key, payload)]
         return [
             PendingRow(envelope.id, envelope.name, handler.name, envelope.key, payload)
             for handler in route.durable
@@ -908,6 +960,7 @@ class EventBus:
 
     def _start_relay(self) -> Relay | None:
         with self._lock:
+            self._start_worker()
             if self._relay is not None or self._outbox is None or self._closed:
                 return self._relay
             if not self._relays:
@@ -916,6 +969,15 @@ class EventBus:
             self._relay = Relay(self, self._outbox)
             self._runtime.service(self._relay.run)
             return self._relay
+
+    def _start_worker(self) -> None:
+        """Consume the transport for this bus's durable handlers (with the lock held)."""
+        link = self._link
+        if link is None or link.worker is not None or not self._worker or self._closed:
+            return
+        self._runtime.ensure_started()
+        link.make_worker(self._runtime.concurrency)
+        self._runtime.service(link.run_worker)
 
     # -- the runtime ---------------------------------------------------------------
 
@@ -944,10 +1006,9 @@ class EventBus:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._runtime.drain(_left(deadline))
-            relay = self._relay
-            if relay is None:
+            if not self._runtime.running:
                 return
-            delivered = self._runtime.call(relay.settle(), _left(deadline))
+            delivered = self._runtime.call(self._settle(), _left(deadline))
             if not delivered and self._runtime.pending == 0:
                 return
 
@@ -956,12 +1017,23 @@ class EventBus:
         async with asyncio.timeout(timeout):
             while True:
                 await self._runtime.adrain()
-                relay = self._relay
-                if relay is None:
+                if not self._runtime.running:
                     return
-                delivered = await self._runtime.acall(relay.settle())
+                delivered = await self._runtime.acall(self._settle())
                 if not delivered and self._runtime.pending == 0:
                     return
+
+    async def _settle(self) -> bool:
+        """One round of drain: the relay finds nothing due, the worker holds nothing;
+        whether either delivered something meanwhile (which may have published more)."""
+        delivered = False
+        relay = self._relay
+        if relay is not None:
+            delivered = await relay.settle()
+        worker = None if self._link is None else self._link.worker
+        if worker is not None:
+            delivered = await worker.settle() or delivered
+        return delivered
 
     # -- dead letters ----------------------------------------------------------------
 
@@ -994,6 +1066,9 @@ class EventBus:
         self._mark_closed()
         if self._relay is not None:
             self._relay.stop()
+        if self._link is not None and self._runtime.running:
+            with contextlib.suppress(Exception):
+                self._runtime.call(self._link.aclose(), self._runtime_timeout())
         self._runtime.stop()
 
     async def aclose(self) -> None:
@@ -1004,6 +1079,9 @@ class EventBus:
         self._mark_closed()
         if self._relay is not None:
             self._relay.stop()
+        if self._link is not None and self._runtime.running:
+            with contextlib.suppress(Exception):
+                await self._runtime.acall(self._link.aclose())
         await self._runtime.astop()
 
     def _runtime_timeout(self) -> float:

@@ -22,11 +22,14 @@ from .deadletters import DeadLetter
 from .errors import EncodeError, RejectEvent, SkipEvent
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ._bus import EventBus
     from ._envelope import Envelope
     from ._handlers import Handler
+    from .typing import OutboxStore
 
-__all__ = ["Attempted", "Outcome", "attempt", "deliver"]
+__all__ = ["Attempted", "Outcome", "attempt", "call_in_transaction", "deliver"]
 
 logger = logging.getLogger("eventbus.delivery")
 
@@ -83,8 +86,18 @@ def after_failure(
     return delay
 
 
-async def attempt(bus: EventBus, handler: Handler, envelope: Envelope) -> Attempted:
-    """Run ``handler`` until it succeeds or its policy gives up; send the hooks."""
+async def attempt(
+    bus: EventBus,
+    handler: Handler,
+    envelope: Envelope,
+    *,
+    call: Callable[[], Awaitable[None]] | None = None,
+) -> Attempted:
+    """Run ``handler`` until it succeeds or its policy gives up; send the hooks.
+
+    ``call`` runs one attempt, when calling the handler takes more than calling it (a
+    connection-taking handler runs in a transaction with its inbox mark).
+    """
     started = time.monotonic()
     idle = 0.0
     first_failed_at: datetime | None = None
@@ -92,7 +105,7 @@ async def attempt(bus: EventBus, handler: Handler, envelope: Envelope) -> Attemp
     while True:
         number += 1
         try:
-            await _call(bus, handler, envelope)
+            await (_call(bus, handler, envelope) if call is None else call())
         except SkipEvent:
             hooks._send(hooks.event_handled, bus, envelope=envelope, handler=handler.name)
             return Attempted(Outcome.SKIPPED, number, None, first_failed_at)
@@ -195,5 +208,24 @@ async def _call(bus: EventBus, handler: Handler, envelope: Envelope) -> None:
         result = await bus._runtime.run_sync(handler.fn, *args)
         if inspect.isawaitable(result):
             await result
+    finally:
+        current_frame.reset(token)
+
+
+def call_in_transaction(outbox: OutboxStore, handler: Handler, envelope: Envelope) -> None:
+    """Run a connection-taking handler in a transaction of its own with its inbox mark.
+
+    Its effects and the mark commit together (exactly once); a duplicate finds the mark
+    and runs nothing. Sync: call it on a worker thread.
+    """
+    token = current_frame.set([envelope.event, None, None, envelope])
+    try:
+        with outbox.handler_transaction() as connection:
+            if not outbox.mark(handler.name, envelope.id, connection):
+                return  # a duplicate: done before, with its effects, in one commit
+            args: tuple[Any, ...] = (envelope.event,)
+            if handler.wants_envelope:
+                args = (*args, envelope)
+            handler.fn(*args, connection)
     finally:
         current_frame.reset(token)

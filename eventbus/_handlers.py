@@ -280,6 +280,11 @@ def _handler_name(fn: Callable[..., Any], name: str | None, label: str) -> str:
                 f"{label}: name must be a non-empty str of at most 200 printable "
                 f"characters, without spaces at either end, got {name!r}"
             )
+        if name.startswith("@"):
+            raise ConfigurationError(
+                f"{label}: names starting with '@' are eventbus's own (outbox destinations "
+                f"and dead letters of the relay and the worker), got {name!r}"
+            )
         return name
     if isinstance(fn, functools.partial):
         raise ConfigurationError(f"{label} is a functools.partial: pass name='...'")

@@ -64,6 +64,11 @@ class Runtime:
         self._stopped = False
 
     @property
+    def concurrency(self) -> int:
+        """How many deliveries may run at once."""
+        return self._concurrency
+
+    @property
     def workers(self) -> int:
         """How many threads run sync handlers."""
         return self._workers

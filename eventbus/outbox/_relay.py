@@ -25,18 +25,20 @@ import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from .. import hooks
-from .._delivery import Attempted, Outcome, after_failure, dead_letter
+from .._delivery import Attempted, Outcome, after_failure, call_in_transaction, dead_letter
 from ..errors import SerializationError, SkipEvent, UnknownEventError
+from ..transports._link import FORWARD
 
 if TYPE_CHECKING:
     from .._bus import EventBus
     from .._envelope import Envelope
     from .._handlers import Handler
+    from ..transports._link import TransportLink
     from ..typing import OutboxStore
     from ._rows import ClaimedRow
 
@@ -192,6 +194,11 @@ class Relay:
         run = self._bus._runtime.run_sync
         self._in_flight.update(row.id for row in rows)
         try:
+            link = self._bus._link
+            if link is not None and any(row.destination == FORWARD for row in rows):
+                # Rows bound for the transport: published, then completed, here.
+                await self._forward(link, [row for row in rows if row.destination == FORWARD])
+                rows = [row for row in rows if row.destination != FORWARD]
             items, finished = await self._prepare(rows)
             keys = [(item.handler.name, item.envelope.id) for item in items]
             seen = await run(self._outbox.seen_many, keys) if keys else set()
@@ -235,6 +242,21 @@ class Relay:
                     )
         finally:
             self._in_flight.difference_update(row.id for row in rows)
+
+    async def _forward(self, link: TransportLink, rows: list[ClaimedRow]) -> None:
+        done, envelopes = await link.forward(self._outbox, self.owner, rows)
+        if done:
+            count = await self._bus._runtime.run_sync(
+                functools.partial(self._outbox.complete, done, owner=self.owner)
+            )
+            if count != len(done):
+                logger.warning(
+                    "%d forwarded outbox rows were no longer leased to this relay; they may "
+                    "be published again (receivers deduplicate by envelope id)",
+                    len(done) - count,
+                )
+        if envelopes:
+            hooks._send(hooks.outbox_relayed, self._bus, envelopes=tuple(envelopes))
 
     async def _prepare(self, rows: list[ClaimedRow]) -> tuple[list[_Item], list[int]]:
         """Decode rows and find their handlers; bury what cannot be decoded."""
@@ -316,7 +338,7 @@ class Relay:
         try:
             if item.handler.wants_connection:
                 await self._bus._runtime.run_sync(
-                    self._call_in_transaction, item.handler, item.envelope
+                    call_in_transaction, self._outbox, item.handler, item.envelope
                 )
             else:
                 from .._delivery import _call  # noqa: PLC0415 - shares the pipeline's call
@@ -325,22 +347,6 @@ class Relay:
         except Exception as error:
             return error
         return None
-
-    def _call_in_transaction(self, handler: Handler, envelope: Envelope) -> None:
-        """Run a connection-taking handler with its inbox mark in its own transaction."""
-        from .._causation import current_frame  # noqa: PLC0415
-
-        token = current_frame.set([envelope.event, None, None, envelope])
-        try:
-            with self._outbox.handler_transaction() as connection:
-                if not self._outbox.mark(handler.name, envelope.id, connection):
-                    return  # a duplicate: done before, with its effects, in one commit
-                args: tuple[Any, ...] = (envelope.event,)
-                if handler.wants_envelope:
-                    args = (*args, envelope)
-                handler.fn(*args, connection)
-        finally:
-            current_frame.reset(token)
 
     async def _failed(
         self, row: ClaimedRow, handler: Handler, envelope: Envelope, error: Exception

@@ -1,0 +1,198 @@
+"""A bus's link to its transport: connecting once, forwarding outbox rows, the worker.
+
+With a transport configured, a durable publish writes one outbox row per event for the
+destination ``FORWARD`` (not one per handler: the handlers may live in other processes),
+and the relay hands such rows here. They are published per topic (the event's name) and
+completed only once the broker confirmed them; a failure keeps them for a later try, with
+a growing delay, and never buries them, except a message the broker will never take
+(``MessageRejectedError``), which becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from .. import hooks
+from .._envelope import uuid7
+from .._redact import bounded, redact
+from ..deadletters import DeadLetter
+from ..errors import MessageRejectedError
+from ._message import Message
+from ._worker import Worker
+
+if TYPE_CHECKING:
+    from .._bus import EventBus
+    from .._envelope import Envelope
+    from ..outbox import ClaimedRow
+    from ..typing import OutboxStore, Transport
+
+__all__ = ["FORWARD", "TransportLink"]
+
+logger = logging.getLogger("eventbus.transport")
+
+FORWARD = "@transport"
+"""The outbox destination of rows bound for the transport (handler names cannot start with
+'@'); also the handler name of dead letters for messages the broker refused for good."""
+
+_MAX_RETRY_DELAY = 30.0
+
+
+def retry_delay(attempts: int) -> float:
+    """The wait before the next try of a row the broker did not confirm: 0.2 s doubling to
+    30 s, with jitter so relays do not retry in step."""
+    base: float = min(_MAX_RETRY_DELAY, 0.2 * 2.0 ** min(attempts, 16))
+    return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+
+
+class TransportLink:
+    """Owns the transport of one bus: connects it once, forwards rows, runs the worker."""
+
+    def __init__(
+        self, bus: EventBus, transport: Transport, *, group: str, max_deliveries: int
+    ) -> None:
+        self._bus = bus
+        self.transport = transport
+        self.group = group
+        self.max_deliveries = max_deliveries
+        self._connected = False
+        self._lock: asyncio.Lock | None = None
+        self.worker: Worker | None = None
+
+    async def ready(self) -> Transport:
+        """The transport, connected (once, whoever asks first)."""
+        if self._connected:
+            return self.transport
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self._connected:
+                await self.transport.connect()
+                self._connected = True
+        return self.transport
+
+    def make_worker(self, concurrency: int) -> Worker:
+        self.worker = Worker(
+            self._bus,
+            self.transport,
+            group=self.group,
+            max_deliveries=self.max_deliveries,
+            concurrency=concurrency,
+        )
+        return self.worker
+
+    async def run_worker(self) -> None:
+        worker = self.worker
+        assert worker is not None
+        while True:
+            try:
+                await self.ready()
+                break
+            except Exception:
+                logger.warning("cannot connect the worker's transport; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+        await worker.run()
+
+    async def forward(
+        self, outbox: OutboxStore, owner: str, rows: list[ClaimedRow]
+    ) -> tuple[list[int], list[Envelope]]:
+        """Publish rows bound for the transport; returns the ids to complete and, when a
+        hook listens, the envelopes sent. Rows that failed are rescheduled here."""
+        by_topic: dict[str, list[ClaimedRow]] = {}
+        for row in rows:
+            by_topic.setdefault(row.name, []).append(row)
+        sent: list[ClaimedRow] = []
+        done: list[int] = []
+        try:
+            transport = await self.ready()
+        except Exception as error:
+            await self._reschedule(outbox, owner, rows, error)
+            return [], []
+        for topic, group in by_topic.items():
+            try:
+                await transport.publish(topic, *(_message(row) for row in group))
+            except MessageRejectedError:
+                await self._isolate(transport, outbox, owner, group, sent=sent, done=done)
+            except Exception as error:
+                await self._reschedule(outbox, owner, group, error)
+            else:
+                sent.extend(group)
+        done.extend(row.id for row in sent)
+        envelopes: list[Envelope] = []
+        if sent and hooks.outbox_relayed.receivers:
+            for row in sent:
+                try:
+                    envelopes.append(self._bus.codec.decode(row.payload))
+                except Exception:  # noqa: S112 - the hook sees what can be decoded
+                    continue
+        return done, envelopes
+
+    async def _isolate(
+        self,
+        transport: Transport,
+        outbox: OutboxStore,
+        owner: str,
+        rows: list[ClaimedRow],
+        *,
+        sent: list[ClaimedRow],
+        done: list[int],
+    ) -> None:
+        """A batch the broker refused: publish one by one, so only the poison is buried."""
+        for row in rows:
+            try:
+                await transport.publish(row.name, _message(row))
+            except MessageRejectedError as error:
+                await self._bury(row, error)
+                done.append(row.id)
+            except Exception as error:
+                await self._reschedule(outbox, owner, [row], error)
+            else:
+                sent.append(row)
+
+    async def _reschedule(
+        self, outbox: OutboxStore, owner: str, rows: list[ClaimedRow], error: BaseException
+    ) -> None:
+        text = bounded(redact(f"{type(error).__name__}: {error}"), 2000)
+        logger.warning(
+            "the transport did not confirm %d outbox rows (%s); they are kept and retried",
+            len(rows),
+            text,
+        )
+        run = self._bus._runtime.run_sync
+        for row in rows:
+            delay = retry_delay(row.attempts)
+            await run(
+                lambda row=row, delay=delay: outbox.reschedule(
+                    row.id, owner=owner, attempts=row.attempts + 1, delay=delay, error=text
+                )
+            )
+
+    async def _bury(self, row: ClaimedRow, error: BaseException) -> None:
+        now = datetime.now(UTC)
+        letter = DeadLetter(
+            id=uuid7(),
+            envelope_id=row.envelope_id,
+            event_name=row.name,
+            handler=FORWARD,
+            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+            message=bounded(redact(str(error)), 2000),
+            traceback="",
+            attempts=row.attempts + 1,
+            first_failed_at=now,
+            last_failed_at=now,
+            payload=row.payload,
+        )
+        logger.error("the broker refused outbox row %d (%s) for good: %s", row.id, row.name, error)
+        await self._bus._runtime.run_sync(self._bus.dead_letters.add, letter)
+
+    async def aclose(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        await self.transport.aclose()
+
+
+def _message(row: ClaimedRow) -> Message:
+    return Message(row.envelope_id, row.name, row.key, row.payload)

@@ -1,0 +1,291 @@
+"""The worker: consumes a transport and runs this bus's durable handlers, then acks.
+
+For every message: past ``max_deliveries`` it is dead-lettered (it kept killing its
+consumer); bytes that are not a registered envelope are dead-lettered raw, once; else each
+durable handler of the event's class runs through the same pipeline as in-process
+deliveries (retry policy, dead letters, hooks), skipping the handlers whose inbox says
+they ran already, and the message is acknowledged only when every handler is done with it.
+A worker killed midway leaves the message unacknowledged: the broker delivers it again,
+and the inbox keeps the handlers that had finished from running twice.
+
+Messages of one key are handled one after another, in the order received; other keys run
+concurrently, at most ``concurrency`` messages at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .._delivery import Outcome, attempt, call_in_transaction, dead_letter
+from .._envelope import uuid7
+from .._redact import bounded, redact
+from ..deadletters import DeadLetter
+from ..errors import SerializationError, UnknownEventError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from .._bus import EventBus
+    from .._envelope import Envelope
+    from .._handlers import Handler
+    from ..typing import Received, Transport
+
+__all__ = ["WORKER_HANDLER", "Worker"]
+
+logger = logging.getLogger("eventbus.worker")
+
+WORKER_HANDLER = "@worker"
+"""The handler name of dead letters the worker writes itself (garbage, delivery limit)."""
+
+_MAX_KEPT_PAYLOAD = 1024 * 1024
+_RESUBSCRIBE_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class _MemoryInbox:
+    """Handlers' processed envelope ids, for a worker whose bus has no outbox database.
+
+    Bounded, and lost with the process: with a database (``EventBus(outbox=...)``) the
+    inbox is a table and survives restarts.
+    """
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._seen: collections.OrderedDict[tuple[str, uuid.UUID], None] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def seen_many(self, pairs: list[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
+        with self._lock:
+            return {pair for pair in pairs if pair in self._seen}
+
+    def mark(self, handler: str, envelope_id: uuid.UUID, connection: Any = None) -> bool:
+        del connection
+        with self._lock:
+            pair = (handler, envelope_id)
+            if pair in self._seen:
+                return False
+            self._seen[pair] = None
+            while len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+            return True
+
+
+class Worker:
+    """Runs a bus's durable handlers on what a transport delivers to ``group``."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        transport: Transport,
+        *,
+        group: str,
+        max_deliveries: int,
+        concurrency: int = 64,
+    ) -> None:
+        self._bus = bus
+        self._transport = transport
+        self.group = group
+        self._max_deliveries = max_deliveries
+        self._slots = asyncio.Semaphore(concurrency)
+        self._inbox: Any = bus.outbox if bus.outbox is not None else _MemoryInbox()
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._consuming: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.handled = 0
+        """Messages settled so far (acked after handling or dead-lettering)."""
+
+    def topics(self) -> list[str]:
+        """Every registered event name whose class one of this bus's durable handlers takes."""
+        wanted = [h for h in self._bus.handlers if h.delivery == "durable"]
+        return sorted(
+            {
+                info.name
+                for info in self._bus.registry
+                if any(issubclass(info.cls, t) for h in wanted for t in h.event_types)
+            }
+        )
+
+    async def run(self) -> None:
+        """Consume until stopped; then let the messages in hand finish."""
+        topics = self.topics()
+        if not topics:
+            logger.info("the worker has no durable handlers to feed; it does not subscribe")
+            return
+        self._consuming = asyncio.current_task()
+        failures = 0
+        try:
+            while not self._stopping:
+                iterator = self._transport.subscribe(topics, group=self.group)
+                try:
+                    await self._consume(iterator)
+                except asyncio.CancelledError:
+                    if not self._stopping:
+                        raise
+                except Exception:
+                    delay = _RESUBSCRIBE_DELAYS[min(failures, len(_RESUBSCRIBE_DELAYS) - 1)]
+                    failures += 1
+                    logger.warning(
+                        "the worker's subscription failed; subscribing again in %.1f s",
+                        delay,
+                        exc_info=True,
+                    )
+                    await asyncio.sleep(delay)
+                else:
+                    failures = 0
+                finally:
+                    await self._finish_in_flight()
+                    with contextlib.suppress(Exception):
+                        await iterator.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._consuming = None
+
+    async def _consume(self, iterator: AsyncIterator[Received]) -> None:
+        async for received in iterator:
+            await self._slots.acquire()
+            envelope = await self._decode(received)
+            key = envelope.key if envelope is not None else None
+            previous = self._tails.get(key) if key is not None else None
+            task = asyncio.create_task(self._handle(received, envelope, previous))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            if key is not None:
+                self._tails[key] = task
+                task.add_done_callback(functools.partial(self._forget_tail, key))
+
+    def _forget_tail(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._tails.get(key) is task:
+            del self._tails[key]
+
+    async def _decode(self, received: Received) -> Envelope | None:
+        try:
+            return self._bus.codec.decode(received.body)
+        except (SerializationError, UnknownEventError):
+            return None
+
+    async def _handle(
+        self, received: Received, envelope: Envelope | None, previous: asyncio.Task[None] | None
+    ) -> None:
+        try:
+            if previous is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(previous)  # the key's earlier message first
+            if received.delivery_count > self._max_deliveries:
+                await self._bury(
+                    received,
+                    envelope,
+                    f"delivered {received.delivery_count} times without an acknowledgement "
+                    f"(max_deliveries={self._max_deliveries}): its consumer died each time",
+                )
+            elif envelope is None:
+                await self._bury(received, None, self._why_undecodable(received))
+            else:
+                await self._run_handlers(envelope)
+            await received.ack()
+            self.handled += 1
+        except asyncio.CancelledError:
+            raise  # stopping: not acknowledged, so it is delivered again
+        except Exception:
+            logger.exception(
+                "the worker could not settle message %s on %s; it will be delivered again",
+                received.message_id,
+                received.topic,
+            )
+            with contextlib.suppress(Exception):
+                await received.nack()
+        finally:
+            self._slots.release()
+
+    def _why_undecodable(self, received: Received) -> str:
+        try:
+            self._bus.codec.decode(received.body)
+        except (SerializationError, UnknownEventError) as error:
+            return f"{type(error).__name__}: {error}"
+        return "not an envelope"  # pragma: no cover - decode failed a moment ago
+
+    async def _run_handlers(self, envelope: Envelope) -> None:
+        handlers = self._bus._route(type(envelope.event)).durable
+        if not handlers:
+            return
+        run = self._bus._runtime.run_sync
+        pairs = [(handler.name, envelope.id) for handler in handlers]
+        seen = await run(self._inbox.seen_many, pairs)
+        for handler in handlers:
+            if (handler.name, envelope.id) in seen:
+                continue  # delivered before: a redelivery after a crash or a lost ack
+            await self._deliver(handler, envelope)
+
+    async def _deliver(self, handler: Handler, envelope: Envelope) -> None:
+        run = self._bus._runtime.run_sync
+        outbox = self._bus.outbox
+        if handler.wants_connection:
+            assert outbox is not None  # subscribe() refuses such a handler without one
+
+            async def call() -> None:
+                await run(call_in_transaction, outbox, handler, envelope)
+
+            result = await attempt(self._bus, handler, envelope, call=call)
+        else:
+            result = await attempt(self._bus, handler, envelope)
+        if result.outcome is Outcome.FAILED:
+            assert result.error is not None
+            await dead_letter(self._bus, handler, envelope, result.error, result)
+        if result.outcome is Outcome.FAILED or not handler.wants_connection:
+            # A connection-taking handler's mark committed with its effects; the others'
+            # (and a dead-lettered one's) are written now, so a redelivery skips them.
+            await run(self._inbox.mark, handler.name, envelope.id)
+
+    async def _bury(self, received: Received, envelope: Envelope | None, reason: str) -> None:
+        """Keep a message that cannot be handled as a dead letter, raw, then let it go."""
+        now = datetime.now(UTC)
+        body = received.body
+        letter = DeadLetter(
+            id=uuid7(),
+            envelope_id=envelope.id if envelope is not None else uuid.UUID(int=0),
+            event_name=envelope.name if envelope is not None else received.topic,
+            handler=WORKER_HANDLER,
+            error_type="eventbus.worker.Undeliverable",
+            message=bounded(redact(reason), 2000),
+            traceback="",
+            attempts=received.delivery_count,
+            first_failed_at=now,
+            last_failed_at=now,
+            payload=bytes(body[:_MAX_KEPT_PAYLOAD]),
+        )
+        logger.error(
+            "message %s on %s dead-lettered by the worker: %s",
+            received.message_id,
+            received.topic,
+            letter.message,
+        )
+        await self._bus._runtime.run_sync(self._bus.dead_letters.add, letter)
+
+    async def _finish_in_flight(self) -> None:
+        if self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+
+    async def settle(self) -> bool:
+        """Wait until nothing is in hand (and, on a transport that can tell, nothing is
+        waiting for this group); returns whether anything was handled meanwhile."""
+        before = self.handled
+        pending = getattr(self._transport, "pending", None)
+        while True:
+            await self._finish_in_flight()
+            waiting = pending(self.group) if pending is not None else 0
+            if not waiting and not self._in_flight:
+                return self.handled != before
+            await asyncio.sleep(0.005)
+
+    def stop(self) -> None:
+        """Stop taking messages; those in hand finish (call on the runtime's loop)."""
+        self._stopping = True
+        consuming = self._consuming
+        if consuming is not None and not consuming.done():
+            consuming.cancel()

@@ -5,6 +5,9 @@
     eventbus dlq show ID [--json]                       one dead letter in full
     eventbus dlq replay (IDS... | --all | filters) [--json]
     eventbus dlq purge (IDS... | --all | filters) [--yes] [--json]
+    eventbus relay                                      deliver the outbox, until SIGTERM
+    eventbus worker [--transport-url URL] [--group G]   consume the transport, until SIGTERM
+    eventbus outbox init [--sql] | status [--json]      set up and watch the outbox
     eventbus --version
 
 Filters: --handler NAME, --event NAME, --since WHEN, --until WHEN (ISO 8601 dates or
@@ -37,6 +40,7 @@ from ._cli_app import (
 )
 from ._cli_dlq import add_dlq
 from ._cli_outbox import add_outbox
+from ._cli_worker import add_worker
 
 __all__ = ["load_bus", "main"]
 
@@ -90,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     catalog.set_defaults(run=_catalog)
     add_dlq(commands)
     add_outbox(commands)
+    add_worker(commands)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._memory import MemoryTransport
 from ._message import Capabilities, Message
+from ._options import url_options
 from ._resolve import ENTRY_POINT_GROUP, transport_class, transport_from_url
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "Message",
     "transport_class",
     "transport_from_url",
+    "url_options",
 ]

@@ -39,8 +39,11 @@ _ALIASES: dict[str, tuple[str, str | None, str | None]] = {
 def scheme_of(url: str) -> str:
     """The URL's scheme, lower-cased; a clear error for something that is not a URL."""
     if not isinstance(url, str) or "://" not in url:
+        # The value itself is not echoed: without a scheme, a password in it cannot be
+        # told apart from the rest to be masked.
+        got = f"a {type(url).__name__}" if not isinstance(url, str) else "a str without '://'"
         raise ConfigurationError(
-            f"a transport URL looks like 'redis://127.0.0.1:6379/0', got {redact(repr(url))}"
+            f"a transport URL looks like 'redis://127.0.0.1:6379/0', got {got}"
         )
     scheme = urlsplit(url).scheme.lower()
     if not scheme:

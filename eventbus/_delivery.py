@@ -18,6 +18,7 @@ import attrs
 
 from . import hooks
 from ._causation import current_frame
+from ._scope import Scope, current_scope
 from .deadletters import DeadLetter
 from .errors import EncodeError, RejectEvent, SkipEvent
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from ._bus import EventBus
     from ._envelope import Envelope
     from ._handlers import Handler
-    from .typing import OutboxStore
 
 __all__ = ["Attempted", "Outcome", "attempt", "call_in_transaction", "deliver"]
 
@@ -212,12 +212,17 @@ async def _call(bus: EventBus, handler: Handler, envelope: Envelope) -> None:
         current_frame.reset(token)
 
 
-def call_in_transaction(outbox: OutboxStore, handler: Handler, envelope: Envelope) -> None:
+def call_in_transaction(bus: EventBus, handler: Handler, envelope: Envelope) -> None:
     """Run a connection-taking handler in a transaction of its own with its inbox mark.
 
     Its effects and the mark commit together (exactly once); a duplicate finds the mark
-    and runs nothing. Sync: call it on a worker thread.
+    and runs nothing. What the handler publishes belongs to that transaction too: its
+    durable rows are written in it and its after-commit handlers wait for its commit, so
+    a follow-up event is published exactly when the effects are. Sync: call it on a
+    worker thread.
     """
+    outbox = bus.outbox
+    assert outbox is not None  # subscribe() refuses a connection-taking handler without one
     token = current_frame.set([envelope.event, None, None, envelope])
     try:
         with outbox.handler_transaction() as connection:
@@ -226,6 +231,16 @@ def call_in_transaction(outbox: OutboxStore, handler: Handler, envelope: Envelop
             args: tuple[Any, ...] = (envelope.event,)
             if handler.wants_envelope:
                 args = (*args, envelope)
-            handler.fn(*args, connection)
+            scope = Scope(bus, connection)
+            scope_token = current_scope.set(scope)
+            try:
+                handler.fn(*args, connection)
+                if scope.rows:
+                    outbox.write(connection, scope.rows)
+            finally:
+                current_scope.reset(scope_token)
+        callbacks = scope.committed()
     finally:
         current_frame.reset(token)
+    for callback in callbacks:
+        callback()

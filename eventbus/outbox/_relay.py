@@ -338,7 +338,7 @@ class Relay:
         try:
             if item.handler.wants_connection:
                 await self._bus._runtime.run_sync(
-                    call_in_transaction, self._outbox, item.handler, item.envelope
+                    call_in_transaction, self._bus, item.handler, item.envelope
                 )
             else:
                 from .._delivery import _call  # noqa: PLC0415 - shares the pipeline's call

@@ -224,12 +224,10 @@ class Worker:
 
     async def _deliver(self, handler: Handler, envelope: Envelope) -> None:
         run = self._bus._runtime.run_sync
-        outbox = self._bus.outbox
         if handler.wants_connection:
-            assert outbox is not None  # subscribe() refuses such a handler without one
 
             async def call() -> None:
-                await run(call_in_transaction, outbox, handler, envelope)
+                await run(call_in_transaction, self._bus, handler, envelope)
 
             result = await attempt(self._bus, handler, envelope, call=call)
         else:

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from typing import NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-__all__ = ["BROKER_URLS", "in_ci", "require_broker", "unavailable"]
+__all__ = [
+    "BROKER_URLS",
+    "in_ci",
+    "namespaced_url",
+    "port_of",
+    "require_broker",
+    "unavailable",
+    "via_port",
+]
 
 BROKER_URLS = {
     "redis": "redis://127.0.0.1:6379/0",
@@ -51,3 +60,31 @@ def require_broker(kind: str) -> str:
     if not reachable(host, port):
         unavailable(f"{kind} is not reachable at {host}:{port}")
     return url
+
+
+def namespaced_url(kind: str) -> str:
+    """A reachable ``kind`` broker's URL with a namespace of its own in the query string
+    (a Redis key prefix, a RabbitMQ exchange, a NATS stream and subject prefix), so runs
+    never see each other's messages."""
+    base = require_broker(kind)
+    namespace = f"eb{uuid.uuid4().hex[:10]}"
+    options = {
+        "redis": f"prefix={namespace}:",
+        "rabbitmq": f"exchange={namespace}",
+        "nats": f"stream={namespace.upper()}&prefix={namespace}",
+    }[kind]
+    return f"{base}{'&' if '?' in base else '?'}{options}"
+
+
+def via_port(url: str, port: int) -> str:
+    """``url`` pointing at 127.0.0.1:``port`` instead (a proxy in front of the server)."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port

@@ -20,21 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import require_broker
+from tests.servers import namespaced_url
 
 ORDERS = 50
-
-
-def _url(kind: str) -> str:
-    base = require_broker(kind)
-    namespace = f"eb{uuid.uuid4().hex[:10]}"
-    separator = "&" if "?" in base else "?"
-    options = {
-        "redis": f"prefix={namespace}:",
-        "rabbitmq": f"exchange={namespace}",
-        "nats": f"stream={namespace.upper()}&prefix={namespace}",
-    }[kind]
-    return f"{base}{separator}{options}"
 
 
 def _ledger(database: Path) -> list[tuple[str, str]]:
@@ -54,7 +42,7 @@ def _environment(url: str, group: str, database: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats"])
 def test_the_same_handlers_across_processes(kind: str, tmp_path: Path) -> None:
-    url = _url(kind)
+    url = namespaced_url(kind)
     group = f"g{uuid.uuid4().hex[:8]}"
     worker_db, publisher_db = tmp_path / "worker.sqlite3", tmp_path / "publisher.sqlite3"
     worker = subprocess.Popen(

@@ -54,10 +54,13 @@ def _chaos(proxy: TCPProxy, stop: threading.Event) -> None:
             proxy.cut()
 
 
-def test_nothing_is_lost_while_the_connection_keeps_dropping(
-    broker: tuple[str, TCPProxy], tmp_path: Path
-) -> None:
-    url, proxy = broker
+def _applied(database: Path) -> list[int]:
+    with sqlite3.connect(database) as reader:
+        return [row[0] for row in reader.execute("SELECT number FROM applied")]
+
+
+def _buses(url: str, tmp_path: Path) -> tuple[EventBus, EventBus]:
+    """A publisher (outbox and relay, no worker) and a worker (its own database)."""
     group = f"g{time.monotonic_ns()}"
     retry = RetryPolicy(stop=tenacity.stop_after_attempt(50), wait=tenacity.wait_fixed(0.05))
     publisher_db, worker_db = tmp_path / "publisher.db", tmp_path / "worker.db"
@@ -85,6 +88,17 @@ def test_nothing_is_lost_while_the_connection_keeps_dropping(
     def elsewhere(event: OrderPlaced) -> None:  # the publisher only needs the route
         pytest.fail("the publisher runs no worker")
 
+    return publisher, worker
+
+
+def test_nothing_is_lost_while_the_connection_keeps_dropping(
+    broker: tuple[str, TCPProxy], tmp_path: Path
+) -> None:
+    url, proxy = broker
+    publisher, worker = _buses(url, tmp_path)
+    publisher_db, worker_db = tmp_path / "publisher.db", tmp_path / "worker.db"
+    publisher_outbox = publisher.outbox
+    assert isinstance(publisher_outbox, SQLiteOutbox)
     worker.start()
     time.sleep(1.0)  # the worker's group exists before the first publish
     stop = threading.Event()
@@ -105,15 +119,13 @@ def test_nothing_is_lost_while_the_connection_keeps_dropping(
         while time.monotonic() < deadline:
             if time.monotonic() > calm_at:
                 stop.set()  # then the backlog drains on a healthy connection
-            with sqlite3.connect(worker_db) as reader:
-                applied = [row[0] for row in reader.execute("SELECT number FROM applied")]
+            applied = _applied(worker_db)
             if len(set(applied)) >= EVENTS and stop.is_set():
                 break
             time.sleep(0.2)
         stop.set()
         time.sleep(1.0)
-        with sqlite3.connect(worker_db) as reader:
-            applied = [row[0] for row in reader.execute("SELECT number FROM applied")]
+        applied = _applied(worker_db)
         status = publisher_outbox.status()
         lost = sorted(set(committed) - set(applied))
         duplicates = len(applied) - len(set(applied))
@@ -131,7 +143,7 @@ def test_nothing_is_lost_while_the_connection_keeps_dropping(
     finally:
         stop.set()
         connection.close()
-        publisher.close()
-        worker.close()
-        publisher_outbox.close()
-        worker_outbox.close()
+        for bus in (publisher, worker):
+            bus.close()
+            if bus.outbox is not None:
+                bus.outbox.close()

@@ -1,0 +1,282 @@
+"""Transport cost: the relay from a PostgreSQL outbox to a broker, against the raw client.
+
+One process, one run, interleaved samples (minimum kept), ratios in the same run:
+
+  relay:    R committed outbox rows (PostgreSQL, SQLAlchemyOutbox) forwarded by the relay
+            to Redis (one pipelined XADD per batch) and to RabbitMQ (a batch of persistent
+            mandatory publishes, confirms awaited together), against the raw client
+            sending the same payloads the same way in batches of the same size, with no
+            database at all. Reported as throughput, ours / raw. Target: >= 0.7x.
+  latency:  commit to handler across processes: this process commits events one at a
+            time; a worker process (``eventbus worker``) runs the handler, which records
+            how long after the commit it ran. p50 and p99 (no target; reported).
+
+    python benchmarks/transports.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from latency_app import REGISTRY, Stamped  # beside this file: the worker process's app
+
+from eventbus import EventBus
+from eventbus.transports import transport_from_url
+
+PG_URL = os.environ.get(
+    "EVENTBUS_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1/test"
+)
+BROKERS = {
+    "redis": os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "rabbitmq": os.environ.get("EVENTBUS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+}
+BATCH = 200
+
+
+def _namespaced(kind: str, namespace: str) -> str:
+    option = {"redis": f"prefix={namespace}:", "rabbitmq": f"exchange={namespace}"}[kind]
+    return f"{BROKERS[kind]}?{option}"
+
+
+def relay_rows(engine: Any, kind: str, rows: int) -> dict[str, Callable[[], float]]:
+    """Seconds per row: the relay forwarding outbox rows, and the raw client alone."""
+    from eventbus_contrib.sqlalchemy import SQLAlchemyOutbox
+    from sqlalchemy.orm import Session
+
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    url = _namespaced(kind, namespace)
+    prefix = f"tb{uuid.uuid4().hex[:8]}"
+    asyncio.run(_declare_group(url))  # RabbitMQ refuses what no queue would receive
+    probe = EventBus(registry=REGISTRY)
+    body = probe.codec.encode(_envelope(probe))
+    probe.close()
+
+    def ours() -> float:
+        outbox = SQLAlchemyOutbox(engine, prefix=prefix, poll_interval=0.01, batch=BATCH)
+        writer = EventBus(
+            registry=REGISTRY, outbox=outbox, transport_url=url, relay=False, worker=False
+        )
+        writer.subscribe(Stamped, name="bench.record", delivery="durable")(lambda _e: None)
+        with Session(engine) as session, writer.transaction(session):
+            for number in range(rows):
+                writer.publish(Stamped(number=number, committed_at=0.0), key=f"k{number % 50}")
+        writer.close()
+        relay = EventBus(registry=REGISTRY, outbox=outbox, transport_url=url, worker=False)
+        relay.subscribe(Stamped, name="bench.record", delivery="durable")(lambda _e: None)
+        start = time.perf_counter()
+        relay.start()
+        relay.drain(timeout=600)
+        elapsed = time.perf_counter() - start
+        assert outbox.status().pending == 0
+        relay.close()
+        return elapsed / rows
+
+    def raw() -> float:
+        return asyncio.run(_raw(kind, namespace, [body] * rows)) / rows
+
+    def cleanup() -> None:
+        asyncio.run(_forget(kind, url, namespace))
+        with engine.begin() as connection:
+            for table in ("outbox", "inbox"):
+                connection.exec_driver_sql(f"DROP TABLE IF EXISTS {prefix}_{table}")
+
+    cleanups.append(cleanup)
+    return {f"raw {kind} client": raw, "eventbus relay": ours}
+
+
+cleanups: list[Callable[[], None]] = []
+
+
+async def _declare_group(url: str) -> None:
+    """Subscribe the group ``bench`` once, so the broker has its queue or stream group."""
+    transport = transport_from_url(url)
+    await transport.connect()
+    iterator = transport.subscribe(["bench.stamped"], group="bench")
+    try:
+        async with asyncio.timeout(1.0):
+            await iterator.__anext__()
+    except TimeoutError:
+        pass
+    await iterator.aclose()  # type: ignore[attr-defined]
+    await transport.aclose()
+
+
+async def _forget(kind: str, url: str, namespace: str) -> None:
+    """Delete what the benchmark left at the broker."""
+    if kind == "redis":
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url(BROKERS["redis"])
+        keys = [key async for key in client.scan_iter(f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        return
+    import aio_pika
+
+    connection = await aio_pika.connect(BROKERS["rabbitmq"])
+    channel = await connection.channel()
+    for queue in (f"{namespace}.bench",):
+        await channel.queue_delete(queue)
+    await channel.exchange_delete(namespace)
+    await connection.close()
+    del url
+
+
+def _envelope(bus: EventBus) -> Any:
+    from eventbus.testing import capture_events
+
+    with capture_events(bus) as captured:
+        bus.publish(Stamped(number=0, committed_at=0.0))
+    return captured.envelopes[0]
+
+
+async def _raw(kind: str, namespace: str, bodies: list[bytes]) -> float:
+    if kind == "redis":
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url(BROKERS["redis"])
+        stream = f"{namespace}:raw"
+        start = time.perf_counter()
+        for index in range(0, len(bodies), BATCH):
+            pipe = client.pipeline(transaction=False)
+            for body in bodies[index : index + BATCH]:
+                pipe.xadd(stream, {"body": body, "id": uuid.uuid4().hex})
+            await pipe.execute()
+        elapsed = time.perf_counter() - start
+        await client.delete(stream)
+        await client.aclose()
+        return elapsed
+    import aio_pika
+
+    connection = await aio_pika.connect(BROKERS["rabbitmq"])
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    exchange = await channel.declare_exchange(
+        f"{namespace}.raw", aio_pika.ExchangeType.TOPIC, durable=True, auto_delete=True
+    )
+    queue = await channel.declare_queue(f"{namespace}.raw", durable=True, auto_delete=True)
+    await queue.bind(exchange, routing_key="bench.#")
+    start = time.perf_counter()
+    for index in range(0, len(bodies), BATCH):
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=str(n)
+                    ),
+                    routing_key="bench.stamped",
+                    mandatory=True,
+                )
+                for n, body in enumerate(bodies[index : index + BATCH])
+            )
+        )
+    elapsed = time.perf_counter() - start
+    await queue.delete(if_unused=False, if_empty=False)
+    await exchange.delete()
+    await connection.close()
+    return elapsed
+
+
+def latency(engine: Any, kind: str, events: int) -> tuple[float, float]:
+    """p50 and p99 seconds from commit to handler, through ``kind`` to another process."""
+    from eventbus_contrib.sqlalchemy import SQLAlchemyOutbox
+    from sqlalchemy.orm import Session
+
+    url = _namespaced(kind, f"lat{uuid.uuid4().hex[:8]}")
+    with tempfile.TemporaryDirectory() as folder:
+        record = Path(folder) / "latencies.txt"
+        env = {
+            **os.environ,
+            "EVENTBUS_TRANSPORT_URL": url,
+            "EVENTBUS_GROUP": "bench",
+            "LATENCY_RECORD": str(record),
+            "LATENCY_DATABASE": str(Path(folder) / "worker.sqlite3"),
+            "PYTHONPATH": str(Path(__file__).resolve().parent),
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "eventbus.cli", "worker", "--app", "latency_app:bus"],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(2.0)  # its group exists before the first publish
+            outbox = SQLAlchemyOutbox(engine, prefix=f"tl{uuid.uuid4().hex[:8]}", poll_interval=0.5)
+            bus = EventBus(registry=REGISTRY, outbox=outbox, transport_url=url, worker=False)
+            bus.subscribe(Stamped, name="bench.record", delivery="durable")(lambda _e: None)
+            bus.start()
+            for number in range(events):
+                with Session(engine) as session, bus.transaction(session):
+                    bus.publish(Stamped(number=number, committed_at=time.time()))
+                time.sleep(0.01)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if record.exists() and len(record.read_text().split()) >= events:
+                    break
+                time.sleep(0.1)
+            bus.close()
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        values = sorted(float(v) for v in record.read_text().split())
+    cuts = statistics.quantiles(values, n=100)
+    return cuts[49], cuts[98]
+
+
+def measure(rows: dict[str, Callable[[], float]], samples: int) -> dict[str, float]:
+    best = dict.fromkeys(rows, float("inf"))
+    for _ in range(samples):
+        for name, sample in rows.items():
+            best[name] = min(best[name], sample())
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rows and samples")
+    args = parser.parse_args()
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URL, pool_size=4)
+    samples = 1 if args.quick else 3
+    rows = 400 if args.quick else 4000
+    print(f"relay from PostgreSQL, {rows} rows, batches of {BATCH}, {samples} samples\n")
+    print(f"{'case':<24} {'row':<22} {'us/event':>9} {'ratio':>6} {'target':>8}")
+    missed = []
+    for kind in BROKERS:
+        best = measure(relay_rows(engine, kind, rows), samples)
+        raw_name = f"raw {kind} client"
+        throughput = best[raw_name] / best["eventbus relay"]
+        print(f"{'relay to ' + kind:<24} {raw_name:<22} {best[raw_name] * 1e6:>9.1f} {1.0:>6.2f}")
+        print(
+            f"{'relay to ' + kind:<24} {'eventbus relay':<22} "
+            f"{best['eventbus relay'] * 1e6:>9.1f} {throughput:>6.2f} {'>= 0.7':>8}"
+        )
+        if throughput < 0.7:
+            missed.append(f"relay to {kind}: {throughput:.2f}x")
+    print(f"\n{'latency, commit to handler in another process':<48} {'p50 ms':>8} {'p99 ms':>8}")
+    for kind in BROKERS:
+        p50, p99 = latency(engine, kind, 50 if args.quick else 300)
+        print(f"{'postgresql outbox -> ' + kind:<48} {p50 * 1e3:>8.1f} {p99 * 1e3:>8.1f}")
+    for cleanup in cleanups:
+        cleanup()
+    engine.dispose()
+    if missed:
+        print("\nmissed targets:\n  " + "\n  ".join(missed))
+        return 1
+    print("\nall targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

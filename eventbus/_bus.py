@@ -21,36 +21,29 @@ an int is cheaper than reading ``__class__``, which CPython 3.11 does not specia
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import threading
 import time
 import types
 import typing
-import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from . import hooks
+from ._bus_lifecycle import Lifecycle
+from ._bus_transactions import Transactions
 from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
 from ._config import load_settings
 from ._delivery import deliver
 from ._envelope import Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
 from ._handlers import Delivery, Handler, inspect_handler
-from ._replay import ReplayResult, replay_letter
 from ._retry import RetryPolicy
 from ._runtime import Runtime
-from ._scope import Scope, current_scope
+from ._scope import current_scope
 from ._serialization import JSONCodec
-from ._transactions import (
-    AsyncTransactionControl,
-    TransactionControl,
-    async_control_for,
-    control_for,
-)
 from .deadletters import MemoryDeadLetterStore
 from .errors import (
     AsyncHandlerError,
@@ -119,7 +112,7 @@ class _Route:
         )
 
 
-class EventBus:
+class EventBus(Transactions, Lifecycle):
     """A typed, in-process event bus.
 
     Subscribe handlers with ``@bus.subscribe``; publish with ``bus.publish(event)`` from
@@ -813,279 +806,10 @@ class EventBus:
             self._captures = tuple(c for c in self._captures if c is not capture)
             self._invalidate()
 
-    # -- transactions and the outbox ------------------------------------------------
-
-    @contextlib.contextmanager
-    def transaction(self, connection: R) -> Iterator[R]:
-        """A transaction on ``connection`` that publishes belong to.
-
-        Begins on entry (``BEGIN IMMEDIATE`` on sqlite3), commits on a clean exit, rolls
-        back when the block raises. Durable publishes inside write their outbox rows in
-        this transaction (in one batch, just before the commit); after-commit handlers
-        wait for the commit; a rollback drops both. Nested on the same connection, it is
-        a savepoint: rolling it back drops only what was published inside it.
-        """
-        control = control_for(connection, self._outbox)
-        outer = current_scope.get()
-        if outer is not None and outer.connection is connection:
-            yield from self._savepoint(outer, control, connection)
-            return
-        if control.in_transaction():
-            raise ConfigurationError(
-                "this connection already has an open transaction: let bus.transaction() "
-                "begin it (commit or roll back first), so the outbox rows join it"
-            )
-        control.begin()
-        scope = Scope(self, connection)
-        token = current_scope.set(scope)
-        try:
-            yield connection
-        except BaseException:
-            control.rollback()
-            scope.rolled_back()
-            raise
-        else:
-            try:
-                if scope.rows:
-                    self._write_rows(connection, scope.rows)
-                control.commit()
-            except BaseException:
-                control.rollback()
-                scope.rolled_back()
-                raise
-            callbacks = scope.committed()
-        finally:
-            current_scope.reset(token)
-        for callback in callbacks:
-            callback()
-
-    def _savepoint(self, outer: Scope, control: TransactionControl, connection: R) -> Iterator[R]:
-        savepoint = control.savepoint()
-        scope = Scope(self, connection, parent=outer)
-        token = current_scope.set(scope)
-        try:
-            yield connection
-        except BaseException:
-            control.rollback_to(savepoint)
-            scope.rolled_back()
-            raise
-        else:
-            control.release(savepoint)
-            scope.committed()
-        finally:
-            current_scope.reset(token)
-
-    @contextlib.asynccontextmanager
-    async def atransaction(self, resource: R) -> AsyncIterator[R]:
-        """``transaction()`` for an async resource (a SQLAlchemy ``AsyncSession``).
-
-        The same unit of work, awaited: begins on entry, writes the durable rows and
-        commits on a clean exit, rolls back when the block raises; after-commit handlers
-        wait for the commit. Nested on the same resource, it is a savepoint. Publish
-        inside with ``bus.publish`` or ``await bus.apublish``: neither does I/O here.
-        """
-        control = async_control_for(resource, self._outbox)
-        outer = current_scope.get()
-        if outer is not None and outer.connection is resource:
-            async with self._asavepoint(outer, control, resource):
-                yield resource
-            return
-        if control.in_transaction():
-            raise ConfigurationError(
-                "this session already has an open transaction: let bus.atransaction() "
-                "begin it (commit or roll back first), so the outbox rows join it"
-            )
-        await control.begin()
-        scope = Scope(self, resource)
-        token = current_scope.set(scope)
-        try:
-            yield resource
-        except BaseException:
-            await control.rollback()
-            scope.rolled_back()
-            raise
-        else:
-            try:
-                if scope.rows:
-                    await self._awrite_rows(resource, scope.rows)
-                await control.commit()
-            except BaseException:
-                await control.rollback()
-                scope.rolled_back()
-                raise
-            callbacks = scope.committed()
-        finally:
-            current_scope.reset(token)
-        for callback in callbacks:
-            callback()
-
-    @contextlib.asynccontextmanager
-    async def _asavepoint(
-        self, outer: Scope, control: AsyncTransactionControl, resource: object
-    ) -> AsyncIterator[None]:
-        savepoint = await control.savepoint()
-        scope = Scope(self, resource, parent=outer)
-        token = current_scope.set(scope)
-        try:
-            yield
-        except BaseException:
-            await control.rollback_to(savepoint)
-            scope.rolled_back()
-            raise
-        else:
-            await control.release(savepoint)
-            scope.committed()
-        finally:
-            current_scope.reset(token)
-
-    async def _awrite_rows(self, resource: object, rows: list[PendingRow]) -> None:
-        outbox: Any = self._outbox
-        await outbox.awrite(resource, rows)
-
-    def _write_rows(self, connection: object, rows: list[PendingRow]) -> None:
-        outbox = self._outbox
-        assert outbox is not None
-        outbox.write(connection, rows)
-
     @property
     def outbox(self) -> OutboxStore | None:
         """The outbox durable publishes write to, if this bus has one."""
         return self._outbox
-
-    def _nudge(self) -> None:
-        """Rows were committed: make sure the relay runs, and wake it."""
-        relay = self._relay or self._start_relay()
-        if relay is not None:
-            relay.nudge()
-
-    def _start_relay(self) -> Relay | None:
-        with self._lock:
-            self._start_worker()
-            if self._relay is not None or self._outbox is None or self._closed:
-                return self._relay
-            if not self._relays:
-                return None
-            self._runtime.ensure_started()
-            self._relay = Relay(self, self._outbox)
-            self._runtime.service(self._relay.run)
-            return self._relay
-
-    def _start_worker(self) -> None:
-        """Consume the transport for this bus's durable handlers (with the lock held)."""
-        link = self._link
-        if link is None or link.worker is not None or not self._worker or self._closed:
-            return
-        self._runtime.ensure_started()
-        link.make_worker(self._runtime.concurrency)
-        self._runtime.service(link.run_worker)
-
-    # -- the runtime ---------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the runtime in a thread of its own (sync applications).
-
-        Optional: the first after-commit delivery starts it. ``close()`` (or the end of
-        the interpreter) drains what is in flight, up to ``shutdown_timeout``.
-        """
-        self._check_open()
-        self._runtime.start()
-        self._start_relay()
-
-    async def astart(self) -> None:
-        """Run the runtime on the current event loop (``async with bus`` does this)."""
-        self._check_open()
-        self._runtime.attach()
-        self._start_relay()
-
-    def drain(self, timeout: float | None = None) -> None:
-        """Wait until everything published so far is handled (tests).
-
-        After-commit deliveries and their retries, and every outbox row that is due
-        (rows waiting for a later retry time are not waited for).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._runtime.drain(_left(deadline))
-            if not self._runtime.running:
-                return
-            delivered = self._runtime.call(self._settle(), _left(deadline))
-            if not delivered and self._runtime.pending == 0:
-                return
-
-    async def adrain(self, timeout: float | None = None) -> None:
-        """Wait until everything published so far is handled, from async code."""
-        async with asyncio.timeout(timeout):
-            while True:
-                await self._runtime.adrain()
-                if not self._runtime.running:
-                    return
-                delivered = await self._runtime.acall(self._settle())
-                if not delivered and self._runtime.pending == 0:
-                    return
-
-    async def _settle(self) -> bool:
-        """One round of drain: the relay finds nothing due, the worker holds nothing;
-        whether either delivered something meanwhile (which may have published more)."""
-        delivered = False
-        relay = self._relay
-        if relay is not None:
-            delivered = await relay.settle()
-        worker = None if self._link is None else self._link.worker
-        if worker is not None:
-            delivered = await worker.settle() or delivered
-        return delivered
-
-    # -- dead letters ----------------------------------------------------------------
-
-    def replay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
-        """Run a dead letter's handler again; on success the letter is gone.
-
-        On failure the letter stays, with the new error and more attempts. Two replays
-        of one letter at once run its handler once: the second raises
-        ``ReplayInProgressError``. ``lease`` bounds how long a replay may hold the
-        letter before another may take it over (its replayer died).
-        """
-        self._check_open()
-        return self._runtime.call(replay_letter(self, _letter_id(letter_id), lease=lease))
-
-    async def areplay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
-        """Run a dead letter's handler again, from async code."""
-        self._check_open()
-        return await self._runtime.acall(replay_letter(self, _letter_id(letter_id), lease=lease))
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Finish in-flight deliveries (up to ``shutdown_timeout``), then refuse more.
-
-        Later publishes and subscriptions raise ``BusClosedError``.
-        """
-        if self._runtime.running and not self._closed:
-            with contextlib.suppress(TimeoutError, RuntimeError):
-                self.drain(self._runtime_timeout())
-        self._mark_closed()
-        if self._relay is not None:
-            self._relay.stop()
-        if self._link is not None and self._runtime.running:
-            with contextlib.suppress(Exception):
-                self._runtime.call(self._link.aclose(), self._runtime_timeout())
-        self._runtime.stop()
-
-    async def aclose(self) -> None:
-        """Close the bus from async code."""
-        if self._runtime.running and not self._closed:
-            with contextlib.suppress(TimeoutError):
-                await self.adrain(self._runtime_timeout())
-        self._mark_closed()
-        if self._relay is not None:
-            self._relay.stop()
-        if self._link is not None and self._runtime.running:
-            with contextlib.suppress(Exception):
-                await self._runtime.acall(self._link.aclose())
-        await self._runtime.astop()
-
-    def _runtime_timeout(self) -> float:
-        return self._runtime.shutdown_timeout
 
     def _mark_closed(self) -> None:
         with self._lock:
@@ -1119,25 +843,6 @@ def _call(handler: Handler, event: object, frame: Frame) -> Any:
     if handler.wants_envelope:
         return handler.fn(event, envelope_of(frame))
     return handler.fn(event)
-
-
-def _left(deadline: float | None) -> float | None:
-    """Seconds until ``deadline`` (None: no deadline); raises once it has passed."""
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("drain() timed out with deliveries still running")
-    return left
-
-
-def _letter_id(value: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise ConfigurationError(f"{value!r} is not a dead letter id (a UUID)") from None
 
 
 # Causation links through one contextvar whichever bus publishes, so a bus whose handler

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
@@ -60,9 +59,6 @@ class FlowRecorder:
         """Every event recorded, in publish order."""
         with self._lock:
             return list(self._steps.values())
-
-    def __iter__(self) -> Iterator[Step]:
-        return iter(self.steps())
 
     def _note(self, envelope: Envelope, outcome: str) -> None:
         with self._lock:

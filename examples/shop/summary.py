@@ -11,7 +11,7 @@ import attrs
 from .inventory.stock import stock_levels
 from .orders.overview import order_pages
 from .orders.queries import all_orders
-from .payments.handlers import all_payments
+from .payments.queries import all_payments
 
 if TYPE_CHECKING:
     from .app import Shop

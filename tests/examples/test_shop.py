@@ -182,10 +182,13 @@ def test_the_embedded_default_tells_the_whole_story(tmp_path: Path) -> None:
         assert connection.execute("SELECT COUNT(*) FROM eventbus_outbox").fetchone() == (0,)
     connection.close()
 
-    # Every run starts from a clean slate: the same story again, in the same folder.
+    # Every run starts from a clean slate: the same story again, in the same folder,
+    # which loses only the files the shop made there.
+    (data_dir / "notes.txt").write_text("not the shop's", encoding="utf-8")
     again = run_shop(data_dir)
     check_story(again)
     assert section(again, "Orders") == section(out, "Orders")
+    assert (data_dir / "notes.txt").read_text(encoding="utf-8") == "not the shop's"
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from eventbus import EventBus
 
-from ..db import Database, Row
+from ..db import Database
 from ..orders.events import PaymentRequested
 from .events import PaymentFailed, PaymentTaken
 from .gateway import CardGateway
 
-__all__ = ["Payments", "all_payments"]
+__all__ = ["Payments"]
 
 
 class Payments:
@@ -60,11 +60,3 @@ class Payments:
                     PaymentFailed(order_id=event.order_id, reason=charge.decline_reason),
                     key=event.order_id,
                 )
-
-
-def all_payments(db: Database) -> list[Row]:
-    """Every payment with its outcome, by order id."""
-    with db.connect() as connection:
-        return connection.fetch_all(
-            "SELECT order_id, amount, state, reference, reason FROM payments ORDER BY order_id"
-        )

@@ -1,10 +1,12 @@
 """The order's saga: from placed to confirmed, or to cancelled with compensation.
 
-    OrderPlaced ─► (inventory) StockReserved ─► PaymentRequested ─► (payments) PaymentTaken
-                                                                      ─► OrderConfirmed
-                   (inventory) OutOfStock ─┐    (payments) PaymentFailed ─┐
-                                           └────────────► OrderCancelled ◄┘
-                                                           └─► (inventory) releases the stock
+    OrderPlaced        inventory reserves the stock:  StockReserved | OutOfStock
+    StockReserved      request_payment:               PaymentRequested
+    PaymentRequested   payments charges the card:     PaymentTaken | PaymentFailed
+    PaymentTaken       confirm:                       OrderConfirmed
+    OutOfStock,
+    PaymentFailed      cancel:                        OrderCancelled
+    OrderCancelled     inventory releases what the order held (the compensation)
 
 Every step is a durable handler: delivered at least once through the outbox, so each one
 is idempotent on its own key. A step moves the order from the state it expects with a

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,55 @@ def test_a_database_the_shop_sql_does_not_speak_is_refused(tmp_path: Path) -> No
         ConfigurationError, match=r"written for PostgreSQL and SQLite .* got a mysql"
     ):
         open_database(settings)
+
+
+def test_redelivered_events_change_nothing(tmp_path: Path) -> None:
+    """Durable delivery is at least once: run every durable handler a second time on
+    every event of a finished order, as a relay would after a crash, and nothing moves."""
+    from eventbus.testing import capture_events
+    from examples.shop.app import create_app
+    from examples.shop.inventory import stock
+    from examples.shop.notifications import templates
+    from examples.shop.orders.commands import place_order
+    from examples.shop.orders.events import OrderLine
+    from examples.shop.orders.queries import all_orders
+    from examples.shop.payments.queries import all_payments
+    from examples.shop.scenario import wait_until_settled
+
+    shop = create_app(Settings(data_dir=tmp_path))
+    bus, db = shop.bus, shop.db
+    try:
+        templates.install(shop.settings.templates_dir)
+        stock.receive(db, "mug", "Mug", 3)
+        with capture_events(bus) as captured:
+            for order_id, card in (("o-1", "card-4242"), ("o-2", "card-0002")):
+                place_order(
+                    bus,
+                    db,
+                    order_id=order_id,
+                    customer=f"{order_id}@example.com",
+                    lines=[OrderLine("mug", 1, Decimal("8.00"))],
+                    payment_method=card,
+                )
+            wait_until_settled(bus)
+        first = captured.envelopes
+        before = (all_orders(db), stock.stock_levels(db), all_payments(db))
+        assert [order["state"] for order in before[0]] == ["confirmed", "cancelled"]
+        assert [int(level["on_hand"]) for level in before[1]] == [2]
+
+        with capture_events(bus) as again:
+            for envelope in first:
+                for handler in bus.handlers_for(type(envelope.event)):
+                    if handler.delivery == "durable":
+                        handler.fn(envelope.event)
+            wait_until_settled(bus)
+        assert (all_orders(db), stock.stock_levels(db), all_payments(db)) == before
+        # The saga, inventory and payments published nothing the second time; only the
+        # emails went out again, and the mail server delivered each message once.
+        assert {type(event).__name__ for event in again.events} == {"EmailSent"}
+        assert [int(mail["submissions"]) for mail in shop.mail.mailbox()] == [2, 2]
+        assert bus.outbox is not None
+        assert bus.outbox.status().pending == 0
+    finally:
+        bus.close()
+        db.close()

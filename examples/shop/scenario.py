@@ -27,13 +27,13 @@ import attrs
 
 from eventbus import EventBus
 
-from .app import Shop
 from .flow import FlowRecorder
 from .inventory import stock
 from .notifications import templates
 from .orders.commands import place_order
 from .orders.events import OrderLine, OrderRejectedError
 from .summary import Rejection, Story, print_summary
+from .wiring import Shop
 
 __all__ = ["ORDERS", "run"]
 

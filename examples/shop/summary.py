@@ -14,8 +14,8 @@ from .orders.queries import all_orders
 from .payments.queries import all_payments
 
 if TYPE_CHECKING:
-    from .app import Shop
     from .flow import Step
+    from .wiring import Shop
 
 __all__ = ["Rejection", "Story", "print_summary"]
 

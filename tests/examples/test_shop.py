@@ -243,7 +243,6 @@ def test_redelivered_events_change_nothing(tmp_path: Path) -> None:
     """Durable delivery is at least once: run every durable handler a second time on
     every event of a finished order, as a relay would after a crash, and nothing moves."""
     from eventbus.testing import capture_events
-    from examples.shop.app import create_app
     from examples.shop.inventory import stock
     from examples.shop.notifications import templates
     from examples.shop.orders.commands import place_order
@@ -251,6 +250,7 @@ def test_redelivered_events_change_nothing(tmp_path: Path) -> None:
     from examples.shop.orders.queries import all_orders
     from examples.shop.payments.queries import all_payments
     from examples.shop.scenario import wait_until_settled
+    from examples.shop.wiring import create_app
 
     shop = create_app(Settings(data_dir=tmp_path))
     bus, db = shop.bus, shop.db

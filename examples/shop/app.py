@@ -1,40 +1,20 @@
-"""Wires the shop's modules onto one bus."""
+"""The shop, built from the environment's settings: what the ``eventbus`` command loads.
+
+    eventbus catalog --app examples.shop.app:bus
+    eventbus dlq list --app examples.shop.app:bus
+
+Importing this opens the database that ``SHOP_DATABASE_URL`` (or the data folder) names
+and creates its tables if need be; it publishes nothing. Code that builds its own shop
+(the tests) imports ``wiring.create_app`` instead.
+"""
 
 from __future__ import annotations
 
-import attrs
+from .settings import Settings
+from .wiring import create_app
 
-from eventbus import EventBus
+__all__ = ["bus", "shop"]
 
-from .inventory.module import Inventory
-from .notifications.module import Notifications
-from .orders.module import Orders
-from .payments.module import Payments
-
-INITIAL_STOCK = {"book": 10, "mug": 2, "poster": 0}
-DECLINED_CUSTOMERS = {"mallory"}
-
-
-@attrs.define
-class Shop:
-    bus: EventBus
-    orders: Orders
-    inventory: Inventory
-    payments: Payments
-    notifications: Notifications
-
-
-def create_app(bus: EventBus | None = None) -> Shop:
-    bus = EventBus() if bus is None else bus
-    # Inline handlers run in subscription order, and a nested publish runs its handlers
-    # before the outer ones continue: payments must learn an order's amount before
-    # inventory reserves its stock (which triggers the charge).
-    orders = Orders(bus)
-    payments = Payments(bus, DECLINED_CUSTOMERS)
-    inventory = Inventory(bus, INITIAL_STOCK)
-    notifications = Notifications(bus)
-    return Shop(bus, orders, inventory, payments, notifications)
-
-
-bus = create_app().bus
-"""For the command line: ``eventbus catalog --app examples.shop.app:bus``."""
+shop = create_app(Settings.from_environment())
+bus = shop.bus
+"""For the command line: ``eventbus ... --app examples.shop.app:bus``."""

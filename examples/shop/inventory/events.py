@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import eventbus
 
+__all__ = ["OutOfStock", "StockReleased", "StockReserved"]
+
 
 @eventbus.event("shop.stock_reserved")
 class StockReserved:
     order_id: str
-    skus: tuple[str, ...]
 
 
 @eventbus.event("shop.out_of_stock")
 class OutOfStock:
     order_id: str
     sku: str
+    wanted: int
+    available: int
 
 
 @eventbus.event("shop.stock_released")

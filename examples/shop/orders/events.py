@@ -1,4 +1,4 @@
-"""The facts the orders module publishes."""
+"""The facts the orders module publishes, and the refusal its inline subscribers may raise."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ import attrs
 
 import eventbus
 
+__all__ = [
+    "OrderCancelled",
+    "OrderConfirmed",
+    "OrderLine",
+    "OrderPlaced",
+    "OrderRejectedError",
+    "PaymentRequested",
+]
+
 
 @attrs.frozen
-class Line:
+class OrderLine:
     sku: str
     quantity: int
     unit_price: Decimal
@@ -20,11 +29,23 @@ class Line:
 class OrderPlaced:
     order_id: str
     customer: str
-    lines: tuple[Line, ...]
+    """The customer's email address."""
+    lines: tuple[OrderLine, ...]
+    payment_method: str
 
     @property
     def total(self) -> Decimal:
         return sum((line.unit_price * line.quantity for line in self.lines), Decimal(0))
+
+
+@eventbus.event("shop.payment_requested")
+class PaymentRequested:
+    """The saga asks for the money once the stock is held."""
+
+    order_id: str
+    customer: str
+    amount: Decimal
+    payment_method: str
 
 
 @eventbus.event("shop.order_confirmed")
@@ -38,3 +59,11 @@ class OrderCancelled:
     order_id: str
     customer: str
     reason: str
+
+
+class OrderRejectedError(ValueError):
+    """An inline subscriber of ``OrderPlaced`` refuses the order.
+
+    Inline handlers run inside ``place_order``'s transaction: raising this reaches the
+    caller of ``place_order`` and rolls the order back, outbox rows included.
+    """

@@ -1,1 +1,1 @@
-"""Payments: charges customers once their stock is reserved."""
+"""Payments: takes the money when the order saga asks for it, through a card gateway."""

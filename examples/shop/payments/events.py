@@ -6,11 +6,14 @@ from decimal import Decimal
 
 import eventbus
 
+__all__ = ["PaymentFailed", "PaymentTaken"]
+
 
 @eventbus.event("shop.payment_taken")
 class PaymentTaken:
     order_id: str
     amount: Decimal
+    reference: str
 
 
 @eventbus.event("shop.payment_failed")

@@ -205,7 +205,7 @@ def latency(engine: Any, kind: str, events: int) -> tuple[float, float]:
             "PYTHONPATH": str(Path(__file__).resolve().parent),
         }
         worker = subprocess.Popen(
-            [sys.executable, "-m", "eventbus.cli", "worker", "--app", "latency_app:bus"],
+            [sys.executable, "-m", "eventbus", "worker", "--app", "latency_app:bus"],
             env=env,
             stderr=subprocess.DEVNULL,
         )

@@ -153,7 +153,7 @@ def _eventbus(
     # absolute, since it runs from the project root to find --app.
     environment = {**os.environ, "SHOP_DATA_DIR": str(data_dir)}
     result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
-        [sys.executable, "-m", "eventbus.cli", *arguments],
+        [sys.executable, "-m", "eventbus", *arguments],
         cwd=PROJECT_ROOT,
         env=environment,
         capture_output=True,

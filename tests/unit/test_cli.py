@@ -148,3 +148,17 @@ def test_console_script_is_installed(app: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "cli.order_placed v2" in result.stdout
+
+
+def test_python_dash_m_eventbus_is_the_command() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "eventbus", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("eventbus ")

@@ -518,15 +518,15 @@ def test_status_counts_pending_in_flight_delayed_and_names(outbox: Outbox) -> No
     assert empty.oldest_age is None
     assert empty.by_name == {}
 
+    store.write_now([pending(1, name="order.placed")])
+    time.sleep(0.2)  # the oldest row's age, not the newest's
     store.write_now(
         [
-            pending(1, name="order.placed"),
             pending(2, name="order.placed"),
             pending(3, name="order.cancelled"),
             pending(4, name="order.placed"),
         ]
     )
-    time.sleep(0.2)
     held, retried, lapsed = claim(store, batch=3, lease=30.0)
     assert store.reschedule(retried.id, owner=OWNER, attempts=1, delay=60.0, error="e")
     store.renew([lapsed.id], owner=OWNER, lease=-1.0)  # its relay died: lease ran out

@@ -109,14 +109,6 @@ def test_the_repr_names_the_database_and_the_tables(
     )
 
 
-def test_a_closed_store_leaves_the_applications_engine_open(
-    open_store: Callable[..., SQLAlchemyOutbox], engine: sa.Engine
-) -> None:
-    open_store().close()
-    with engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT 1").scalar() == 1
-
-
 def test_a_connection_in_autocommit_mode_is_refused(
     store: SQLAlchemyOutbox, engine: sa.Engine
 ) -> None:

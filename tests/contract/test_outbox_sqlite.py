@@ -10,7 +10,8 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -36,23 +37,9 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_store(path: Path) -> Iterator[Callable[..., SQLiteOutbox]]:
-    """Open stores on ``path`` (or another file); all are closed at the end."""
-    opened: list[SQLiteOutbox] = []
-
-    def make(at: Path | None = None, **options: object) -> SQLiteOutbox:
-        store = SQLiteOutbox(at or path, **options)  # type: ignore[arg-type]
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(open_store: Callable[..., SQLiteOutbox]) -> SQLiteOutbox:
-    return open_store()
+def store(path: Path) -> Iterator[SQLiteOutbox]:
+    with closing(SQLiteOutbox(path)) as opened:
+        yield opened
 
 
 def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -146,12 +133,10 @@ def test_bad_settings_are_refused_before_the_file_is_made(
 
 
 @pytest.mark.parametrize("synchronous", ["off", "NORMAL", "full", "Extra"])
-def test_every_synchronous_level_is_accepted(
-    open_store: Callable[..., SQLiteOutbox], synchronous: str
-) -> None:
-    store = open_store(synchronous=synchronous)
-    store.write_now([pending(b"1")])
-    assert payloads(store) == [b"1"]
+def test_every_synchronous_level_is_accepted(path: Path, synchronous: str) -> None:
+    with closing(SQLiteOutbox(path, synchronous=synchronous)) as store:
+        store.write_now([pending(b"1")])
+        assert payloads(store) == [b"1"]
 
 
 def test_the_store_puts_the_database_in_wal_mode(store: SQLiteOutbox, path: Path) -> None:
@@ -175,14 +160,12 @@ def test_a_handler_transaction_holds_the_write_lock_from_its_start(
         other.close()
 
 
-def test_schema_sql_is_what_the_store_creates(
-    tmp_path: Path, open_store: Callable[..., SQLiteOutbox]
-) -> None:
+def test_schema_sql_is_what_the_store_creates(tmp_path: Path) -> None:
     """The DDL published for migrations is the store's own, to the letter (a migrated
     database working is tested in the contract)."""
     created = tmp_path / "created.db"
     migrated = tmp_path / "migrated.db"
-    open_store(created)
+    SQLiteOutbox(created).close()
     connection = sqlite3.connect(migrated)
     try:
         connection.executescript(SQLiteOutbox.schema_sql())

@@ -39,6 +39,8 @@ SERVER_URLS: dict[str, tuple[str, ...]] = {
     "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test",),
 }
 BACKENDS = ("sqlite", "postgresql", "mariadb")
+# One more kind, "sqlite3", is not in the default: a SQLite file for the stdlib
+# ``SQLiteOutbox``, which the outbox contract suite (tests/contract/conftest.py) asks for.
 
 
 @attrs.frozen
@@ -110,6 +112,13 @@ def _connect_args(kind: str) -> dict[str, Any]:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """One of the databases; servers that do not answer skip (fail under CI=true)."""
     kind: str = request.param
+    if kind == "sqlite3":  # a file for the stdlib store: needs no SQLAlchemy
+        return Backend(
+            "sqlite3",
+            f"sqlite:///{tmp_path / 'app.db'}",
+            concurrent_writers=False,
+            skip_locked=False,
+        )
     try:
         import sqlalchemy  # noqa: F401
     except ImportError:

@@ -364,6 +364,10 @@ class SQLiteOutbox:
         ``BEGIN IMMEDIATE``: SQLite's write lock is held while the handler runs, so keep
         such handlers short. Commits on a clean exit, rolls back on an exception.
         """
+        if self._closed:
+            raise OutboxError(
+                f"cannot open a handler transaction: the outbox {self._path!r} is closed"
+            )
         connection = self.connect()
         try:
             connection.execute("BEGIN IMMEDIATE")

@@ -111,10 +111,6 @@ class SQLite3Harness(Harness):
     """``SQLiteOutbox`` on a file; the application uses plain sqlite3 connections."""
 
     model_examples = 25
-    known_bugs = {
-        "closed handler_transaction": "SQLiteOutbox.handler_transaction() opens a "
-        "connection of its own without looking whether the store was closed",
-    }
 
     def __init__(self, backend: Any, directory: Path) -> None:
         super().__init__(backend)

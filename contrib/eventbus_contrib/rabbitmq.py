@@ -183,7 +183,7 @@ class _Received:
                 await self._incoming.ack()
             else:
                 await self._incoming.nack(requeue=requeue)
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
+        except Exception as error:  # aiormq rejects a dead channel's futures with bare Exception
             failure = _describe(error)
         else:
             return
@@ -630,11 +630,16 @@ class RabbitMQTransport:
             return
         self.closed = True
         for subscription in list(self._subscriptions):
-            subscription.inbox.put_nowait(None)
-        connection, self._connection, self._publisher = self._connection, None, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_CONNECT_TIMEOUT):
+            await subscription.stop()
+        connection, publisher = self._connection, self._publisher
+        self._connection = self._publisher = None
+        # Channels first: a robust channel closed by its connection would try to restore
+        # itself, and leave that task pending on a loop that may be about to close.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                if publisher is not None:
+                    await publisher.close()
+                if connection is not None:
                     await connection.close()
 
 

@@ -156,7 +156,8 @@ class TestRabbitMQTransport(TransportContract):
                 _with_port(self.url, proxy.port), exchange=self.exchange, quorum=self.quorum
             )
             await transport.connect()
-            consumer = await self.subscribed(await self.make())
+            direct = await self.make()
+            consumer = await self.subscribed(direct)
             try:
                 batch = [message(self.topic, f"m{i}".encode()) for i in range(2000)]
                 publishing = asyncio.create_task(transport.publish(self.topic, *batch))
@@ -180,6 +181,7 @@ class TestRabbitMQTransport(TransportContract):
                 await received.ack()
             finally:
                 await consumer.close()
+                await direct.aclose()
                 await transport.aclose()
 
     async def test_publish_during_an_outage_raises_at_once(self) -> None:

@@ -194,3 +194,79 @@ async def test_cuts_while_consuming_lose_nothing_and_it_resumes_by_itself(
     ours = [r.getMessage() for r in caplog.records if r.name == "eventbus.rabbitmq"]
     assert any("lost its channel" in m for m in ours), "a lost connection is logged"
     assert ":guest@" not in caplog.text  # the password never reaches a log, ours or aio-pika's
+
+
+async def test_a_broker_that_is_down_for_seconds_is_waited_for(
+    names: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server goes away (connections refused), messages keep coming in meanwhile,
+    and the subscription takes them all once it is back, by itself."""
+    url = require_broker("rabbitmq")
+    exchange, topic, group = names
+    ledger = Ledger()
+    port = urlsplit(url).port or 5672
+    with tcp_proxy(port) as proxy, caplog.at_level(logging.WARNING):
+        consumer = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, reconnect_interval=0.2
+        )
+        publisher = RabbitMQTransport.from_url(url, exchange=exchange)
+        await publisher.connect()
+        await _subscribed(publisher, topic, group)
+        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+        try:
+            first = [Message(uuid.uuid4(), topic, None, f"a{i}".encode()) for i in range(500)]
+            await publisher.publish(topic, *first)
+            ledger.confirmed.update(m.body for m in first)
+            await asyncio.sleep(0.05)
+            proxy.pause()
+            during = [Message(uuid.uuid4(), topic, None, f"b{i}".encode()) for i in range(500)]
+            await publisher.publish(topic, *during)
+            ledger.confirmed.update(m.body for m in during)
+            await asyncio.sleep(2.0)
+            assert ledger.lost, "the consumer was cut off: not everything can have arrived"
+            proxy.resume()
+            await _until_all_received(ledger, consuming)
+        finally:
+            proxy.resume()
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            await consumer.aclose()
+            await publisher.aclose()
+    print(ledger.report("broker down for 2 s"), f"({proxy.connections} connections)")
+    assert not ledger.lost
+    assert ":guest@" not in caplog.text
+
+
+async def test_a_subscription_started_while_the_broker_is_down_starts_when_it_is_back(
+    names: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = require_broker("rabbitmq")
+    exchange, topic, group = names
+    ledger = Ledger()
+    port = urlsplit(url).port or 5672
+    with tcp_proxy(port) as proxy, caplog.at_level(logging.WARNING):
+        proxy.pause()
+        consumer = RabbitMQTransport.from_url(_through(url, proxy), exchange=exchange)
+        publisher = RabbitMQTransport.from_url(url, exchange=exchange)
+        await publisher.connect()
+        await _subscribed(publisher, topic, group)
+        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+        try:
+            sent = [Message(uuid.uuid4(), topic, None, f"m{i}".encode()) for i in range(100)]
+            await publisher.publish(topic, *sent)
+            ledger.confirmed.update(m.body for m in sent)
+            await asyncio.sleep(1.5)
+            assert not ledger.received
+            proxy.resume()
+            await _until_all_received(ledger, consuming)
+        finally:
+            proxy.resume()
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            await consumer.aclose()
+            await publisher.aclose()
+    assert not ledger.lost
+    assert "cannot start" in caplog.text  # the retries are logged, without the password
+    assert ":guest@" not in caplog.text

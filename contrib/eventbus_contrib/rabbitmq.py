@@ -106,6 +106,7 @@ _BOUNCE_DELAY = 1.0
 group: without the pause, a lone consumer and the broker would pass it back and forth."""
 _SETUP_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 _CONNECT_TIMEOUT = 10.0
+_CHANNEL_REOPEN = 5.0
 _OWN_QUERY = frozenset({"heartbeat", "reconnect_interval", "fail_fast"})
 
 _OPTIONS = frozenset(
@@ -508,8 +509,16 @@ class RabbitMQTransport:
             )
         if not messages:
             return
-        await self.ensure_connection()
+        connection = await self.ensure_connection()
         publisher = self._publisher
+        if publisher is not None and publisher.is_closed and connection.connected.is_set():
+            # The broker closed only the channel (it refused something, e.g. a message
+            # over its size limit): the robust channel reopens at once, so wait for that.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CHANNEL_REOPEN):
+                    while publisher.is_closed:  # ready() is set until the close is processed
+                        await asyncio.sleep(0.05)
+                        await publisher.ready()
         if publisher is None or publisher.is_closed:
             raise TransportError(
                 f"the connection to RabbitMQ at {self.safe_url} is down (reconnecting in the "

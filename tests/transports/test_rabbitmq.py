@@ -274,3 +274,23 @@ class TestRabbitMQQuorumTransport(TestRabbitMQTransport):
             await got.ack()
         finally:
             await connection.close()
+
+
+async def test_a_message_over_the_broker_size_limit_is_rejected_and_publishing_goes_on() -> None:
+    """RabbitMQ's default max_message_size is 128 MiB: one byte more is refused for good
+    (the broker closes the channel), and the next publish works on the same transport."""
+    url = require_broker("rabbitmq")
+    topic = f"t{uuid.uuid4().hex[:10]}.placed"
+    transport = RabbitMQTransport.from_url(url, exchange=f"eb{uuid.uuid4().hex[:12]}")
+    consumer = Consumer(transport, [topic], "g")
+    try:
+        await asyncio.sleep(0.3)
+        with pytest.raises(MessageRejectedError, match="max_message_size"):
+            await transport.publish(topic, message(topic, b"x" * (128 * 1024 * 1024 + 1)))
+        await transport.publish(topic, message(topic, b"small"))
+        (received,) = await consumer.take()
+        assert received.body == b"small"
+        await received.ack()
+    finally:
+        await consumer.close()
+        await transport.aclose()

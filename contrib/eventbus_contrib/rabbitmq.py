@@ -2,8 +2,9 @@
 
 URLs: ``amqp://user:password@host:5672/vhost`` and ``amqps://...`` (TLS; aio-pika's own
 query parameters such as ``cafile``, ``certfile``, ``keyfile`` or ``name`` pass through).
-An empty path is the default vhost ``/``; write ``%2F`` for it explicitly. Options of
-``from_url(url, **options)`` (keywords only; ``heartbeat`` in the URL query is refused)::
+An empty path (or ``/``) is the default vhost ``/``. Options of ``from_url(url,
+**options)``, keywords only (``heartbeat`` or ``reconnect_interval`` in the URL query is
+refused, so each setting has one place)::
 
     exchange="eventbus"          the durable topic exchange every topic is published to
     queue_prefix=None            queue name = f"{queue_prefix or exchange}.{group}"
@@ -42,17 +43,21 @@ message to its queue at once. ``delivery_count`` is the broker's count on quorum
 (``x-delivery-count`` + 1); classic queues only say whether a message was delivered
 before, so it is 1 or 2 there (``capabilities.counts_deliveries`` is False; with
 ``quorum=True`` ``from_url`` gives a ``RabbitMQQuorumTransport``, whose capabilities say
-True). ``delivery_limit=N`` makes the broker itself move a message delivered N times
-aside, to the queue ``f"{queue}.dead-letter"`` (never dropped). RabbitMQ 4 gives quorum
-queues a default limit of 20 when none is set, with no dead-letter queue: there, set
-``delivery_limit`` (above the worker's ``max_deliveries``).
+True). ``delivery_limit=N`` makes the broker itself move a message that was handed back
+N times (after N + 1 deliveries) aside, to the durable queue ``f"{queue}.dead-letter"``
+(never dropped); keep it above the worker's ``max_deliveries``, as a backstop. RabbitMQ 4
+gives quorum queues a default limit of 20 when none is set, and then drops the message
+unless a dead-letter target is set: on RabbitMQ 4, set ``delivery_limit``. On quorum
+queues a hand-back of a topic a consumer did not ask for counts as a delivery too.
 
 Order: one consumer receives a queue's messages in publish order, including across the
 topics of its group (a batch is written in order on one channel). Several consumers of
 a group, or a requeue while later messages are already delivered, break per-key order;
 ``single_active_consumer=True`` keeps it (the others wait as hot standbys).
 
-Connection loss: the connection is robust (aio-pika's ``connect_robust``): it reconnects
+Connection loss (needs aio-pika >= 10 and aiormq >= 7.2.4: older ones leave a publish
+whose confirm was pending at a cut waiting until ``confirm_timeout``, or leak sockets):
+the connection is robust (aio-pika's ``connect_robust``): it reconnects
 every ``reconnect_interval`` seconds, and restores the exchange, queues, bindings and
 consumers. During the outage ``publish`` raises ``TransportError`` at once, and works
 again afterwards on the same transport; a subscription logs a WARNING (without the

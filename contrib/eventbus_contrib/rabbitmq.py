@@ -1,0 +1,677 @@
+"""The RabbitMQ transport, on aio-pika: ``pip install "eventbus[rabbitmq]"``.
+
+URLs: ``amqp://user:password@host:5672/vhost`` and ``amqps://...`` (TLS; aio-pika's own
+query parameters such as ``cafile``, ``certfile``, ``keyfile`` or ``name`` pass through).
+An empty path (or ``/``) is the default vhost ``/``. Options of ``from_url(url,
+**options)``, keywords only (``heartbeat`` or ``reconnect_interval`` in the URL query is
+refused, so each setting has one place)::
+
+    exchange="eventbus"          the durable topic exchange every topic is published to
+    queue_prefix=None            queue name = f"{queue_prefix or exchange}.{group}"
+    prefetch=100                 unacknowledged messages one subscription may hold
+    heartbeat=10                 seconds; a silent peer is noticed after about 3 of them
+    quorum=False                 quorum queues (replicated; count deliveries)
+    delivery_limit=None          quorum only: the broker's own delivery limit (see below)
+    single_active_consumer=False one consumer of a group at a time (keeps per-key order)
+    confirm_timeout=30.0         seconds publish waits for the broker's confirms
+    reconnect_interval=1.0       seconds between reconnection attempts
+
+At the broker: a topic (the event's wire name, ``orders.placed``) is the routing key on
+the exchange; a consumer group is one durable queue, bound to every topic any of its
+subscriptions asked for (bindings are added as new topics are subscribed, never
+removed). All consumers of a group should subscribe the same topics: a message of a topic
+a consumer did not ask for is handed back to the group (requeued after a second, logged
+at WARNING) for a consumer that did. A consumer group that never subscribed does not
+exist: a message published to a topic no queue is bound to is returned by the broker,
+and ``publish`` raises ``TransportError`` (the relay keeps the row and tries again), so
+start the workers (or subscribe once) before relaying.
+
+Durability: messages are persistent (delivery mode 2) in durable queues on a durable
+exchange; ``publish`` returns only after the broker's publisher confirms, that is after
+the message is written to every queue it routes to (and, for persistent messages, to
+disk: the broker batches fsyncs, which is why a batch is published at once and its
+confirms awaited together). Anything but a confirm (a return, a nack, a closed channel,
+no answer within ``confirm_timeout``) raises ``TransportError``: the message may still
+have reached the broker, so consumers deduplicate (the worker's inbox does). Classic
+queues live on one node; ``quorum=True`` replicates them (Raft) across a cluster.
+
+Delivery and redelivery: each message goes to one consumer of each group and stays
+unacknowledged until ``ack``; a consumer whose channel or connection closes hands its
+unacknowledged messages back at once (RabbitMQ has no ack timeout shorter than its
+``consumer_timeout``, 30 minutes by default), and ``nack(requeue=True)`` returns a
+message to its queue at once. ``delivery_count`` is the broker's count on quorum queues
+(``x-delivery-count`` + 1); classic queues only say whether a message was delivered
+before, so it is 1 or 2 there (``capabilities.counts_deliveries`` is False; with
+``quorum=True`` ``from_url`` gives a ``RabbitMQQuorumTransport``, whose capabilities say
+True). ``delivery_limit=N`` makes the broker itself move a message that was handed back
+N times (after N + 1 deliveries) aside, to the durable queue ``f"{queue}.dead-letter"``
+(never dropped); keep it above the worker's ``max_deliveries``, as a backstop. RabbitMQ 4
+gives quorum queues a default limit of 20 when none is set, and then drops the message
+unless a dead-letter target is set: on RabbitMQ 4, set ``delivery_limit``. On quorum
+queues a hand-back of a topic a consumer did not ask for counts as a delivery too.
+
+Order: one consumer receives a queue's messages in publish order, including across the
+topics of its group (a batch is written in order on one channel). Several consumers of
+a group, or a requeue while later messages are already delivered, break per-key order;
+``single_active_consumer=True`` keeps it (the others wait as hot standbys).
+
+Connection loss (needs aio-pika >= 10 and aiormq >= 7.2.4: older ones leave a publish
+whose confirm was pending at a cut waiting until ``confirm_timeout``, or leak sockets):
+the connection is robust (aio-pika's ``connect_robust``): it reconnects
+every ``reconnect_interval`` seconds, and restores the exchange, queues, bindings and
+consumers. During the outage ``publish`` raises ``TransportError`` at once, and works
+again afterwards on the same transport; a subscription logs a WARNING (without the
+password) and goes on yielding when the connection is back. Messages it held are
+delivered again (its acks would refer to a channel that is gone: ``ack`` then raises
+``TransportError``, and the broker redelivers the message).
+
+Limits: topics and groups are words of ``[A-Za-z0-9_-]`` separated by dots, routing keys
+and queue names at most 255 bytes; the broker's ``max_message_size`` (128 MiB by
+default) rejects larger messages (``MessageRejectedError``). Changing ``quorum``,
+``single_active_consumer`` or ``delivery_limit`` for an existing group needs a new queue
+(another ``queue_prefix``, or delete the old one once drained): the broker refuses to
+redeclare a queue with other arguments (``ConfigurationError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar, Self, cast
+from urllib.parse import parse_qsl, urlsplit
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+    AbstractRobustQueue,
+)
+from pamqp.commands import Basic
+
+from eventbus._redact import redact
+from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
+from eventbus.transports import Capabilities, Message
+
+__all__ = ["RabbitMQQuorumTransport", "RabbitMQTransport"]
+
+logger = logging.getLogger("eventbus.rabbitmq")
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_MAX_NAME_BYTES = 255
+_KEY_HEADER = "eventbus-key"
+_PERSISTENT = 2
+_BOUNCE_DELAY = 1.0
+"""Seconds before a message of a topic this consumer did not ask for goes back to the
+group: without the pause, a lone consumer and the broker would pass it back and forth."""
+_SETUP_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+_CONNECT_TIMEOUT = 10.0
+_CHANNEL_REOPEN = 5.0
+_OWN_QUERY = frozenset({"heartbeat", "reconnect_interval", "fail_fast"})
+
+_OPTIONS = frozenset(
+    {
+        "exchange",
+        "queue_prefix",
+        "prefetch",
+        "heartbeat",
+        "quorum",
+        "delivery_limit",
+        "single_active_consumer",
+        "confirm_timeout",
+        "reconnect_interval",
+    }
+)
+
+
+def _describe(error: BaseException) -> str:
+    """What went wrong, for an exception text or a log line: never a password."""
+    text = str(error) or type(error).__name__
+    return redact(f"{type(error).__name__}: {text}")
+
+
+def _check_name(what: str, name: object) -> str:
+    if (
+        not isinstance(name, str)
+        or not _NAME.fullmatch(name)
+        or len(name.encode()) > _MAX_NAME_BYTES
+    ):
+        raise ConfigurationError(
+            f"a RabbitMQ {what} is words of [A-Za-z0-9_-] separated by dots, at most "
+            f"{_MAX_NAME_BYTES} bytes, got {name!r}"
+        )
+    return name
+
+
+def _positive(name: str, value: object, *, integer: bool = False) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        kind = "integer" if integer else "number"
+        raise ConfigurationError(
+            f"RabbitMQTransport option {name} must be a positive {kind}, got {value!r}"
+        )
+    return value
+
+
+class _Received:
+    """One delivery; settles on the channel it came on (delivery tags are per channel)."""
+
+    __slots__ = ("_incoming", "_settled", "body", "delivery_count", "message_id", "topic")
+
+    def __init__(self, incoming: AbstractIncomingMessage, delivery_count: int) -> None:
+        self._incoming = incoming
+        self._settled = False
+        self.topic: str = incoming.routing_key or ""
+        self.body: bytes = incoming.body
+        self.message_id = str(incoming.delivery_tag)
+        self.delivery_count = delivery_count
+
+    def __repr__(self) -> str:
+        return f"<rabbitmq message {self.message_id} on {self.topic!r}>"
+
+    async def ack(self) -> None:
+        await self._settle("ack", requeue=False)
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        await self._settle("nack", requeue=requeue)
+
+    async def _settle(self, how: str, *, requeue: bool) -> None:
+        if self._settled:
+            return  # settling twice is a no-op, as on every transport
+        self._settled = True
+        try:
+            if how == "ack":
+                await self._incoming.ack()
+            else:
+                await self._incoming.nack(requeue=requeue)
+        except Exception as error:  # aiormq rejects a dead channel's futures with bare Exception
+            failure = _describe(error)
+        else:
+            return
+        raise TransportError(
+            f"could not {how} {self!r}: the channel it came on is gone ({failure}); the "
+            "broker delivers it again, to this group"
+        )
+
+
+class _Subscription:
+    """One consumer: its channel, its group's queue, and the deliveries it was handed."""
+
+    def __init__(self, transport: RabbitMQTransport, topics: tuple[str, ...], group: str) -> None:
+        self._transport = transport
+        self.topics = topics
+        self.group = group
+        self.queue_name = transport.queue_name(group)
+        self.inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractRobustQueue | None = None
+        self._tag: str | None = None
+        self._bouncing: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Declare and consume, retrying with backoff until the broker answers."""
+        attempt = 0
+        while True:
+            try:
+                await self._setup()
+            except TransportError as error:
+                if self._transport.closed:
+                    raise
+                delay = _SETUP_BACKOFF[min(attempt, len(_SETUP_BACKOFF) - 1)]
+                attempt += 1
+                logger.warning(
+                    "RabbitMQ subscription of group %r (%s) cannot start: %s; retrying in %g s",
+                    self.group,
+                    self._transport.safe_url,
+                    error,
+                    delay,
+                )
+                await self._discard_channel()
+                await asyncio.sleep(delay)
+            else:
+                if attempt:
+                    logger.warning(
+                        "RabbitMQ subscription of group %r started after %d attempts",
+                        self.group,
+                        attempt + 1,
+                    )
+                return
+
+    async def _setup(self) -> None:
+        connection = await self._transport.ensure_connection()
+        failure: str | None = None
+        refused: str | None = None
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                channel = self._channel = await connection.channel(publisher_confirms=False)
+                channel.close_callbacks.add(self._on_channel_lost)
+                channel.reopen_callbacks.add(self._on_channel_back)
+                await channel.set_qos(prefetch_count=self._transport.prefetch)
+                exchange = await self._transport.declare_exchange(channel)
+                queue = self._queue = await channel.declare_queue(
+                    self.queue_name,
+                    durable=True,
+                    arguments=self._transport.queue_arguments(self.queue_name),
+                )
+                await self._transport.declare_dead_letter_queue(channel, self.queue_name)
+                for topic in self.topics:
+                    await queue.bind(exchange, routing_key=topic)
+                self._tag = await queue.consume(self._on_message)
+        except aiormq.exceptions.ChannelPreconditionFailed as error:
+            refused = _describe(error)
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as error:
+            failure = _describe(error)
+        if refused is not None:
+            await self._discard_channel()
+            raise ConfigurationError(
+                f"RabbitMQ refused the queue {self.queue_name!r} or the exchange "
+                f"{self._transport.exchange!r} ({refused}): they exist with other "
+                "arguments (quorum, single_active_consumer, delivery_limit, or another "
+                "exchange type). Use another queue_prefix (or exchange), or delete the old "
+                "queue once it is drained"
+            )
+        if failure is not None:
+            raise TransportError(f"RabbitMQ subscription setup failed: {failure}")
+
+    async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
+        await self.inbox.put(incoming)
+
+    def _on_channel_lost(self, _channel: object, error: BaseException | None) -> None:
+        if self._transport.closed:
+            return
+        logger.warning(
+            "RabbitMQ subscription of group %r lost its channel (%s); its unacknowledged "
+            "messages go back to the queue; reconnecting to %s",
+            self.group,
+            _describe(error) if error is not None else "closed",
+            self._transport.safe_url,
+        )
+
+    def _on_channel_back(self, _channel: object) -> None:
+        logger.warning("RabbitMQ subscription of group %r is consuming again", self.group)
+
+    def bounce(self, incoming: AbstractIncomingMessage) -> None:
+        """Hand a message of a topic this consumer did not ask for back to its group."""
+        logger.warning(
+            "RabbitMQ queue %r gave a consumer of %s a message of %r: consumers of one "
+            "group should subscribe the same topics; handing it back to the group",
+            self.queue_name,
+            ", ".join(self.topics),
+            incoming.routing_key,
+        )
+
+        async def later() -> None:
+            await asyncio.sleep(_BOUNCE_DELAY)
+            with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+                await incoming.nack(requeue=True)
+
+        task = asyncio.create_task(later())
+        self._bouncing.add(task)
+        task.add_done_callback(self._bouncing.discard)
+
+    async def stop(self) -> None:
+        """Stop consuming; the broker requeues what was not acknowledged."""
+        for task in list(self._bouncing):
+            task.cancel()
+        await self._discard_channel()
+        # Wake anything still waiting on this inbox; its deliveries died with the channel.
+        self.inbox.put_nowait(None)
+
+    async def _discard_channel(self) -> None:
+        channel, self._channel, self._queue, self._tag = self._channel, None, None, None
+        if channel is None:
+            return
+        channel.close_callbacks.discard(self._on_channel_lost)
+        channel.reopen_callbacks.discard(self._on_channel_back)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                await channel.close()
+
+
+class RabbitMQTransport:
+    """``amqp://`` and ``amqps://``: a durable topic exchange, a durable queue per group."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        persistent=True, ordered_per_key=True, consumer_groups=True, counts_deliveries=False
+    )
+    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str = "eventbus",
+        queue_prefix: str | None = None,
+        prefetch: int = 100,
+        heartbeat: int = 10,
+        quorum: bool = False,
+        delivery_limit: int | None = None,
+        single_active_consumer: bool = False,
+        confirm_timeout: float = 30.0,
+        reconnect_interval: float = 1.0,
+    ) -> None:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme.lower() not in {"amqp", "amqps"} or not parts.hostname:
+            raise ConfigurationError(
+                "RabbitMQTransport takes amqp://user:password@host:5672/vhost (or amqps://) "
+                f"URLs, got {redact(repr(url))}"
+            )
+        given = {key for key, _ in parse_qsl(parts.query)} & _OWN_QUERY
+        if given:
+            raise ConfigurationError(
+                f"pass {', '.join(sorted(given))} as a RabbitMQTransport option, not in the "
+                f"URL {redact(url)!r}"
+            )
+        self._url = url
+        self.safe_url = redact(url)
+        self.exchange = _check_name("exchange name", exchange)
+        self._queue_prefix = (
+            None if queue_prefix is None else _check_name("queue_prefix", queue_prefix)
+        )
+        self.prefetch: int = _positive("prefetch", prefetch, integer=True)
+        self._heartbeat: int = _positive("heartbeat", heartbeat, integer=True)
+        self._confirm_timeout: float = _positive("confirm_timeout", confirm_timeout)
+        self._reconnect_interval: float = _positive("reconnect_interval", reconnect_interval)
+        self._quorum = bool(quorum)
+        if delivery_limit is not None:
+            if not self._quorum:
+                raise ConfigurationError(
+                    "delivery_limit is the limit of quorum queues: pass quorum=True with it"
+                )
+            _positive("delivery_limit", delivery_limit, integer=True)
+        self._delivery_limit = delivery_limit
+        self._single_active = bool(single_active_consumer)
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._connect_lock = asyncio.Lock()
+        self._subscriptions: set[_Subscription] = set()
+        self.closed = False
+
+    @classmethod
+    def from_url(cls, url: str, /, **options: Any) -> Self:
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"RabbitMQTransport has no option {', '.join(sorted(unknown))}; its options "
+                f"are {', '.join(sorted(_OPTIONS))}"
+            )
+        # Capabilities are per class (a ClassVar), so quorum queues, which count
+        # deliveries, get a class of their own.
+        quorum = options.get("quorum", issubclass(cls, RabbitMQQuorumTransport))
+        target: type[RabbitMQTransport] = RabbitMQQuorumTransport if quorum else RabbitMQTransport
+        if issubclass(cls, target):
+            target = cls
+        return cast("Self", target(url, **options))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.safe_url} exchange={self.exchange!r}>"
+
+    __str__ = __repr__
+
+    # -- what the broker sees ------------------------------------------------------------
+
+    def queue_name(self, group: str) -> str:
+        name = f"{self._queue_prefix or self.exchange}.{_check_name('consumer group', group)}"
+        if len(name.encode()) > _MAX_NAME_BYTES:
+            raise ConfigurationError(
+                f"the queue name {name!r} is longer than {_MAX_NAME_BYTES} bytes: use a "
+                "shorter group or queue_prefix"
+            )
+        return name
+
+    def queue_arguments(self, queue: str) -> dict[str, Any]:
+        arguments: dict[str, Any] = {}
+        if self._quorum:
+            arguments["x-queue-type"] = "quorum"
+        if self._single_active:
+            arguments["x-single-active-consumer"] = True
+        if self._delivery_limit is not None:
+            arguments["x-delivery-limit"] = self._delivery_limit
+            # Past the limit the broker would drop the message: route it to a queue instead.
+            arguments["x-dead-letter-exchange"] = ""
+            arguments["x-dead-letter-routing-key"] = f"{queue}.dead-letter"
+        return arguments
+
+    async def declare_exchange(self, channel: AbstractRobustChannel) -> AbstractRobustExchange:
+        return await channel.declare_exchange(
+            self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+
+    async def declare_dead_letter_queue(self, channel: AbstractRobustChannel, queue: str) -> None:
+        if self._delivery_limit is not None:
+            await channel.declare_queue(
+                f"{queue}.dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
+            )
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TransportError(f"this {type(self).__name__} is closed; make a new one")
+
+    async def connect(self) -> None:
+        await self.ensure_connection()
+
+    async def ensure_connection(self) -> AbstractRobustConnection:
+        """The robust connection, opened (with the publishing channel) on first use."""
+        self._check_open()
+        async with self._connect_lock:
+            self._check_open()
+            if self._connection is not None:
+                return self._connection
+            failure: str | None = None
+            refused: str | None = None
+            connection: AbstractRobustConnection | None = None
+            try:
+                async with asyncio.timeout(_CONNECT_TIMEOUT):
+                    connection = await aio_pika.connect_robust(
+                        self._url,
+                        heartbeat=self._heartbeat,
+                        reconnect_interval=self._reconnect_interval,
+                        fail_fast=True,
+                    )
+                    publisher = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    await self.declare_exchange(publisher)
+            except aiormq.exceptions.ChannelPreconditionFailed as error:
+                refused = _describe(error)
+            except Exception as error:  # every failure to connect is reported the same way
+                failure = _describe(error)
+            if failure is None and refused is None and connection is not None:
+                self._connection, self._publisher = connection, publisher
+                return connection
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+        # Raised outside the except blocks: the library's exception (which may hold the
+        # URL) is not chained to ours.
+        if refused is not None:
+            raise ConfigurationError(
+                f"RabbitMQ refused the exchange {self.exchange!r} ({refused}): it exists "
+                "with another type or durability; choose another exchange name"
+            )
+        raise TransportError(f"cannot connect to RabbitMQ at {self.safe_url}: {failure}")
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish(self, topic: str, /, *messages: Message) -> None:
+        self._check_open()
+        for message in messages:
+            if not isinstance(message, Message) or message.topic != topic:
+                raise TransportError(
+                    f"publish({topic!r}, ...) takes Messages of that topic, got {message!r}"
+                )
+        if not isinstance(topic, str) or not _NAME.fullmatch(topic) or len(topic.encode()) > 255:
+            raise MessageRejectedError(
+                f"{topic!r} cannot be a RabbitMQ routing key: words of [A-Za-z0-9_-] "
+                "separated by dots, at most 255 bytes"
+            )
+        if not messages:
+            return
+        connection = await self.ensure_connection()
+        publisher = self._publisher
+        if publisher is not None and publisher.is_closed and connection.connected.is_set():
+            # The broker closed only the channel (it refused something, e.g. a message
+            # over its size limit): the robust channel reopens at once, so wait for that.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CHANNEL_REOPEN):
+                    while publisher.is_closed:  # ready() is set until the close is processed
+                        await asyncio.sleep(0.05)
+                        await publisher.ready()
+        if publisher is None or publisher.is_closed:
+            raise TransportError(
+                f"the connection to RabbitMQ at {self.safe_url} is down (reconnecting in the "
+                f"background); nothing of {topic!r} was published: try again"
+            )
+        failure: str | None = None
+        try:
+            async with asyncio.timeout(self._confirm_timeout):
+                channel = cast("aiormq.Channel", await publisher.get_underlay_channel())
+                # One write per message, in order, without waiting for each to drain; the
+                # broker confirms the batch (batched fsyncs), and we await all confirms.
+                results = await asyncio.gather(
+                    *(
+                        channel.basic_publish(
+                            message.body,
+                            exchange=self.exchange,
+                            routing_key=topic,
+                            properties=Basic.Properties(
+                                delivery_mode=_PERSISTENT,
+                                message_id=str(message.id),
+                                headers={_KEY_HEADER: message.key}
+                                if message.key is not None
+                                else None,
+                            ),
+                            mandatory=True,
+                            wait=False,
+                        )
+                        for message in messages
+                    ),
+                    return_exceptions=True,
+                )
+        except TimeoutError:
+            failure = f"no confirm within {self._confirm_timeout:g} s"
+        except Exception as error:  # a broken channel: nothing is known to be confirmed
+            failure = _describe(error)
+        if failure is not None:
+            raise TransportError(
+                f"RabbitMQ did not confirm {len(messages)} messages of {topic!r}: {failure}; "
+                "they may or may not have been stored: publish them again"
+            )
+        self._check_results(topic, messages, results)
+
+    def _check_results(self, topic: str, messages: tuple[Message, ...], results: list[Any]) -> None:
+        returned = nacked = 0
+        too_large: str | None = None
+        other: str | None = None
+        for result in results:
+            if isinstance(result, Basic.Ack):
+                continue
+            if isinstance(result, aiormq.exceptions.PublishError) or not isinstance(
+                result, BaseException
+            ):
+                returned += 1  # a return without raising would be a DeliveredMessage
+            elif isinstance(result, aiormq.exceptions.DeliveryError):
+                nacked += 1
+            elif "max size" in str(result) or "message_size" in str(result):
+                too_large = _describe(result)
+            elif isinstance(result, asyncio.CancelledError):
+                other = other or "the publish was cancelled"
+            else:
+                other = other or _describe(result)
+        failed = len(messages) - sum(isinstance(r, Basic.Ack) for r in results)
+        if not failed:
+            return
+        if too_large is not None:
+            raise MessageRejectedError(
+                f"RabbitMQ refused a message of {topic!r} as too large ({too_large}); raise "
+                "the broker's max_message_size or publish smaller events"
+            )
+        if returned:
+            raise TransportError(
+                f"{returned} of {len(messages)} messages of {topic!r} were returned unroutable: "
+                f"no queue is bound to routing key {topic!r} on exchange {self.exchange!r} (no "
+                "consumer group subscribed it yet); start a worker for it, then retry"
+            )
+        if nacked:
+            raise TransportError(
+                f"RabbitMQ nacked {nacked} of {len(messages)} messages of {topic!r} (an "
+                "internal broker error): publish them again"
+            )
+        raise TransportError(
+            f"RabbitMQ did not confirm {failed} of {len(messages)} messages of {topic!r}: "
+            f"{other}; publish them again"
+        )
+
+    # -- consuming -----------------------------------------------------------------------
+
+    def _delivery_count(self, incoming: AbstractIncomingMessage) -> int:
+        return 2 if incoming.redelivered else 1
+
+    async def subscribe(self, topics: Sequence[str], /, *, group: str) -> AsyncIterator[_Received]:
+        self._check_open()
+        if isinstance(topics, str) or not topics:
+            raise ConfigurationError(f"subscribe takes a sequence of topics, got {topics!r}")
+        wanted = tuple(dict.fromkeys(_check_name("topic", topic) for topic in topics))
+        subscription = _Subscription(self, wanted, group)
+        self._subscriptions.add(subscription)
+        try:
+            await subscription.start()
+            while True:
+                incoming = await subscription.inbox.get()
+                if incoming is None:
+                    return  # the transport was closed
+                try:
+                    incoming.channel  # noqa: B018 - raises if the channel it came on died
+                except aiormq.exceptions.ChannelInvalidStateError:
+                    continue  # unacked on a dead channel: the broker delivers it again
+                if incoming.routing_key not in wanted:
+                    subscription.bounce(incoming)
+                    continue
+                yield _Received(incoming, self._delivery_count(incoming))
+        finally:
+            self._subscriptions.discard(subscription)
+            await subscription.stop()
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.stop()
+        connection, publisher = self._connection, self._publisher
+        self._connection = self._publisher = None
+        # Channels first: a robust channel closed by its connection would try to restore
+        # itself, and leave that task pending on a loop that may be about to close.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                if publisher is not None:
+                    await publisher.close()
+                if connection is not None:
+                    await connection.close()
+
+
+class RabbitMQQuorumTransport(RabbitMQTransport):
+    """``RabbitMQTransport`` on quorum queues, which count deliveries (``x-delivery-count``).
+
+    ``RabbitMQTransport.from_url(url, quorum=True)`` gives one.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        persistent=True, ordered_per_key=True, consumer_groups=True, counts_deliveries=True
+    )
+
+    def __init__(self, url: str, *, quorum: bool = True, **options: Any) -> None:
+        if not quorum:
+            raise ConfigurationError("RabbitMQQuorumTransport is quorum=True by definition")
+        super().__init__(url, quorum=True, **options)
+
+    def _delivery_count(self, incoming: AbstractIncomingMessage) -> int:
+        previous = (incoming.headers or {}).get("x-delivery-count")
+        return int(previous) + 1 if isinstance(previous, int) else 1

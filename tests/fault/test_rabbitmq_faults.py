@@ -1,0 +1,272 @@
+"""The RabbitMQ transport under connection cuts, judged by a ledger.
+
+A loopback proxy (``tests.proxy``) sits between one side and the broker and drops every
+connection now and then, as a broker that goes away would. The ledger: messages
+confirmed (``publish`` returned), received (distinct), duplicates (allowed: at-least-once,
+counted and printed) and lost (confirmed but never received: must be 0). A publish that
+raised is retried by the test with the same messages, as the relay does. Run with ``-s``
+to see the ledgers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import Counter
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import pytest
+
+pytest.importorskip("aio_pika")
+
+from eventbus_contrib.rabbitmq import RabbitMQTransport
+
+from eventbus.errors import TransportError
+from eventbus.transports import Message
+from tests.proxy import TCPProxy, tcp_proxy
+from tests.servers import require_broker
+
+pytestmark = pytest.mark.slow
+
+BATCH = 100
+BATCHES = 40
+CUTS = 8
+CUT_EVERY = 0.25
+DEADLINE = 45.0
+
+
+@attrs.define
+class Ledger:
+    confirmed: set[bytes] = attrs.Factory(set)
+    received: Counter[bytes] = attrs.Factory(Counter)
+    failed_publishes: int = 0
+
+    @property
+    def lost(self) -> set[bytes]:
+        return self.confirmed - set(self.received)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(self.received.values()) - len(self.received)
+
+    def report(self, title: str) -> str:
+        return (
+            f"{title}: confirmed {len(self.confirmed)}, received {len(self.received)} "
+            f"distinct, duplicates {self.duplicates}, lost {len(self.lost)}, "
+            f"publishes that raised (and were retried) {self.failed_publishes}"
+        )
+
+
+def _through(url: str, proxy: TCPProxy) -> str:
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{proxy.port}"))
+
+
+def _batches(topic: str) -> list[list[Message]]:
+    return [
+        [Message(uuid.uuid4(), topic, f"k{i % 10}", f"{b}-{i}".encode()) for i in range(BATCH)]
+        for b in range(BATCHES)
+    ]
+
+
+async def _publish_all(transport: RabbitMQTransport, topic: str, ledger: Ledger) -> None:
+    """Publish every batch until it is confirmed, retrying the ones that raised."""
+    for batch in _batches(topic):
+        while True:
+            try:
+                await transport.publish(topic, *batch)
+            except TransportError:
+                ledger.failed_publishes += 1
+                await asyncio.sleep(0.05)
+                continue
+            ledger.confirmed.update(m.body for m in batch)
+            break
+
+
+async def _consume(transport: RabbitMQTransport, topic: str, group: str, ledger: Ledger) -> None:
+    async for received in transport.subscribe([topic], group=group):
+        ledger.received[received.body] += 1
+        with contextlib.suppress(TransportError):  # its channel died: it comes again
+            await received.ack()
+
+
+async def _cutter(proxy: TCPProxy) -> None:
+    for _ in range(CUTS):
+        await asyncio.sleep(CUT_EVERY)
+        proxy.cut()
+
+
+async def _until_all_received(ledger: Ledger, consuming: asyncio.Task[None]) -> None:
+    async with asyncio.timeout(DEADLINE):
+        while ledger.lost or not ledger.confirmed:
+            if consuming.done():
+                consuming.result()
+                pytest.fail("the subscription ended")
+            await asyncio.sleep(0.1)
+
+
+async def _subscribed(transport: RabbitMQTransport, topic: str, group: str) -> None:
+    """Make sure the group's queue exists (so nothing is unroutable), then let go."""
+    iterator = transport.subscribe([topic], group=group)
+    waiting = asyncio.ensure_future(iterator.__anext__())
+    await asyncio.sleep(0.5)
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        await waiting
+    await iterator.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def names() -> tuple[str, str, str]:
+    tag = uuid.uuid4().hex[:10]
+    return f"eb{tag}", f"t{tag}.placed", f"g{tag}"
+
+
+async def test_cuts_while_publishing_batches_lose_nothing(names: tuple[str, str, str]) -> None:
+    url = require_broker("rabbitmq")
+    exchange, topic, group = names
+    ledger = Ledger()
+    consumer = RabbitMQTransport.from_url(url, exchange=exchange)
+    await consumer.connect()
+    await _subscribed(consumer, topic, group)
+    consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+    port = urlsplit(url).port or 5672
+    with tcp_proxy(port) as proxy:
+        publisher = RabbitMQTransport.from_url(_through(url, proxy), exchange=exchange)
+        await publisher.connect()
+        try:
+            cutting = asyncio.create_task(_cutter(proxy))
+            async with asyncio.timeout(DEADLINE):
+                await _publish_all(publisher, topic, ledger)
+            await cutting
+            await _until_all_received(ledger, consuming)
+        finally:
+            await publisher.aclose()
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            await consumer.aclose()
+    print(ledger.report("cuts while publishing"), f"({proxy.connections} connections)")
+    assert len(ledger.confirmed) == BATCH * BATCHES
+    assert not ledger.lost
+    assert proxy.connections > 1, "the cuts never reached the publisher"
+
+
+async def test_cuts_while_consuming_lose_nothing_and_it_resumes_by_itself(
+    names: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = require_broker("rabbitmq")
+    exchange, topic, group = names
+    ledger = Ledger()
+    port = urlsplit(url).port or 5672
+    with tcp_proxy(port) as proxy, caplog.at_level(logging.WARNING):
+        consumer = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, prefetch=50, reconnect_interval=0.2
+        )
+        publisher = RabbitMQTransport.from_url(url, exchange=exchange)
+        await publisher.connect()
+        await _subscribed(publisher, topic, group)
+        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+        try:
+            cutting = asyncio.create_task(_cutter(proxy))
+            async with asyncio.timeout(DEADLINE):
+                await _publish_all(publisher, topic, ledger)
+            await cutting
+            await _until_all_received(ledger, consuming)
+            # After the last cut, the same subscription still takes new messages.
+            late = Message(uuid.uuid4(), topic, None, b"late")
+            await publisher.publish(topic, late)
+            ledger.confirmed.add(late.body)
+            await _until_all_received(ledger, consuming)
+        finally:
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            await consumer.aclose()
+            await publisher.aclose()
+    print(ledger.report("cuts while consuming"), f"({proxy.connections} connections)")
+    assert not ledger.lost
+    assert proxy.connections > 1, "the cuts never reached the consumer"
+    ours = [r.getMessage() for r in caplog.records if r.name == "eventbus.rabbitmq"]
+    assert any("lost its channel" in m for m in ours), "a lost connection is logged"
+    assert ":guest@" not in caplog.text  # the password never reaches a log, ours or aio-pika's
+
+
+async def test_a_broker_that_is_down_for_seconds_is_waited_for(
+    names: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server goes away (connections refused), messages keep coming in meanwhile,
+    and the subscription takes them all once it is back, by itself."""
+    url = require_broker("rabbitmq")
+    exchange, topic, group = names
+    ledger = Ledger()
+    port = urlsplit(url).port or 5672
+    with tcp_proxy(port) as proxy, caplog.at_level(logging.WARNING):
+        consumer = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, reconnect_interval=0.2
+        )
+        publisher = RabbitMQTransport.from_url(url, exchange=exchange)
+        await publisher.connect()
+        await _subscribed(publisher, topic, group)
+        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+        try:
+            first = [Message(uuid.uuid4(), topic, None, f"a{i}".encode()) for i in range(500)]
+            await publisher.publish(topic, *first)
+            ledger.confirmed.update(m.body for m in first)
+            await asyncio.sleep(0.05)
+            proxy.pause()
+            during = [Message(uuid.uuid4(), topic, None, f"b{i}".encode()) for i in range(500)]
+            await publisher.publish(topic, *during)
+            ledger.confirmed.update(m.body for m in during)
+            await asyncio.sleep(2.0)
+            assert ledger.lost, "the consumer was cut off: not everything can have arrived"
+            proxy.resume()
+            await _until_all_received(ledger, consuming)
+        finally:
+            proxy.resume()
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            await consumer.aclose()
+            await publisher.aclose()
+    print(ledger.report("broker down for 2 s"), f"({proxy.connections} connections)")
+    assert not ledger.lost
+    assert ":guest@" not in caplog.text
+
+
+async def test_a_subscription_started_while_the_broker_is_down_starts_when_it_is_back(
+    names: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = require_broker("rabbitmq")
+    exchange, topic, group = names
+    ledger = Ledger()
+    port = urlsplit(url).port or 5672
+    with tcp_proxy(port) as proxy, caplog.at_level(logging.WARNING):
+        proxy.pause()
+        consumer = RabbitMQTransport.from_url(_through(url, proxy), exchange=exchange)
+        publisher = RabbitMQTransport.from_url(url, exchange=exchange)
+        await publisher.connect()
+        await _subscribed(publisher, topic, group)
+        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+        try:
+            sent = [Message(uuid.uuid4(), topic, None, f"m{i}".encode()) for i in range(100)]
+            await publisher.publish(topic, *sent)
+            ledger.confirmed.update(m.body for m in sent)
+            await asyncio.sleep(1.5)
+            assert not ledger.received
+            proxy.resume()
+            await _until_all_received(ledger, consuming)
+        finally:
+            proxy.resume()
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            await consumer.aclose()
+            await publisher.aclose()
+    assert not ledger.lost
+    assert "cannot start" in caplog.text  # the retries are logged, without the password
+    assert ":guest@" not in caplog.text

@@ -500,6 +500,14 @@ class NATSTransport:
 
     async def _on_error(self, error: Exception) -> None:
         logger.warning("NATS %s: %s", self._endpoint.display(), redact(repr(error)))
+        nc = self._nc
+        reconnecting = nc is not None and (nc.is_reconnecting or nc.is_connecting)
+        if reconnecting and nc is not None and nc._transport is not None:
+            # nats-py (2.16) keeps the socket of a reconnect attempt that failed after
+            # the TCP connect (no INFO: a balancer or a server shutting down) and opens
+            # the next one over it, leaking it to the garbage collector (ResourceWarning).
+            # No live traffic uses the socket while (re)connecting: close it.
+            nc._transport.close()  # type: ignore[no-untyped-call]
 
     async def _on_disconnected(self) -> None:
         if not self._closed:

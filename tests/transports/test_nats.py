@@ -300,3 +300,31 @@ async def test_publish_refuses_other_objects_before_connecting() -> None:
     transport = NATSTransport.from_url("nats://127.0.0.1:1")
     with pytest.raises(TransportError, match="takes Messages"):
         await transport.publish("a.b", Message(uuid.uuid4(), "a.c", None, b"x"))
+
+
+class TestNATSConsumerSettings:
+    async def test_a_changed_ack_wait_updates_the_groups_consumer(
+        self, nats_url: str, streams: list[str]
+    ) -> None:
+        stream, prefix = _names()
+        streams.append(stream)
+        topic, group = "orders.placed", "billing"
+        for ack_wait in (ACK_WAIT, 7.0):
+            transport = NATSTransport.from_url(
+                nats_url, stream=stream, prefix=prefix, ack_wait=ack_wait, max_deliver=5
+            )
+            await transport.connect()
+            consumer = Consumer(transport, [topic], group)
+            await transport.publish(topic, message(topic, b"x"))
+            (received,) = await consumer.take()
+            await received.ack()
+            await consumer.close()
+            await transport.aclose()
+        from eventbus_contrib.nats import _durable
+
+        client = await nats.connect(nats_url)
+        try:
+            info = await client.jetstream().consumer_info(stream, _durable(group, topic))
+        finally:
+            await client.close()
+        assert (info.config.ack_wait, info.config.max_deliver) == (7.0, 5)

@@ -715,7 +715,6 @@ class NATSTransport:
                     pull.outstanding = max(0, pull.outstanding - 1)
                 received = _NATSReceived(subscription, pull.topic, msg)
                 subscription.held.add(received)
-                subscription.backoff = _BACKOFF_FIRST
                 yield received
         finally:
             self._subscriptions.discard(subscription)
@@ -731,6 +730,7 @@ class NATSTransport:
                 if not pull.ready:
                     await subscription.prepare(pull)
                 await subscription.request(nc, pull)
+                subscription.backoff = _BACKOFF_FIRST
             except ConfigurationError:
                 raise
             except (nats.errors.Error, TransportError) as error:
@@ -745,10 +745,14 @@ class NATSTransport:
                 await asyncio.sleep(subscription.backoff)
                 subscription.backoff = min(subscription.backoff * 2, _BACKOFF_MAX)
                 return None
+        queue = subscription.queue
         now = time.monotonic()
         wait = max(0.0, min(p.deadline for p in subscription.pulls) - now)
         try:
-            item = await asyncio.wait_for(subscription.queue.get(), wait)
+            # wait_for costs a task per call: only pay it when there is nothing to take.
+            item = (
+                queue.get_nowait() if queue.qsize() else await asyncio.wait_for(queue.get(), wait)
+            )
         except TimeoutError:
             for pull in subscription.pulls:
                 if pull.deadline <= time.monotonic():

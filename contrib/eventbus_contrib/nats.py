@@ -154,6 +154,17 @@ def _options(given: dict[str, Any]) -> _Options:
     for name, value in given.items():
         values[name] = _convert(name, value)
     options = _Options(**values)
+    for name in ("stream", "prefix"):
+        if not isinstance(getattr(options, name), str):
+            raise ConfigurationError(f"{name} must be a string, got {getattr(options, name)!r}")
+    for name in ("batch", "max_deliver"):
+        value = getattr(options, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigurationError(f"{name} must be a whole number, got {value!r}")
+    for name in ("ack_wait", "duplicate_window", "publish_timeout"):
+        value = getattr(options, name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
     if not _NAME.fullmatch(options.stream):
         raise ConfigurationError(
             f"stream={options.stream!r}: a JetStream stream name takes letters, digits, "
@@ -396,8 +407,9 @@ class _Subscription:
             if msg is _RECONNECTED or msg is _CLOSED or _is_status(msg) is not None:
                 continue
             routed = self.route(msg)
-            if routed is not None and msg.reply:
-                pending.append(_NATSReceived(self, routed[0].topic, msg))
+            if routed is not None:
+                with contextlib.suppress(nats.errors.NotJSMessageError):
+                    pending.append(_NATSReceived(self, routed[0].topic, msg))
         for received in sorted(pending, key=lambda r: r.sequence):
             with contextlib.suppress(Exception):
                 await received._msg.nak()
@@ -428,6 +440,7 @@ class NATSTransport:
         self._reply_prefix = ""
         self._tokens = itertools.count()
         self._subscriptions: set[_Subscription] = set()
+        self._outage_reported = False
 
     @classmethod
     def from_url(cls, url: str, /, **options: Any) -> Self:
@@ -499,9 +512,14 @@ class NATSTransport:
         return nc
 
     async def _on_error(self, error: Exception) -> None:
-        logger.warning("NATS %s: %s", self._endpoint.display(), redact(repr(error)))
         nc = self._nc
         reconnecting = nc is not None and (nc.is_reconnecting or nc.is_connecting)
+        # Each failed attempt of an outage reports here (every second): the first one of
+        # an outage is worth a WARNING, the rest are noise.
+        level = logging.DEBUG if reconnecting and self._outage_reported else logging.WARNING
+        logger.log(level, "NATS %s: %s", self._endpoint.display(), redact(repr(error)))
+        if reconnecting:
+            self._outage_reported = True
         if reconnecting and nc is not None and nc._transport is not None:
             # nats-py (2.16) keeps the socket of a reconnect attempt that failed after
             # the TCP connect (no INFO: a balancer or a server shutting down) and opens
@@ -514,6 +532,7 @@ class NATSTransport:
             logger.warning("NATS %s: disconnected, reconnecting", self._endpoint.display())
 
     async def _on_reconnected(self) -> None:
+        self._outage_reported = False
         logger.warning("NATS %s: reconnected", self._endpoint.display())
         for subscription in list(self._subscriptions):
             subscription.queue.put_nowait(_RECONNECTED)
@@ -713,7 +732,15 @@ class NATSTransport:
                     continue
                 if current:
                     pull.outstanding = max(0, pull.outstanding - 1)
-                received = _NATSReceived(subscription, pull.topic, msg)
+                try:
+                    received = _NATSReceived(subscription, pull.topic, msg)
+                except nats.errors.NotJSMessageError:
+                    # Not a JetStream delivery (someone published to our inbox): nothing
+                    # to ack, nothing of ours lost.
+                    logger.warning(
+                        "NATS: ignored a message on %r that JetStream did not send", msg.subject
+                    )
+                    continue
                 subscription.held.add(received)
                 yield received
         finally:
@@ -735,7 +762,10 @@ class NATSTransport:
                 raise
             except (nats.errors.Error, TransportError) as error:
                 pull.ready = False
-                logger.warning(
+                # While the connection is down, its callbacks have said so already.
+                level = logging.WARNING if nc.is_connected else logging.DEBUG
+                logger.log(
+                    level,
                     "NATS %s: cannot pull from consumer %r (%s); again in %.1f s",
                     self._endpoint.display(),
                     pull.durable,

@@ -211,6 +211,22 @@ class TestNATSTransport(TransportContract):
             with pytest.raises(ConfigurationError):
                 await transport.subscribe(["a.*"], group=self.group).__anext__()
 
+    async def test_a_stranger_publishing_to_the_inbox_does_not_end_the_subscription(
+        self,
+    ) -> None:
+        async with self.transport() as transport:
+            consumer = await self.subscribed(transport)
+            try:
+                (subscription,) = transport._subscriptions  # type: ignore[attr-defined]
+                nc = transport._nc  # type: ignore[attr-defined]
+                await nc.publish(f"{subscription.inbox}.0.{subscription.pulls[0].serial}", b"?")
+                await transport.publish(self.topic, message(self.topic, b"real"))
+                (received,) = await consumer.take()
+                assert received.body == b"real"
+                await received.ack()
+            finally:
+                await consumer.close()
+
     async def test_a_group_name_of_any_characters_gets_a_valid_durable(self) -> None:
         async with self.transport() as transport:
             await transport.publish(self.topic, message(self.topic, b"x"))
@@ -270,6 +286,10 @@ def test_options_come_from_keywords_and_the_query_keywords_winning() -> None:
         ({"max_deliver": 0}, "max_deliver"),
         ({"batch": 0}, "batch"),
         ({"batch": "many"}, "not a number"),
+        ({"batch": 2.5}, "whole number"),
+        ({"max_deliver": True}, "whole number"),
+        ({"ack_wait": True}, "number of seconds"),
+        ({"stream": 3}, "must be a string"),
     ],
 )
 def test_bad_options_are_named(options: dict[str, Any], match: str) -> None:

@@ -18,8 +18,10 @@ At the broker:
 * **Stream.** ``connect`` creates the JetStream stream ``stream`` (file storage, limits
   retention, no size or age limit, deduplication window ``duplicate_window``) capturing
   ``{prefix}.>``, or checks that an existing one captures that; a stream that captures
-  other subjects is refused with ``ConfigurationError``. Retention limits (max age,
-  max bytes) are the operator's to set on the stream: nothing is deleted otherwise.
+  other subjects is refused with ``ConfigurationError``. The stream made here has one
+  replica and no limits: nothing is ever deleted from it. For replicas or retention
+  limits (max age, max bytes), create the stream yourself (``nats stream add``) with
+  the subject ``{prefix}.>`` and a duplicate window: it is used as it is.
 * **Topic.** A topic (an event's wire name, dot-separated words of ``[A-Za-z0-9_-]``) is
   the subject ``{prefix}.{topic}``. Every message is published with ``Nats-Msg-Id`` = its
   envelope id, and ``publish`` waits for the PubAck of every message (sent together, awaited
@@ -623,6 +625,7 @@ class NATSTransport:
         if not messages:
             return
         nc = await self._client()
+        self._check_sizes(topic, messages, nc.max_payload)
         subject = f"{self._options.prefix}.{topic}"
         futures: list[tuple[Message, asyncio.Future[Msg]]] = []
         loop = asyncio.get_running_loop()
@@ -649,6 +652,11 @@ class NATSTransport:
                     f"{subject!r} within {self._options.publish_timeout} s; the rest may or "
                     "may not be stored (a retry is deduplicated by message id)"
                 ) from None
+        except nats.errors.MaxPayloadError:
+            # The server lowered max_payload under us (a reconnect to another server).
+            raise MessageRejectedError(
+                f"a message on {subject!r} is over the NATS server's max_payload"
+            ) from None
         except nats.errors.Error as error:
             raise TransportError(f"NATS publish on {subject!r} failed: {error!r}") from None
         finally:
@@ -665,13 +673,18 @@ class NATSTransport:
                 f"{topic!r} is not a NATS subject: a topic is dot-separated words of "
                 "letters, digits, '_' and '-'"
             )
-        limit = self._nc.max_payload if self._nc is not None else None
         for message in messages:
             if not isinstance(message, Message) or message.topic != topic:
                 raise TransportError(
                     f"publish({topic!r}, ...) takes Messages of that topic, got {message!r}"
                 )
-            if limit is not None and len(message.body) + _HEADER_BYTES > limit:
+
+    @staticmethod
+    def _check_sizes(topic: str, messages: Sequence[Message], limit: int) -> None:
+        """Refuse the batch before sending any of it: the server would close the
+        connection on an oversized message (and nats-py counts only the body)."""
+        for message in messages:
+            if len(message.body) + _HEADER_BYTES > limit:
                 raise MessageRejectedError(
                     f"message {message.id} on {topic!r} is {len(message.body)} bytes; the NATS "
                     f"server takes at most {limit} bytes (max_payload, headers included)"

@@ -301,3 +301,41 @@ async def test_publish_during_an_outage_raises_in_bounded_time_then_works_again(
     # The publish that raised may have reached the server after the reconnect (nats-py
     # buffers it); its retry carried the same id, so the stream holds it once.
     assert kept == 2
+
+
+async def test_a_consumer_whose_connection_dies_hands_its_messages_to_the_group(
+    server: tuple[str, int], proxy: TCPProxy, namespace: dict[str, str]
+) -> None:
+    """No nak reaches the broker from a dead consumer: its messages come back to another
+    consumer of the group after ack_wait, counted."""
+    doomed = through(proxy, namespace)
+    survivor = direct(server, namespace)
+    await doomed.connect()
+    await survivor.connect()
+    group = "g-dies"
+    try:
+        held = doomed.subscribe([TOPIC], group=group)
+        await survivor.publish(
+            TOPIC, *(Message(uuid.uuid4(), TOPIC, None, b"%d" % n) for n in range(3))
+        )
+        async with asyncio.timeout(10):
+            first = [await held.__anext__() for _ in range(3)]
+        assert [r.delivery_count for r in first] == [1, 1, 1]
+        proxy.pause()  # the consumer's connection is gone: no ack, no nak, no reconnect
+        started = time.monotonic()
+        taken = survivor.subscribe([TOPIC], group=group)
+        try:
+            async with asyncio.timeout(4 * ACK_WAIT):
+                again = [await taken.__anext__() for _ in range(3)]
+            for received in again:
+                await received.ack()
+        finally:
+            await taken.aclose()  # type: ignore[attr-defined]
+        assert time.monotonic() - started >= ACK_WAIT * 0.5  # after ack_wait, not at once
+        assert sorted(r.body for r in again) == [b"0", b"1", b"2"]
+        assert [r.delivery_count for r in again] == [2, 2, 2]
+    finally:
+        proxy.resume()
+        await held.aclose()  # type: ignore[attr-defined]
+        await doomed.aclose()
+        await survivor.aclose()

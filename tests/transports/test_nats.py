@@ -119,6 +119,14 @@ class TestNATSTransport(TransportContract):
             finally:
                 await consumer.close()
 
+    async def test_the_first_publish_of_an_unconnected_transport_checks_the_size(self) -> None:
+        transport = NATSTransport.from_url(self.url, stream=self.stream, prefix=self.prefix)
+        try:
+            with pytest.raises(MessageRejectedError, match="max_payload"):
+                await transport.publish(self.topic, message(self.topic, b"x" * 2**21))
+        finally:
+            await transport.aclose()
+
     async def test_an_unacked_message_comes_back_after_ack_wait_counted(self) -> None:
         async with self.transport() as transport:
             consumer = await self.subscribed(transport)

@@ -38,8 +38,12 @@ At the broker:
   Consumers of one group in several processes share the work (a pull consumer hands each
   message to one puller).
 
-Guarantees: at-least-once. A message is on disk on the stream's servers when ``publish``
-returns (JetStream's PubAck; with a replicated stream, on a quorum). A message delivered
+Guarantees: at-least-once. When ``publish`` returns, JetStream has written the message
+to its file store (PubAck; on a replicated stream, on a quorum of servers), which survives
+a crash or restart of the server process. It is not fsynced yet: the server syncs every
+``sync_interval`` (2 minutes by default), so an OS crash or power loss of a single-replica
+server can lose up to that much confirmed data. For that, set ``sync_interval: always``
+in the server's ``jetstream`` block (slower), or use a replicated stream. A message delivered
 and not acked within ``ack_wait`` (the consumer died, or its handler is slower) goes to
 another consumer of the group; ``nack()`` redelivers at once, ``nack(requeue=False)``
 terminates it. ``delivery_count`` is JetStream's ``num_delivered``. ``max_deliver`` is

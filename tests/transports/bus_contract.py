@@ -25,9 +25,17 @@ from typing import Any, ClassVar
 import pytest
 import tenacity
 
-from eventbus import Envelope, EventBus, EventRegistry, RetryPolicy, SQLiteOutbox, event
+from eventbus import (
+    Envelope,
+    EventBus,
+    EventRegistry,
+    MessageRejectedError,
+    RetryPolicy,
+    SQLiteOutbox,
+    event,
+)
 from eventbus.testing import capture_events
-from eventbus.transports import Message
+from eventbus.transports import Capabilities, Message
 from eventbus.typing import Transport
 
 REGISTRY = EventRegistry()
@@ -63,6 +71,10 @@ class BusOverTransport:
     """What durable delivery promises on every transport."""
 
     transport_class: ClassVar[type[Transport]]
+
+    def capabilities(self) -> Capabilities:
+        """What the transport can do (its class's; a subclass may resolve it lazily)."""
+        return self.transport_class.capabilities
 
     async def make_transport(self) -> Transport:
         """A transport (not connected) in the namespace ``self.namespace``: the buses of
@@ -251,19 +263,24 @@ class BusOverTransport:
                 b'{"n": ' + b"9" * 5000 + b"}",
                 b"x" * (2 * 1024 * 1024),
             ]
+            refused = 0
             for body in garbage:
-                await transport.publish(topic, Message(uuid.uuid4(), topic, None, body))
+                try:
+                    await transport.publish(topic, Message(uuid.uuid4(), topic, None, body))
+                except MessageRejectedError:
+                    refused += 1  # over this broker's own limit: it never gets in
+            assert refused <= 1
             await self.publish(bus, OrderPlaced(order_id="after"))
             await eventually(lambda: seen == ["first", "after"])
-            await eventually(lambda: bus.dead_letters.count() == len(garbage))
+            await eventually(lambda: bus.dead_letters.count() == len(garbage) - refused)
             await asyncio.sleep(0.5)
             letters = bus.dead_letters.list()
-            assert len(letters) == len(garbage)
+            assert len(letters) == len(garbage) - refused
             assert {letter.handler for letter in letters} == {"@worker"}
             assert all(len(letter.payload) <= 1024 * 1024 for letter in letters)
 
     async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered(self) -> None:
-        if not self.transport_class.capabilities.counts_deliveries:
+        if not self.capabilities().counts_deliveries:
             pytest.skip("this transport does not count deliveries")
         topic = "shop.order_placed"
         async with self.bus(max_deliveries=2, worker=False) as bus:
@@ -304,7 +321,7 @@ class BusOverTransport:
     # -- order -----------------------------------------------------------------------------
 
     async def test_each_key_reaches_the_handler_in_publish_order(self) -> None:
-        if not self.transport_class.capabilities.ordered_per_key:
+        if not self.capabilities().ordered_per_key:
             pytest.skip("this transport does not keep order")
         got: dict[str, list[int]] = collections.defaultdict(list)
         async with self.bus() as bus:

@@ -117,3 +117,18 @@ def test_a_relay_skips_rows_the_inbox_holds_and_delivers_the_rest(
         bus.close()
     assert sorted(ran) == [2, 3, 4, 5]
     assert outbox.status().pending == 0
+
+
+def test_complete_marks_handlers_whose_names_hold_any_character(store: SQLAlchemyOutbox) -> None:
+    # The PostgreSQL completion sends ids and envelope ids as array literals; handler
+    # names, which may hold commas, quotes, braces and backslashes, must come back as is.
+    names = ["a,b", 'say "hi"', "{x}", "back\\slash", "plain"]
+    envelopes = [uuid.uuid4() for _ in names]
+    store.write_now(
+        [row(name, envelope_id) for name, envelope_id in zip(names, envelopes, strict=True)]
+    )
+    claimed = store.claim(owner="me", batch=10, lease=30.0)
+    marks = [(r.destination, r.envelope_id) for r in claimed]
+    assert store.complete([r.id for r in claimed], owner="me", processed=marks) == len(names)
+    assert store.seen_many(marks) == set(zip(names, envelopes, strict=True))
+    assert not store.seen_many([("a", envelopes[0]), ("b", envelopes[0])])

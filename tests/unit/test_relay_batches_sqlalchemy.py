@@ -132,3 +132,35 @@ def test_complete_marks_handlers_whose_names_hold_any_character(store: SQLAlchem
     assert store.complete([r.id for r in claimed], owner="me", processed=marks) == len(names)
     assert store.seen_many(marks) == set(zip(names, envelopes, strict=True))
     assert not store.seen_many([("a", envelopes[0]), ("b", envelopes[0])])
+
+
+def reloptions(engine: sa.Engine, table: str) -> list[str]:
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.text("SELECT reloptions FROM pg_class WHERE relname = :name"), {"name": table}
+        ).scalar()
+    return list(found or [])
+
+
+def test_an_outbox_table_the_store_creates_on_postgresql_leaves_room_for_leases(
+    store: SQLAlchemyOutbox, engine: sa.Engine, backend: Any, prefix: str
+) -> None:
+    if backend.name != "postgresql":
+        pytest.skip("a PostgreSQL storage parameter")
+    assert reloptions(engine, f"{prefix}_outbox") == ["fillfactor=50"]
+    assert reloptions(engine, f"{prefix}_inbox") == []
+    assert f"ALTER TABLE {prefix}_outbox SET (fillfactor = 50);" in store.schema_sql()
+
+
+def test_an_outbox_table_the_application_made_keeps_its_storage_settings(
+    engine: sa.Engine, backend: Any, prefix: str
+) -> None:
+    if backend.name != "postgresql":
+        pytest.skip("a PostgreSQL storage parameter")
+    from eventbus_contrib.sqlalchemy import outbox_tables
+
+    metadata = sa.MetaData()
+    outbox_tables(metadata, prefix=prefix)
+    metadata.create_all(engine)  # as a migration would, without the ALTER
+    SQLAlchemyOutbox(engine, prefix=prefix).close()
+    assert reloptions(engine, f"{prefix}_outbox") == []

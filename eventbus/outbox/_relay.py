@@ -67,6 +67,8 @@ class _Batch:
     worker thread did not get to within its time budget."""
     completed: int | None = None
     """Rows the worker thread completed itself (None: completing is left to the loop)."""
+    error: Exception | None = None
+    """Why the worker thread could not complete the batch."""
 
 
 def _contention(error: BaseException, outbox: object) -> bool:
@@ -263,9 +265,12 @@ class Relay:
             else:
                 batch.failed.append((item, error))
         if not batch.left and not batch.failed and finished:
-            batch.completed = self._outbox.complete(
-                finished, owner=self.owner, processed=_marks(batch.handled)
-            )
+            try:
+                batch.completed = self._outbox.complete(
+                    finished, owner=self.owner, processed=_marks(batch.handled)
+                )
+            except Exception as error:  # raised on the loop, once the hooks are sent
+                batch.error = error
         return batch
 
     def _unseen(self, items: list[_Item], finished: list[int]) -> list[_Item]:
@@ -298,6 +303,15 @@ class Relay:
                     finished.append(item.row.id)
                 elif await self._failed(item.row, item.handler, item.envelope, error):
                     finished.append(item.row.id)
+            for item in handled:  # the handlers returned, whatever becomes of the rows
+                hooks._send(
+                    hooks.event_handled,
+                    self._bus,
+                    envelope=item.envelope,
+                    handler=item.handler.name,
+                )
+            if batch.error is not None:
+                raise batch.error
             count = batch.completed
             if count is None and finished:
                 count = await self._bus._runtime.run_sync(
@@ -307,13 +321,6 @@ class Relay:
                         owner=self.owner,
                         processed=_marks(handled),
                     )
-                )
-            for item in handled:
-                hooks._send(
-                    hooks.event_handled,
-                    self._bus,
-                    envelope=item.envelope,
-                    handler=item.handler.name,
                 )
             if handled:
                 envelopes = tuple(item.envelope for item in handled)

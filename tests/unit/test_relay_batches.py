@@ -228,3 +228,42 @@ def test_a_mixed_batch_is_settled_as_one(
         connection.close()
     assert effects == [0, 1, 2, 3, 4]
     assert marks == [("async", 5), ("own", 5), ("sync", 4)]
+
+
+def test_a_delivery_whose_completion_fails_is_still_reported_handled(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another writer holds SQLite's write lock past the busy timeout while the relay
+    completes a batch: the handler did return, so event_handled is sent; the row waits
+    for its lease and is delivered again (a plain handler is at least once)."""
+    outbox = SQLiteOutbox(path, poll_interval=0.05, lease=0.5, timeout=0.2)
+    bus = EventBus(registry=REGISTRY, outbox=outbox, shutdown_timeout=2.0)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reported: list[int] = []
+    ran: list[int] = []
+
+    @bus.subscribe(name="keep", delivery="durable")
+    def keep(event: OrderPlaced) -> None:
+        ran.append(event.number)
+        if len(ran) == 1:
+            holder.execute("BEGIN IMMEDIATE")  # released once the hook has been sent
+
+    def on_handled(_sender: object, *, envelope: Envelope, handler: str) -> None:
+        reported.append(envelope.event.number)
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+
+    try:
+        with hooks.event_handled.connected_to(on_handled, sender=bus):
+            bus.publish(OrderPlaced(number=7))
+            deadline = time.monotonic() + 10
+            while (len(ran) < 2 or outbox.status().pending) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            bus.drain(timeout=5)
+    finally:
+        bus.close()
+        holder.close()
+        outbox.close()
+    assert ran == [7, 7]
+    assert reported == [7, 7]
+    assert "could not settle a batch" in caplog.text

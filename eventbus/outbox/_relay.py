@@ -7,6 +7,12 @@ key's events reach its handler in outbox order even across retries and relays. A
 in this process wakes it at once; polling every ``poll_interval`` is the safety net that
 makes it correct (a row committed by another process, a lease that ran out).
 
+A batch makes one trip to a worker thread: claim, decode, the inbox check (answered by
+the claim itself where the store can), plain sync handlers for up to ``_INLINE_BUDGET``,
+and, when nothing is left, the completion. Only what needs the loop goes back to it:
+async and connection-taking handlers, slow sync handlers (spread over all the worker
+threads), failures and the hooks.
+
 Durable handlers get an inbox keyed by (handler, envelope id): a row delivered again
 after a crash is recognised and not handled twice. A handler that takes a
 ``sqlite3.Connection`` gets one with an open transaction in which its inbox mark is

@@ -114,6 +114,9 @@ database's bound-parameter limit and MariaDB's default ``max_allowed_packet`` (1
 
 _ERROR_LENGTH: Final = 2000
 
+_FILLFACTOR: Final = 50
+"""Percent of each PostgreSQL outbox page filled by INSERTs (see _fillfactor_sql)."""
+
 _CLAIMED: Final = (
     "id",
     "envelope_id",
@@ -154,7 +157,10 @@ def outbox_tables(metadata: sa.MetaData, *, prefix: str = "eventbus") -> tuple[s
     from the database clock; ``id`` never goes back (``AUTOINCREMENT`` on SQLite, a
     sequence on PostgreSQL, InnoDB's persistent counter on MariaDB >= 10.2.4).
     ``(destination, key, id)`` is indexed on the first 255 characters of ``key`` on
-    MariaDB/MySQL, whose index entries cannot hold 1024 utf8mb4 characters.
+    MariaDB/MySQL, whose index entries cannot hold 1024 utf8mb4 characters. On
+    PostgreSQL, also run ``ALTER TABLE {prefix}_outbox SET (fillfactor = 50)`` in the
+    migration (the store does it for tables it creates; ``schema_sql()`` includes it): it
+    halves what the relay's claims cost.
     """
     if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
         raise ConfigurationError(
@@ -314,6 +320,8 @@ class SQLAlchemyOutbox:
             outbox.c.id.in_(sa.bindparam("ids", expanding=True)),
         )
         self._mark_many = self._mark_statement()
+        self._complete_pg = self._complete_with_arrays() if self._kind == "postgresql" else ""
+        self._claims: dict[int, sa.Update] = {}
         self._prepare(create=create)
 
     def __repr__(self) -> str:
@@ -359,11 +367,26 @@ class SQLAlchemyOutbox:
                 str(CreateIndex(index).compile(dialect=dialect)).strip()
                 for index in sorted(table.indexes, key=lambda index: str(index.name))
             )
+        if self._kind == "postgresql":
+            statements.append(self._fillfactor_sql())
         return "".join(f"{statement};\n" for statement in statements)
 
     def _create(self) -> None:
         with self._guard("create the outbox tables"), self._writer.begin() as connection:
+            new = self._kind == "postgresql" and not sa.inspect(connection).has_table(
+                self.outbox.name
+            )
             self.outbox.metadata.create_all(connection, tables=[self.outbox, self.inbox])
+            if new:  # a table the application made keeps its own storage settings
+                connection.exec_driver_sql(self._fillfactor_sql())
+
+    def _fillfactor_sql(self) -> str:
+        """PostgreSQL: leave half of each outbox page free. The relay updates every row
+        once (its lease) before deleting it; with room on the page, that update is a HOT
+        one, which writes no index entries: a claim of 200 rows then writes a quarter of
+        the WAL (45 KB instead of 181 KB), and takes about half as long. The outbox is a
+        queue, its rows short-lived, so the space costs little."""
+        return f"ALTER TABLE {self.outbox.name} SET (fillfactor = {_FILLFACTOR})"
 
     # -- the publisher's side ----------------------------------------------------------
 
@@ -477,22 +500,27 @@ class SQLAlchemyOutbox:
     # -- the relay's side --------------------------------------------------------------
 
     def claim(self, *, owner: str, batch: int, lease: float) -> list[ClaimedRow]:
-        """Lease up to ``batch`` available rows, oldest first, at most one per key."""
+        """Lease up to ``batch`` available rows, oldest first, at most one per key (on
+        PostgreSQL each also says whether its destination's inbox holds its envelope)."""
+        seen = self._kind == "postgresql"
         with self._begin("claim outbox rows") as connection:
             if self._kind == "mysql":  # MariaDB too
                 found = self._claim_in_two(connection, owner, batch, lease)
             else:
                 found = self._claim_in_one(connection, owner, batch, lease)
+        # Rows unpacked by position (the order of _CLAIMED): a Row's attributes by name
+        # cost a lookup each, which shows on batches of hundreds.
         rows = [
             ClaimedRow(
-                id=int(row.id),
-                envelope_id=uuid.UUID(row.envelope_id),
-                name=row.name,
-                destination=row.destination,
-                key=row.key,
-                payload=bytes(row.payload),
-                attempts=int(row.attempts),
-                created_at=float(row.created_at),
+                id=int(row[0]),
+                envelope_id=uuid.UUID(row[1]),
+                name=row[2],
+                destination=row[3],
+                key=row[4],
+                payload=bytes(row[5]),
+                attempts=int(row[6]),
+                created_at=float(row[7]),
+                seen=bool(row[8]) if seen else None,
             )
             for row in found
         ]
@@ -528,7 +556,7 @@ class SQLAlchemyOutbox:
 
     def _claim_in_one(
         self, connection: Connection, owner: str, batch: int, lease: float
-    ) -> Sequence[sa.Row[Any]]:
+    ) -> Sequence[Any]:
         """PostgreSQL and SQLite: one UPDATE of the rows the SELECT picked, RETURNING them.
 
         On PostgreSQL the SELECT is a materialised CTE, run exactly once: as ``id IN
@@ -537,6 +565,14 @@ class SQLAlchemyOutbox:
         forced, that leased 30 rows for a batch of 2. SQLite runs an uncorrelated IN
         subquery once.
         """
+        statement = self._claims.get(batch)
+        if statement is None:
+            statement = self._claims[batch] = self._claim_statement(batch)
+        return connection.execute(statement, {"owner": owner, "lease": float(lease)}).all()
+
+    def _claim_statement(self, batch: int) -> sa.Update:
+        """The claim of ``_claim_in_one``, built once per batch size (building it cost
+        more per call than SQLAlchemy's cached compilation saves)."""
         table = self.outbox
         claimable = self._claimable(batch, only_id=True)
         if self._kind == "postgresql":
@@ -546,17 +582,37 @@ class SQLAlchemyOutbox:
             chosen = table.c.id == picked.c.id
         else:
             chosen = table.c.id.in_(claimable)
-        statement = (
+        returned: list[sa.ColumnElement[Any]] = [table.c[name] for name in _CLAIMED]
+        if self._kind == "postgresql":
+            # Whether the inbox holds the envelope already: spares the relay a statement.
+            # OFFSET 0 keeps PostgreSQL from turning the EXISTS into a hashed subplan, a
+            # scan of the whole inbox per claim (its choice while the inbox has no
+            # statistics); with it, each row is one probe of the inbox's primary key.
+            # (Not on SQLite, which plans this subquery in RETURNING as an inbox scan.)
+            inbox = self.inbox
+            returned.append(
+                sa.select(inbox.c.handler)
+                .where(
+                    inbox.c.handler == table.c.destination,
+                    inbox.c.envelope_id == table.c.envelope_id,
+                )
+                .offset(0)
+                .exists()
+                .label("seen")
+            )
+        lease: sa.BindParameter[float] = sa.bindparam("lease", type_=sa.Double())
+        return (
             sa.update(table)
             .where(chosen)
-            .values(lease_owner=owner, lease_until=self._now + float(lease))
-            .returning(*(table.c[name] for name in _CLAIMED))
+            .values(
+                lease_owner=sa.bindparam("owner", type_=sa.String()), lease_until=self._now + lease
+            )
+            .returning(*returned)
         )
-        return connection.execute(statement).all()
 
     def _claim_in_two(
         self, connection: Connection, owner: str, batch: int, lease: float
-    ) -> Sequence[sa.Row[Any]]:
+    ) -> Sequence[Any]:
         """MariaDB/MySQL (no UPDATE ... RETURNING): lock the rows, then lease them, in the
         same short transaction."""
         found = connection.execute(self._claimable(batch, only_id=False)).all()
@@ -585,8 +641,13 @@ class SQLAlchemyOutbox:
         ids = list(ids)
         if not ids:
             return 0
-        pairs = sorted({(handler, str(envelope_id)) for handler, envelope_id in processed})
+        pairs = sorted({(handler, _uuid_text(envelope_id)) for handler, envelope_id in processed})
         with self._begin("complete outbox rows") as connection:
+            if self._complete_pg:
+                result = connection.exec_driver_sql(
+                    self._complete_pg, _completion_parameters(ids, owner, pairs)
+                )
+                return int(result.rowcount)
             if pairs:
                 # executemany of one statement built once (sent as multi-row VALUES):
                 # building the INSERT with literal values compiled it on every call.
@@ -702,6 +763,20 @@ class SQLAlchemyOutbox:
                 return int(joined.execute(statement).rowcount) == 1
         with self._begin("write the inbox") as own:
             return int(own.execute(statement).rowcount) == 1
+
+    def _complete_with_arrays(self) -> str:
+        """PostgreSQL: write the inbox marks and delete the completed rows in one statement
+        (a data-modifying CTE always runs), each list bound as one array. The marks go in
+        the order given (sorted), so two relays marking the same pairs cannot deadlock."""
+        outbox, inbox, now = self.outbox.name, self.inbox.name, _NOW_SQL["postgresql"]
+        return (
+            f"WITH marked AS (INSERT INTO {inbox} (handler, envelope_id, processed_at) "
+            f"SELECT (%(handlers)s::varchar[])[m.handler], m.envelope_id, {now} "
+            "FROM unnest(%(which)s::int[], %(envelopes)s::varchar[]) "
+            "WITH ORDINALITY AS m(handler, envelope_id, n) ORDER BY m.n "
+            "ON CONFLICT DO NOTHING) "
+            f"DELETE FROM {outbox} WHERE lease_owner = %(owner)s AND id = ANY(%(ids)s::bigint[])"
+        )
 
     def _mark_statement(self) -> sa.Insert:
         """INSERT one inbox row (bound handler and envelope_id), skipping existing ones."""
@@ -1114,6 +1189,38 @@ def _check_sqlite_began(connection: Connection) -> None:
             "this SQLite connection did not begin a transaction: it was made before the "
             "SQLAlchemyOutbox set up its engine. Create the outbox first, then sessions"
         )
+
+
+def _uuid_text(value: uuid.UUID) -> str:
+    """The canonical text of an envelope id (the inbox's form); anything else that names
+    a UUID is normalised, and what does not raises ValueError."""
+    return str(value if type(value) is uuid.UUID else uuid.UUID(str(value)))
+
+
+def _completion_parameters(
+    ids: list[int], owner: str, pairs: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """The parameters of the PostgreSQL completion. Ids, the marks' envelope ids and the
+    index of each mark's handler go as array literals in one text each: psycopg adapts a
+    Python list element by element in Python, which cost about 1 ms for a batch of 200
+    (more than the statement). Those values need no quoting: digits, and UUIDs in their
+    canonical text. Handler names may hold any character: psycopg adapts their (short)
+    list of distinct names."""
+    handlers: dict[str, int] = {}
+    for handler, _ in pairs:
+        handlers.setdefault(handler, len(handlers) + 1)  # PostgreSQL arrays count from 1
+    return {
+        "handlers": list(handlers),
+        "which": _array_literal(str(handlers[handler]) for handler, _ in pairs),
+        "envelopes": _array_literal(envelope_id for _, envelope_id in pairs),
+        "owner": owner,
+        "ids": _array_literal(str(int(row_id)) for row_id in ids),
+    }
+
+
+def _array_literal(items: Iterable[str]) -> str:
+    """A PostgreSQL array literal of items that need no quoting."""
+    return "{" + ",".join(items) + "}"
 
 
 def _parameters(row: PendingRow) -> dict[str, Any]:

@@ -7,6 +7,12 @@ key's events reach its handler in outbox order even across retries and relays. A
 in this process wakes it at once; polling every ``poll_interval`` is the safety net that
 makes it correct (a row committed by another process, a lease that ran out).
 
+A batch makes one trip to a worker thread: claim, decode, the inbox check (answered by
+the claim itself where the store can), plain sync handlers for up to ``_INLINE_BUDGET``,
+and, when nothing is left, the completion. Only what needs the loop goes back to it:
+async and connection-taking handlers, slow sync handlers (spread over all the worker
+threads), failures and the hooks.
+
 Durable handlers get an inbox keyed by (handler, envelope id): a row delivered again
 after a crash is recognised and not handled twice. A handler that takes a
 ``sqlite3.Connection`` gets one with an open transaction in which its inbox mark is
@@ -30,6 +36,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .. import hooks
+from .._causation import current_frame
 from .._delivery import Attempted, Outcome, after_failure, call_in_transaction, dead_letter
 from ..errors import SerializationError, SkipEvent, UnknownEventError
 from ..transports._link import FORWARD
@@ -50,6 +57,28 @@ class _Item:
     row: ClaimedRow
     envelope: Envelope
     handler: Handler
+
+
+@attrs.define
+class _Batch:
+    """A claimed batch on its way through the relay: what the worker thread did with it,
+    and what is left for the event loop."""
+
+    rows: list[ClaimedRow]
+    finished: list[int]
+    """Row ids to complete: handled, duplicates, buried."""
+    handled: list[_Item] = attrs.Factory(list)
+    """Handled (or skipped) on the worker thread."""
+    failed: list[tuple[_Item, Exception]] = attrs.Factory(list)
+    left: list[_Item] = attrs.Factory(list)
+    """Still to run, on the loop: async and connection-taking handlers, and sync ones the
+    worker thread did not get to within its time budget."""
+    completed: int | None = None
+    """Rows the worker thread completed itself (None: completing is left to the loop)."""
+    error: Exception | None = None
+    """Why the worker thread could not complete the batch."""
+    forward: list[ClaimedRow] = attrs.Factory(list)
+    """Rows bound for the transport: published, then completed, on the loop."""
 
 
 def _contention(error: BaseException, outbox: object) -> bool:
@@ -85,9 +114,19 @@ def _chunks(items: list[_Item], count: int) -> list[list[_Item]]:
     return chunks
 
 
+def _marks(handled: list[_Item]) -> list[tuple[str, uuid.UUID]]:
+    """Inbox marks for handled items; connection-taking handlers wrote their own."""
+    return [(i.handler.name, i.envelope.id) for i in handled if not i.handler.wants_connection]
+
+
 logger = logging.getLogger("eventbus.relay")
 
 _MISSING_HANDLER_DELAY = 60.0
+
+_INLINE_BUDGET = 0.005
+"""Seconds of plain sync handlers the claiming worker thread runs itself, one after
+another. Quick handlers (the usual case) then cost no handoff to other threads; once a
+batch's handlers take longer (they wait on I/O), the rest run on all the worker threads."""
 
 
 class Relay:
@@ -151,24 +190,21 @@ class Relay:
                 self._cycle += 1
                 cycle = self._cycle
                 try:
-                    rows = await self._bus._runtime.run_sync(
-                        lambda: self._outbox.claim(
-                            owner=self.owner, batch=self._batch, lease=self._lease
-                        )
-                    )
+                    # One trip to a worker thread per batch: claim, decode, the inbox check,
+                    # the plain sync handlers and (when they all succeeded) the completion.
+                    batch = await self._bus._runtime.run_sync(self._claim_and_work)
+                    if batch is not None:
+                        self._delivered = True
+                        await self._finish(batch)
                 except Exception:
-                    logger.exception("the relay could not claim outbox rows; trying again")
-                    rows = []
-                if rows:
+                    # A database error while settling rows (a lock held too long, a
+                    # lost connection): the rows stay leased and come back when the
+                    # lease runs out. The relay itself must go on.
                     self._delivered = True
-                    try:
-                        await self.deliver(rows)
-                    except Exception:
-                        # A database error while settling rows (a lock held too long, a
-                        # lost connection): the rows stay leased and come back when the
-                        # lease runs out. The relay itself must go on.
-                        logger.exception("the relay could not settle a batch; it goes on")
-                        await asyncio.sleep(self._poll_interval)
+                    logger.exception("the relay could not settle a batch; it goes on")
+                    await asyncio.sleep(self._poll_interval)
+                    continue
+                if batch is not None:
                     continue
                 self._quiet_cycle = cycle
                 self._quiet.set()
@@ -184,6 +220,25 @@ class Relay:
             self._stopped = True
             self._quiet.set()  # nobody waits for a relay that has stopped
 
+    def _claim_and_work(self) -> _Batch | None:
+        """On a worker thread: claim a batch and do its thread work; None when nothing
+        was claimed (or the claim failed: the next cycle tries again)."""
+        try:
+            rows = self._outbox.claim(owner=self.owner, batch=self._batch, lease=self._lease)
+        except Exception:
+            logger.exception("the relay could not claim outbox rows; trying again")
+            return None
+        if not rows:
+            return None
+        # Set operations on ints are atomic under the GIL: the renewer on the loop may read
+        # the set while this thread changes it.
+        self._in_flight.update(row.id for row in rows)
+        try:
+            return self._work(rows)
+        except BaseException:
+            self._in_flight.difference_update(row.id for row in rows)
+            raise
+
     async def deliver(self, rows: list[ClaimedRow]) -> None:
         """Deliver claimed rows (at most one per key), then settle them in one statement.
 
@@ -191,59 +246,115 @@ class Relay:
         chunks on the worker threads), then one transaction completes the delivered rows
         and writes their inbox marks.
         """
-        run = self._bus._runtime.run_sync
         self._in_flight.update(row.id for row in rows)
         try:
+            batch = await self._bus._runtime.run_sync(self._work, rows)
+        except BaseException:
+            self._in_flight.difference_update(row.id for row in rows)
+            raise
+        await self._finish(batch)
+
+    def _work(self, rows: list[ClaimedRow]) -> _Batch:
+        """On a worker thread: prepare the rows, run the plain sync handlers, and complete
+        the batch when nothing is left for the loop (the usual case)."""
+        forward: list[ClaimedRow] = []
+        local = rows
+        if self._bus._link is not None:
+            forward = [row for row in rows if row.destination == FORWARD]
+            if forward:
+                local = [row for row in rows if row.destination != FORWARD]
+        items, finished = self._prepare(local)
+        fresh = self._unseen(items, finished)
+        batch = _Batch(rows, finished, forward=forward)
+        plain = [i for i in fresh if not i.handler.is_async and not i.handler.wants_connection]
+        batch.left = [i for i in fresh if i.handler.is_async or i.handler.wants_connection]
+        deadline = time.perf_counter() + _INLINE_BUDGET
+        for index, item in enumerate(plain):
+            if time.perf_counter() > deadline:
+                # Slow handlers (waiting on I/O): the rest overlap on the worker threads.
+                batch.left.extend(plain[index:])
+                break
+            error = self._call_sync(item)
+            if error is None or isinstance(error, SkipEvent):
+                batch.handled.append(item)
+                finished.append(item.row.id)
+            else:
+                batch.failed.append((item, error))
+        if not batch.left and not batch.failed and finished:
+            try:
+                batch.completed = self._outbox.complete(
+                    finished, owner=self.owner, processed=_marks(batch.handled)
+                )
+            except Exception as error:  # raised on the loop, once the hooks are sent
+                batch.error = error
+        return batch
+
+    def _unseen(self, items: list[_Item], finished: list[int]) -> list[_Item]:
+        """The items the inbox does not know yet; the others are finished (delivered before:
+        a crash after the handler, or twice in this batch)."""
+        keys = [(item.handler.name, item.envelope.id) for item in items]
+        asked = [pair for item, pair in zip(items, keys, strict=True) if item.row.seen is None]
+        seen = self._outbox.seen_many(asked) if asked else set()
+        fresh: list[_Item] = []
+        for item, pair in zip(items, keys, strict=True):
+            if item.row.seen or pair in seen:
+                finished.append(item.row.id)
+            else:
+                seen.add(pair)
+                fresh.append(item)
+        return fresh
+
+    async def _finish(self, batch: _Batch) -> None:
+        """On the loop: run what the worker thread left, settle failures, complete (unless
+        done already), and send the hooks."""
+        try:
             link = self._bus._link
-            if link is not None and any(row.destination == FORWARD for row in rows):
-                # Rows bound for the transport: published, then completed, here.
-                await self._forward(link, [row for row in rows if row.destination == FORWARD])
-                rows = [row for row in rows if row.destination != FORWARD]
-            items, finished = await self._prepare(rows)
-            keys = [(item.handler.name, item.envelope.id) for item in items]
-            seen = await run(self._outbox.seen_many, keys) if keys else set()
-            fresh: list[_Item] = []
-            for item, pair in zip(items, keys, strict=True):
-                if pair in seen:
-                    # Delivered before (a crash after the handler), or twice in this batch.
-                    finished.append(item.row.id)
-                else:
-                    seen.add(pair)
-                    fresh.append(item)
-            marks: list[tuple[str, uuid.UUID]] = []
-            delivered: list[Envelope] = []
-            for item, error in await self._run_all(fresh):
+            if batch.forward and link is not None:
+                await self._forward(link, batch.forward)
+            finished = batch.finished
+            outcomes: list[tuple[_Item, Exception | None]] = list(batch.failed)
+            if batch.left:
+                outcomes.extend(await self._run_all(batch.left))
+            handled = list(batch.handled)  # their rows are in finished already
+            for item, error in outcomes:
                 if error is None or isinstance(error, SkipEvent):
-                    hooks._send(
-                        hooks.event_handled,
-                        self._bus,
-                        envelope=item.envelope,
-                        handler=item.handler.name,
-                    )
+                    handled.append(item)
                     finished.append(item.row.id)
-                    delivered.append(item.envelope)
-                    if not item.handler.wants_connection:
-                        marks.append((item.handler.name, item.envelope.id))
                 elif await self._failed(item.row, item.handler, item.envelope, error):
                     finished.append(item.row.id)
-            if finished:
-                count = await run(
+            for item in handled:  # the handlers returned, whatever becomes of the rows
+                hooks._send(
+                    hooks.event_handled,
+                    self._bus,
+                    envelope=item.envelope,
+                    handler=item.handler.name,
+                )
+            if batch.error is not None:
+                raise batch.error
+            count = batch.completed
+            if count is None and finished:
+                count = await self._bus._runtime.run_sync(
                     functools.partial(
-                        self._outbox.complete, finished, owner=self.owner, processed=marks
+                        self._outbox.complete,
+                        finished,
+                        owner=self.owner,
+                        processed=_marks(handled),
                     )
                 )
-                if delivered:
-                    hooks._send(hooks.outbox_relayed, self._bus, envelopes=tuple(delivered))
-                if count != len(finished):
-                    logger.warning(
-                        "%d delivered outbox rows were no longer leased to this relay "
-                        "(lease ran out); another relay may deliver them again",
-                        len(finished) - count,
-                    )
+            if handled:
+                envelopes = tuple(item.envelope for item in handled)
+                hooks._send(hooks.outbox_relayed, self._bus, envelopes=envelopes)
+            if count is not None and count != len(finished):
+                logger.warning(
+                    "%d delivered outbox rows were no longer leased to this relay "
+                    "(lease ran out); another relay may deliver them again",
+                    len(finished) - count,
+                )
         finally:
-            self._in_flight.difference_update(row.id for row in rows)
+            self._in_flight.difference_update(row.id for row in batch.rows)
 
     async def _forward(self, link: TransportLink, rows: list[ClaimedRow]) -> None:
+        """Publish rows bound for the transport; complete those the broker confirmed."""
         done, envelopes = await link.forward(self._outbox, self.owner, rows)
         if done:
             count = await self._bus._runtime.run_sync(
@@ -258,18 +369,20 @@ class Relay:
         if envelopes:
             hooks._send(hooks.outbox_relayed, self._bus, envelopes=tuple(envelopes))
 
-    async def _prepare(self, rows: list[ClaimedRow]) -> tuple[list[_Item], list[int]]:
-        """Decode rows and find their handlers; bury what cannot be decoded."""
-        decoded = await self._bus._runtime.run_sync(self._decode_all, rows)
+    def _prepare(self, rows: list[ClaimedRow]) -> tuple[list[_Item], list[int]]:
+        """Decode rows and find their handlers; bury what cannot be decoded (worker thread)."""
+        decode = self._bus.codec.decode
+        handlers = self._bus._handlers
         items: list[_Item] = []
         finished: list[int] = []
-        for row, result in zip(rows, decoded, strict=True):
-            if isinstance(result, Exception):
-                logger.error("outbox row %d (%s) cannot be decoded: %s", row.id, row.name, result)
-                await self._bury_undecodable(row, result)
+        for row in rows:
+            try:
+                envelope = decode(row.payload)
+            except (SerializationError, UnknownEventError) as error:
+                self._bury_undecodable(row, error)
                 finished.append(row.id)
                 continue
-            handler = self._bus._handlers.get(row.destination)
+            handler = handlers.get(row.destination)
             if handler is None or handler.delivery != "durable":
                 logger.error(
                     "outbox row %d is for durable handler %r, which this bus does not have; "
@@ -277,25 +390,15 @@ class Relay:
                     row.id,
                     row.destination,
                 )
-                await self._reschedule(
+                self._reschedule_now(
                     row,
                     f"no durable handler named {row.destination!r} in this process",
                     _MISSING_HANDLER_DELAY,
                     count_attempt=False,
                 )
                 continue
-            items.append(_Item(row, result, handler))
+            items.append(_Item(row, envelope, handler))
         return items, finished
-
-    def _decode_all(self, rows: list[ClaimedRow]) -> list[Envelope | Exception]:
-        decode = self._bus.codec.decode
-        results: list[Envelope | Exception] = []
-        for row in rows:
-            try:
-                results.append(decode(row.payload))
-            except (SerializationError, UnknownEventError) as error:
-                results.append(error)
-        return results
 
     async def _run_all(self, items: list[_Item]) -> list[tuple[_Item, Exception | None]]:
         """Run every item's handler; returns each item with its error (or None)."""
@@ -315,24 +418,23 @@ class Relay:
 
     def _run_chunk(self, chunk: list[_Item]) -> list[Exception | None]:
         """Sync handlers, one after another on one worker thread."""
-        from .._causation import current_frame  # noqa: PLC0415
+        return [self._call_sync(item) for item in chunk]
 
-        errors: list[Exception | None] = []
-        for item in chunk:
-            envelope = item.envelope
-            token = current_frame.set([envelope.event, None, None, envelope])
-            try:
-                if item.handler.wants_envelope:
-                    item.handler.fn(envelope.event, envelope)
-                else:
-                    item.handler.fn(envelope.event)
-            except Exception as error:
-                errors.append(error)
+    def _call_sync(self, item: _Item) -> Exception | None:
+        """Run a plain sync handler here, with its envelope as the cause of what it
+        publishes; returns its error (or None)."""
+        envelope = item.envelope
+        token = current_frame.set([envelope.event, None, None, envelope])
+        try:
+            if item.handler.wants_envelope:
+                item.handler.fn(envelope.event, envelope)
             else:
-                errors.append(None)
-            finally:
-                current_frame.reset(token)
-        return errors
+                item.handler.fn(envelope.event)
+        except Exception as error:
+            return error
+        finally:
+            current_frame.reset(token)
+        return None
 
     async def _run_one(self, item: _Item) -> Exception | None:
         try:
@@ -377,19 +479,25 @@ class Relay:
     async def _reschedule(
         self, row: ClaimedRow, error: str, delay: float, *, count_attempt: bool = True
     ) -> None:
+        await self._bus._runtime.run_sync(
+            functools.partial(self._reschedule_now, row, error, delay, count_attempt=count_attempt)
+        )
+
+    def _reschedule_now(
+        self, row: ClaimedRow, error: str, delay: float, *, count_attempt: bool = True
+    ) -> None:
         attempts = row.attempts + 1 if count_attempt else row.attempts
-        kept = await self._bus._runtime.run_sync(
-            lambda: self._outbox.reschedule(
-                row.id, owner=self.owner, attempts=attempts, delay=delay, error=error
-            )
+        kept = self._outbox.reschedule(
+            row.id, owner=self.owner, attempts=attempts, delay=delay, error=error
         )
         if not kept:
             logger.warning("outbox row %d was taken over by another relay mid-delivery", row.id)
 
-    async def _bury_undecodable(self, row: ClaimedRow, error: Exception) -> None:
+    def _bury_undecodable(self, row: ClaimedRow, error: Exception) -> None:
         """A row whose bytes cannot become an envelope: keep it as a dead letter, raw."""
         from ..deadletters import DeadLetter  # noqa: PLC0415
 
+        logger.error("outbox row %d (%s) cannot be decoded: %s", row.id, row.name, error)
         now = datetime.now(UTC)
         letter = DeadLetter(
             id=uuid.uuid4(),
@@ -404,7 +512,7 @@ class Relay:
             last_failed_at=now,
             payload=row.payload,
         )
-        await self._bus._runtime.run_sync(self._bus.dead_letters.add, letter)
+        self._bus.dead_letters.add(letter)
 
     async def _renew_leases(self) -> None:
         """Keep the leases of rows in delivery alive, so a slow handler is not taken over."""

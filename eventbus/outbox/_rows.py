@@ -39,6 +39,10 @@ class ClaimedRow:
     """Attempts made before this one."""
     created_at: float
     """Unix seconds, database clock."""
+    seen: bool | None = attrs.field(default=None, eq=False)
+    """Whether the inbox held (destination, envelope id) when the row was claimed, for a
+    store that looks in the claim itself (saving the relay a round trip); None when the
+    store did not look, and the relay asks ``seen_many``."""
 
 
 @attrs.frozen

@@ -50,7 +50,9 @@ terminates it. ``delivery_count`` is JetStream's ``num_delivered``. ``max_delive
 the broker's own limit (past it a message is no longer delivered, and no dead letter is
 kept by NATS): leave it None and let the worker dead-letter past its own limit. A
 subscription that is closed naks what it held, so the group's next consumer gets it
-without waiting for ``ack_wait``.
+without waiting for ``ack_wait``: once the closed subscription's last pull request has
+ended at the server (at most 5 s, or ``ack_wait / 2`` if shorter), since JetStream 2.9
+would hand it to that request otherwise.
 
 Order: one consumer of a group gets a topic's messages in publish order. Redeliveries
 (after a nack or an expired ``ack_wait``) come after newer messages already delivered,
@@ -124,12 +126,14 @@ _ERR_MESSAGE_TOO_LARGE = 10054
 _ERR_SUBJECTS_OVERLAP = 10065
 _ERR_STREAM_NAME_IN_USE = 10058
 
-# A pull request lives this long at the server; heartbeats while it waits tell a quiet
-# stream from a dead connection, so a lost request is replaced within a few seconds.
-_PULL_EXPIRES = 30.0
-_PULL_HEARTBEAT = 5.0
-# The server says something at least every heartbeat; this much silence means lost.
-_PULL_SILENCE = 2 * _PULL_HEARTBEAT + 1.0
+# A pull request lives at most this long at the server, which ends it with a 408; no
+# word by then (and a margin) means the request or its connection was lost. Short, for
+# a second reason: JetStream (2.9) hands a nak'd message to any pull request still
+# waiting, even one whose inbox is gone, where it sits unseen until ack_wait (and 2.9.10
+# may then deliver it twice). So a subscription that closes naks what it held with a
+# delay that outlasts its own requests (see _Subscription.close).
+_PULL_EXPIRES_MAX = 5.0
+_PULL_MARGIN = 1.0
 _BACKOFF_FIRST = 0.2
 _BACKOFF_MAX = 5.0
 
@@ -323,6 +327,8 @@ class _Pull:
     durable: str
     serial: int = 0
     """Which of this pull's requests is the current one (replies name it)."""
+    expires_at: float = 0.0
+    """When the current request ends at the server."""
     outstanding: int = 0
     """Messages the current request may still bring; 0 = ask again."""
     deadline: float = 0.0
@@ -351,6 +357,9 @@ class _Subscription:
         self.inbox = ""
         self.sub: Subscription | None = None
         self.backoff = _BACKOFF_FIRST
+        # Under ack_wait, so a redelivery after ack_wait never meets a request of a
+        # consumer that died (see _PULL_EXPIRES_MAX).
+        self.expires = min(_PULL_EXPIRES_MAX, max(0.5, options.ack_wait / 2))
 
     async def _deliver(self, msg: Msg) -> None:
         self.queue.put_nowait(msg)
@@ -369,14 +378,9 @@ class _Subscription:
         options = self.transport._options
         pull.serial += 1
         pull.outstanding = options.batch
-        pull.deadline = time.monotonic() + _PULL_SILENCE
-        body = json.dumps(
-            {
-                "batch": options.batch,
-                "expires": int(_PULL_EXPIRES * 1e9),
-                "idle_heartbeat": int(_PULL_HEARTBEAT * 1e9),
-            }
-        ).encode()
+        pull.expires_at = time.monotonic() + self.expires
+        pull.deadline = pull.expires_at + _PULL_MARGIN
+        body = json.dumps({"batch": options.batch, "expires": int(self.expires * 1e9)}).encode()
         await nc.publish(
             f"$JS.API.CONSUMER.MSG.NEXT.{options.stream}.{pull.durable}",
             body,
@@ -416,9 +420,20 @@ class _Subscription:
             if routed is not None:
                 with contextlib.suppress(nats.errors.NotJSMessageError):
                     pending.append(_NATSReceived(self, routed[0].topic, msg))
-        for received in sorted(pending, key=lambda r: r.sequence):
+        # An entry can be here twice (ack_wait ran out and it came again before we
+        # stopped): nak its latest delivery only, once.
+        latest: dict[int, _NATSReceived] = {}
+        for received in pending:
+            known = latest.get(received.sequence)
+            if known is None or received.delivery_count > known.delivery_count:
+                latest[received.sequence] = received
+        # Our pull requests may still wait at the server; redelivered before they end,
+        # these would go to them, unseen (see _PULL_EXPIRES_MAX).
+        live = max((p.expires_at for p in self.pulls if p.outstanding > 0), default=0.0)
+        delay = live - time.monotonic() + 0.25
+        for sequence in sorted(latest):
             with contextlib.suppress(Exception):
-                await received._msg.nak()
+                await latest[sequence]._msg.nak(delay=delay if delay > 0.25 else None)
 
 
 class NATSTransport:
@@ -741,8 +756,6 @@ class NATSTransport:
                     continue
                 pull, current = routed
                 status = _is_status(msg)
-                if current:
-                    pull.deadline = time.monotonic() + _PULL_SILENCE
                 if status is not None:
                     if current:
                         self._on_status(pull, status, msg)
@@ -804,10 +817,9 @@ class NATSTransport:
             for pull in subscription.pulls:
                 if pull.deadline <= time.monotonic():
                     logger.warning(
-                        "NATS %s: no word from consumer %r for %.0f s; pulling again",
+                        "NATS %s: consumer %r did not end its pull request; pulling again",
                         self._endpoint.display(),
                         pull.durable,
-                        _PULL_SILENCE,
                     )
                     pull.outstanding = 0
             return None
@@ -821,7 +833,7 @@ class NATSTransport:
 
     def _on_status(self, pull: _Pull, status: str, msg: Msg) -> None:
         if status == "100":
-            return  # heartbeat: the request is alive and there is nothing to deliver
+            return  # a heartbeat (we ask for none; harmless)
         pull.outstanding = 0  # this request is over; the next loop asks again
         if status in ("404", "408"):
             return  # no messages / the request expired: normal

@@ -397,6 +397,9 @@ class _Subscription:
                 break
             except RedisError as error:
                 if attempt + 1 == _ACK_ATTEMPTS:
+                    # no longer held: a re-read of own pending entries (after the
+                    # reconnect) or a takeover yields it again, rather than never
+                    self.held.discard(key)
                     raise TransportError(
                         f"XACK of {received!r} failed ({redact(str(error))}); it stays pending "
                         "and is delivered again"
@@ -649,6 +652,7 @@ class RedisStreamsTransport:
                     if self.closed:
                         return
                     subscription.reconnected()
+                    pause = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not a secret
                     logger.warning(
                         "consumer %s of group %r cannot read from Redis at %s (%s); "
                         "trying again in %.1f s",
@@ -656,10 +660,10 @@ class RedisStreamsTransport:
                         group,
                         redact(self._url),
                         redact(str(error)),
-                        delay,
+                        pause,
                     )
                     failing = True
-                    await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter
+                    await asyncio.sleep(pause)
                     delay = min(delay * 2, _BACKOFF_MAX)
                     continue
                 task = asyncio.current_task()

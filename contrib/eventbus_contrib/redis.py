@@ -383,6 +383,33 @@ class _Subscription:
             if acknowledge:
                 await client.xack(stream, self.group, entry)
 
+    async def release(self) -> None:
+        """On close, hand back the entries read but never yielded: with the delivery not
+        counted and an idle time past ``claim_idle``, so the group's next scan takes them
+        over at once instead of after ``claim_idle``. Best effort: if it fails, they are
+        taken over after ``claim_idle`` anyway."""
+        unyielded, self.ready = self.ready, []
+        if not unyielded or self.transport.closed:
+            return
+        idle = int(self.transport.claim_idle * 1000) + 1
+        with contextlib.suppress(RedisError, OSError, TimeoutError, TransportError):
+            async with asyncio.timeout(2.0):
+                pipe = self.transport._client_now().pipeline(transaction=False)
+                for received in unyielded:
+                    pipe.xclaim(
+                        received._stream,
+                        self.group,
+                        self.name,
+                        0,
+                        [received._entry],
+                        idle=idle,
+                        retrycount=received.delivery_count - 1,
+                        justid=True,
+                    )
+                await pipe.execute()
+        for received in unyielded:
+            self.held.discard((received._stream, received._entry))
+
     async def settle(self, received: _Received, *, requeue: bool) -> None:
         key = (received._stream, received._entry)
         if key not in self.held:
@@ -644,41 +671,46 @@ class RedisStreamsTransport:
         subscription = _Subscription(self, list(dict.fromkeys(topics)), group)
         delay = _BACKOFF_FIRST
         failing = False
-        while not self._closed:
-            if not subscription.ready:
-                try:
-                    await subscription.fill()
-                except (RedisError, OSError) as error:
-                    if self.closed:
-                        return
-                    subscription.reconnected()
-                    pause = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not a secret
-                    logger.warning(
-                        "consumer %s of group %r cannot read from Redis at %s (%s); "
-                        "trying again in %.1f s",
-                        subscription.name,
-                        group,
-                        redact(self._url),
-                        redact(str(error)),
-                        pause,
-                    )
-                    failing = True
-                    await asyncio.sleep(pause)
-                    delay = min(delay * 2, _BACKOFF_MAX)
-                    continue
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # seen with redis-py 8.1: a cancel that lands in a blocked XREADGROUP
-                    # can be lost and the read returns empty; honour it here
-                    raise asyncio.CancelledError
-                if failing:
-                    logger.warning(
-                        "consumer %s of group %r reads from Redis again", subscription.name, group
-                    )
-                    failing = False
-                delay = _BACKOFF_FIRST
-            while subscription.ready and not self._closed:
-                yield subscription.ready.pop(0)
+        try:
+            while not self._closed:
+                if not subscription.ready:
+                    try:
+                        await subscription.fill()
+                    except (RedisError, OSError) as error:
+                        if self.closed:
+                            return
+                        subscription.reconnected()
+                        pause = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not a secret
+                        logger.warning(
+                            "consumer %s of group %r cannot read from Redis at %s (%s); "
+                            "trying again in %.1f s",
+                            subscription.name,
+                            group,
+                            redact(self._url),
+                            redact(str(error)),
+                            pause,
+                        )
+                        failing = True
+                        await asyncio.sleep(pause)
+                        delay = min(delay * 2, _BACKOFF_MAX)
+                        continue
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # seen with redis-py 8.1: a cancel that lands in a blocked XREADGROUP
+                        # can be lost and the read returns empty; honour it here
+                        raise asyncio.CancelledError
+                    if failing:
+                        logger.warning(
+                            "consumer %s of group %r reads from Redis again",
+                            subscription.name,
+                            group,
+                        )
+                        failing = False
+                    delay = _BACKOFF_FIRST
+                while subscription.ready and not self._closed:
+                    yield subscription.ready.pop(0)
+        finally:
+            await subscription.release()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -135,6 +135,26 @@ class TestRedisStreamsTransport(TransportContract):
             finally:
                 await iterator.aclose()  # type: ignore[attr-defined]
 
+    async def test_entries_read_but_never_yielded_are_handed_back_at_close(self) -> None:
+        async with self.transport(claim_idle=30.0) as transport:
+            await transport.publish(
+                self.topic, *(message(self.topic, f"m{i}".encode()) for i in range(5))
+            )
+            iterator = transport.subscribe([self.topic], group=self.group)
+            first = await iterator.__anext__()  # the other four were read with it
+            assert first.body == b"m0"
+            await iterator.aclose()  # type: ignore[attr-defined]
+            async with self.consumer(transport) as successor:
+                # at once, not after claim_idle; never yielded, so not counted as delivered
+                got = await successor.take(4, timeout=5.0)
+                assert [(r.body, r.delivery_count) for r in got] == [
+                    (f"m{i}".encode(), 1) for i in range(1, 5)
+                ]
+                for received in got:
+                    await received.ack()
+                await successor.nothing()  # m0 was yielded: it waits for claim_idle
+            await first.ack()
+
     async def test_trimming_never_removes_an_entry_a_group_still_needs(self) -> None:
         stream = self.prefix + self.topic
         client = self.client()

@@ -18,14 +18,15 @@ Options of ``from_url(url, **options)``:
   before another consumer of the group takes it over (``XAUTOCLAIM``). It must exceed the
   time a consumer takes to handle one read of ``batch`` entries (an entry is pending from
   the moment it is read, not from when its handler starts), or entries are handled twice.
-- ``block`` (1 s): how long one ``XREADGROUP`` waits for new entries; also how often a
-  subscription looks for stale entries to take over, at most.
+- ``block`` (1 s): how long one ``XREADGROUP`` waits for new entries. Between reads, every
+  ``claim_idle / 2``, a subscription looks for stale entries of its group to take over.
 - ``batch`` (100): entries per read.
 - ``maxlen`` (None: never trim): after a publish makes a stream longer than about
   ``maxlen`` (at most once a second per stream), entries are trimmed by ``MINID`` down to
   ``maxlen``, but never an entry that some group has not acknowledged (pending, or not read
   yet) and never a stream that no group reads yet. ``trim(topic)`` does the same on demand.
-  Redis 7.0 has no ``XTRIM ... ACKED``, so this runs as a small Lua script.
+  Redis 7.0 has no ``XTRIM ... ACKED``, so this is a small Lua script (atomic), removing at
+  most 1000 entries a call. A group created later reads only what is left.
 
 At the broker, a topic is a stream and a ``group`` is a consumer group on it, created at
 id 0 with ``MKSTREAM`` on first subscribe: entries published before the group existed are
@@ -60,8 +61,16 @@ envelope id (the inbox), never by stream entry id.
 
 Outages: ``publish`` raises ``TransportError`` while Redis is unreachable and works again
 once it is back, on the same transport. A subscription logs a WARNING (never the password),
-retries with capped exponential backoff, and goes on by itself. Limits: Redis takes values
-up to ``proto-max-bulk-len`` (512 MB by default); a body over it fails the publish.
+retries with capped exponential backoff (0.1 s doubling to 5 s), and goes on by itself;
+after a server restart that lost its data it makes its groups again.
+
+Limits: one Redis server (a primary); not Redis Cluster, since one ``XREADGROUP`` reads
+several stream keys. Redis takes values up to ``proto-max-bulk-len`` (512 MB by default);
+a body over it fails the publish. Consumers that stopped stay listed in their group
+(``XINFO CONSUMERS``) with nothing pending once their entries were taken over;
+``XGROUP DELCONSUMER`` removes such a name (never one with pending entries: it would drop
+them). Closing a subscription hands back the entries it read but never yielded, so the
+group's next scan takes them over at once, uncounted.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import attrs
 import pytest
 
 from eventbus.errors import TransportError
+from eventbus.typing import Received
 from tests.proxy import tcp_proxy
 from tests.servers import require_broker, unavailable
 from tests.transports.contract import message
@@ -190,6 +191,7 @@ class RedisServer:
 
     port: int
     directory: Path
+    persistent: bool = True
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -201,7 +203,7 @@ class RedisServer:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "yes",
+                "--appendonly", "yes" if self.persistent else "no",
                 "--appendfsync", "always",
                 "--dir", str(self.directory),
                 "--daemonize", "no",
@@ -258,3 +260,49 @@ async def test_sigkill_and_restart_of_redis_loses_nothing_confirmed(own_redis: R
     finally:
         await publisher.aclose()
         await consumer.aclose()
+
+
+async def test_a_restart_that_lost_everything_is_survived(tmp_path: Path) -> None:
+    """No persistence: the streams and groups are gone after the restart. The subscription
+    makes its group again by itself and receives what is published afterwards."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not on PATH")
+    server = RedisServer(_free_port(), tmp_path, persistent=False)
+    server.start()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    transport = RedisStreamsTransport.from_url(url, **_options("ebfault:"))
+    topic = f"t{uuid.uuid4().hex[:10]}.fault"
+    iterator = transport.subscribe([topic], group="g")
+    pending: asyncio.Future[Received] | None = None
+    try:
+        await transport.publish(topic, message(topic, b"before"))
+        first = await asyncio.wait_for(iterator.__anext__(), 10)
+        assert first.body == b"before"
+        await first.ack()
+        server.kill()
+        await asyncio.to_thread(server.start)
+        pending = asyncio.ensure_future(iterator.__anext__())
+        async with asyncio.timeout(20):
+            while True:
+                await asyncio.sleep(0.2)  # the group must exist again before the publish
+                client = redis.asyncio.Redis(port=server.port)
+                try:
+                    groups = await client.xinfo_groups("ebfault:" + topic)
+                except redis.exceptions.ResponseError:  # no such key yet
+                    groups = []
+                finally:
+                    await client.aclose()
+                if groups:
+                    break
+        await transport.publish(topic, message(topic, b"after"))
+        after = await asyncio.wait_for(pending, 10)
+        assert after.body == b"after"
+        await after.ack()
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        await iterator.aclose()  # type: ignore[attr-defined]
+        await transport.aclose()
+        server.kill()

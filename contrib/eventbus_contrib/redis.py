@@ -433,9 +433,10 @@ class _Subscription:
                 break
             except RedisError as error:
                 if attempt + 1 == _ACK_ATTEMPTS:
-                    # no longer held: a re-read of own pending entries (after the
-                    # reconnect) or a takeover yields it again, rather than never
+                    # no longer held, and its stream's own pending entries are read
+                    # again: it is yielded again (a duplicate) rather than never
                     self.held.discard(key)
+                    self.own.setdefault(received._stream, b"0")
                     raise TransportError(
                         f"XACK of {received!r} failed ({redact(str(error))}); it stays pending "
                         "and is delivered again"

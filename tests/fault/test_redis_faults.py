@@ -118,6 +118,7 @@ async def run_with_faults(
                 if not ledger.stuck:
                     break
                 await asyncio.sleep(0.1)
+            await client.delete(stream)  # the shared server keeps nothing of this test
         finally:
             await client.aclose()
         assert not reader.done(), "the subscription ended"

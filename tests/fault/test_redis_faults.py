@@ -118,7 +118,6 @@ async def run_with_faults(
                 if not ledger.stuck:
                     break
                 await asyncio.sleep(0.1)
-            await client.delete(stream)  # the shared server keeps nothing of this test
         finally:
             await client.aclose()
         assert not reader.done(), "the subscription ended"
@@ -126,6 +125,11 @@ async def run_with_faults(
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+        client = redis.asyncio.Redis(port=server_port)
+        try:  # the shared server keeps nothing of this test
+            await client.delete(publisher.prefix + topic)
+        finally:
+            await client.aclose()
     print(ledger.report(name))
     assert len(ledger.confirmed) == BATCHES * PER_BATCH
     assert not ledger.lost(), sorted(ledger.lost())[:20]

@@ -264,7 +264,7 @@ class _Subscription:
                 self._tag = await queue.consume(self._on_message)
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             refused = _describe(error)
-        except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as error:
+        except Exception as error:  # aiormq fails a dead channel's calls with bare Exception
             failure = _describe(error)
         if refused is not None:
             await self._discard_channel()
@@ -307,7 +307,7 @@ class _Subscription:
 
         async def later() -> None:
             await asyncio.sleep(_BOUNCE_DELAY)
-            with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            with contextlib.suppress(Exception):  # its channel died: it is requeued anyway
                 await incoming.nack(requeue=True)
 
         task = asyncio.create_task(later())

@@ -136,7 +136,9 @@ async def test_cuts_while_publishing_batches_lose_nothing(names: tuple[str, str,
     consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
     port = urlsplit(url).port or 5672
     with tcp_proxy(port) as proxy:
-        publisher = RabbitMQTransport.from_url(_through(url, proxy), exchange=exchange)
+        publisher = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, reconnect_interval=0.2
+        )
         await publisher.connect()
         try:
             cutting = asyncio.create_task(_cutter(proxy))

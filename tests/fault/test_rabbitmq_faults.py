@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections import Counter
 from urllib.parse import urlsplit, urlunsplit
@@ -272,3 +273,72 @@ async def test_a_subscription_started_while_the_broker_is_down_starts_when_it_is
     assert not ledger.lost
     assert "cannot start" in caplog.text  # the retries are logged, without the password
     assert ":guest@" not in caplog.text
+
+
+class FreezingProxy(TCPProxy):
+    """A proxy that can stop forwarding without closing anything: a silent peer (a
+    half-dead NAT entry, a frozen broker), which only heartbeats notice."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__(target)
+        self.thawed = threading.Event()  # set from the test's thread, read on the proxy's
+        self.thawed.set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                if not self.thawed.is_set():  # hold the bytes, as a silent network does
+                    await asyncio.to_thread(self.thawed.wait)
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+
+async def test_a_silent_peer_is_noticed_by_heartbeats_and_publish_does_not_hang(
+    names: tuple[str, str, str],
+) -> None:
+    url = require_broker("rabbitmq")
+    exchange, topic, group = names
+    ledger = Ledger()
+    proxy = FreezingProxy(urlsplit(url).port or 5672)
+    proxy.start()
+    try:
+        consumer = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, heartbeat=1, reconnect_interval=0.2
+        )
+        silent = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, heartbeat=1, confirm_timeout=2.0
+        )
+        publisher = RabbitMQTransport.from_url(url, exchange=exchange)
+        await publisher.connect()
+        await silent.connect()
+        await _subscribed(publisher, topic, group)
+        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+        try:
+            first = [Message(uuid.uuid4(), topic, None, f"a{i}".encode()) for i in range(100)]
+            await publisher.publish(topic, *first)
+            ledger.confirmed.update(m.body for m in first)
+            await _until_all_received(ledger, consuming)
+            proxy.thawed.clear()
+            async with asyncio.timeout(5.0):  # raises by confirm_timeout, never hangs
+                with pytest.raises(TransportError):
+                    await silent.publish(topic, Message(uuid.uuid4(), topic, None, b"void"))
+            during = [Message(uuid.uuid4(), topic, None, f"b{i}".encode()) for i in range(100)]
+            await publisher.publish(topic, *during)
+            ledger.confirmed.update(m.body for m in during)
+            await asyncio.sleep(6.0)  # > 3 heartbeats: the consumer gave the dead link up
+            proxy.thawed.set()
+            await _until_all_received(ledger, consuming)
+        finally:
+            proxy.thawed.set()
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            await consumer.aclose()
+            await silent.aclose()
+            await publisher.aclose()
+    finally:
+        proxy.stop()
+    print(ledger.report("silent peer for 6 s"), f"({proxy.connections} connections)")
+    assert not ledger.lost
+    assert proxy.connections > 2, "the consumer never reconnected: heartbeats did not fire"

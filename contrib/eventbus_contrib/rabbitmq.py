@@ -41,14 +41,16 @@ unacknowledged messages back at once (RabbitMQ has no ack timeout shorter than i
 ``consumer_timeout``, 30 minutes by default), and ``nack(requeue=True)`` returns a
 message to its queue at once. ``delivery_count`` is the broker's count on quorum queues
 (``x-delivery-count`` + 1); classic queues only say whether a message was delivered
-before, so it is 1 or 2 there (``capabilities.counts_deliveries`` is False; with
-``quorum=True`` ``from_url`` gives a ``RabbitMQQuorumTransport``, whose capabilities say
-True). ``delivery_limit=N`` makes the broker itself move a message that was handed back
-N times (after N + 1 deliveries) aside, to the durable queue ``f"{queue}.dead-letter"``
-(never dropped); keep it above the worker's ``max_deliveries``, as a backstop. RabbitMQ 4
-gives quorum queues a default limit of 20 when none is set, and then drops the message
-unless a dead-letter target is set: on RabbitMQ 4, set ``delivery_limit``. On quorum
-queues a hand-back of a topic a consumer did not ask for counts as a delivery too.
+before, so it is 1 or 2 there, and a message that keeps killing its consumer comes back
+forever: use quorum queues where that matters (``capabilities.counts_deliveries`` is
+False; with ``quorum=True`` ``from_url`` gives a ``RabbitMQQuorumTransport``, whose
+capabilities say True). ``delivery_limit=N`` makes the broker itself move a message
+that was handed back N times (after N + 1 deliveries) aside, to the durable queue
+``f"{queue}.dead-letter"`` (never dropped); keep it above the worker's
+``max_deliveries``, as a backstop. RabbitMQ 4 gives quorum queues a default limit of 20
+when none is set, and then drops the message unless a dead-letter target is set: on
+RabbitMQ 4, set ``delivery_limit``. On quorum queues a hand-back of a topic a consumer
+did not ask for counts as a delivery too.
 
 Order: one consumer receives a queue's messages in publish order, including across the
 topics of its group (a batch is written in order on one channel). Several consumers of

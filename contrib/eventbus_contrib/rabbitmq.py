@@ -69,7 +69,9 @@ delivered again (its acks would refer to a channel that is gone: ``ack`` then ra
 
 Limits: topics and groups are words of ``[A-Za-z0-9_-]`` separated by dots, routing keys
 and queue names at most 255 bytes; the broker's ``max_message_size`` (128 MiB by
-default) rejects larger messages (``MessageRejectedError``). Changing ``quorum``,
+default) refuses larger messages: ``publish`` then publishes the rest of the batch and
+raises ``MessageTooLargeError`` (a ``MessageRejectedError``), whose ``rejected`` names the
+ids over the limit; later batches are split before they are sent. Changing ``quorum``,
 ``single_active_consumer`` or ``delivery_limit`` for an existing group needs a new queue
 (another ``queue_prefix``, or delete the old one once drained): the broker refuses to
 redeclare a queue with other arguments (``ConfigurationError``).
@@ -81,8 +83,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, NoReturn, Self, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import aio_pika
@@ -100,13 +103,14 @@ from eventbus._redact import redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import Capabilities, Message
 
-__all__ = ["RabbitMQQuorumTransport", "RabbitMQTransport"]
+__all__ = ["MessageTooLargeError", "RabbitMQQuorumTransport", "RabbitMQTransport"]
 
 logger = logging.getLogger("eventbus.rabbitmq")
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _MAX_NAME_BYTES = 255
 _KEY_HEADER = "eventbus-key"
+_MAX_SIZE = re.compile(r"larger than configured max size (\d+)")
 _PERSISTENT = 2
 _BOUNCE_DELAY = 1.0
 """Seconds before a message of a topic this consumer did not ask for goes back to the
@@ -158,6 +162,23 @@ def _positive(name: str, value: object, *, integer: bool = False) -> Any:
             f"RabbitMQTransport option {name} must be a positive {kind}, got {value!r}"
         )
     return value
+
+
+class MessageTooLargeError(MessageRejectedError):
+    """Messages of a batch were over the broker's ``max_message_size``; the others of the
+    batch were published (and confirmed). ``rejected`` holds the ids of those over it."""
+
+    def __init__(self, text: str, *, rejected: tuple[uuid.UUID, ...]) -> None:
+        super().__init__(text)
+        self.rejected = rejected
+
+
+class _OversizedError(Exception):
+    """The broker closed the publishing channel over a message above its size limit."""
+
+    def __init__(self, text: str, limit: int | None) -> None:
+        super().__init__(text)
+        self.limit = limit
 
 
 class _Received:
@@ -392,6 +413,8 @@ class RabbitMQTransport:
         self._publisher: AbstractRobustChannel | None = None
         self._connect_lock = asyncio.Lock()
         self._subscriptions: set[_Subscription] = set()
+        self._max_message_size: int | None = None
+        """The broker's limit, once a refusal has named it: later batches are split."""
         self.closed = False
 
     @classmethod
@@ -516,6 +539,52 @@ class RabbitMQTransport:
             )
         if not messages:
             return
+        limit = self._max_message_size
+        if limit is not None and any(len(m.body) > limit for m in messages):
+            await self._publish_all_but_oversized(topic, messages, limit)
+        try:
+            await self._send(topic, messages)
+        except _OversizedError as refusal:
+            # The broker closed the channel on the first message over its limit, failing
+            # every publish in flight with it: find which were too large by the limit it
+            # named, and publish the others again.
+            if refusal.limit is None:
+                raise MessageRejectedError(
+                    f"RabbitMQ refused a message of {topic!r} as too large ({refusal}); raise "
+                    "the broker's max_message_size or publish smaller events"
+                ) from None
+            self._max_message_size = refusal.limit
+            if any(len(m.body) > refusal.limit for m in messages):
+                await self._publish_all_but_oversized(topic, messages, refusal.limit)
+            raise TransportError(
+                f"RabbitMQ closed the publishing channel over another publish's oversized "
+                f"message; nothing of {topic!r} is known to be stored: publish it again"
+            ) from None
+
+    async def _publish_all_but_oversized(
+        self, topic: str, messages: tuple[Message, ...], limit: int
+    ) -> NoReturn:
+        fits = tuple(m for m in messages if len(m.body) <= limit)
+        over = tuple(m for m in messages if len(m.body) > limit)
+        if fits:  # a failure here is transient: the whole batch comes again
+            try:
+                await self._send(topic, fits)
+            except _OversizedError:
+                raise TransportError(
+                    f"RabbitMQ closed the publishing channel over another publish's oversized "
+                    f"message; {len(fits)} messages of {topic!r} were not confirmed: publish "
+                    "them again"
+                ) from None
+        raise MessageTooLargeError(
+            f"{len(over)} of {len(messages)} messages of {topic!r} are larger than the "
+            f"broker's max_message_size ({limit} bytes; the largest is "
+            f"{max(len(m.body) for m in over)}): raise max_message_size or publish smaller "
+            f"events. The other {len(fits)} were published.",
+            rejected=tuple(m.id for m in over),
+        )
+
+    async def _send(self, topic: str, messages: tuple[Message, ...]) -> None:
+        """Publish ``messages`` on the publishing channel and await all their confirms."""
         connection = await self.ensure_connection()
         publisher = self._publisher
         if publisher is not None and publisher.is_closed and connection.connected.is_set():
@@ -591,10 +660,8 @@ class RabbitMQTransport:
         if not failed:
             return
         if too_large is not None:
-            raise MessageRejectedError(
-                f"RabbitMQ refused a message of {topic!r} as too large ({too_large}); raise "
-                "the broker's max_message_size or publish smaller events"
-            )
+            found = _MAX_SIZE.search(too_large)
+            raise _OversizedError(too_large, int(found.group(1)) if found else None)
         if returned:
             raise TransportError(
                 f"{returned} of {len(messages)} messages of {topic!r} were returned unroutable: "

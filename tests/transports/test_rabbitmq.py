@@ -17,7 +17,11 @@ import pytest
 
 pytest.importorskip("aio_pika")
 
-from eventbus_contrib.rabbitmq import RabbitMQQuorumTransport, RabbitMQTransport
+from eventbus_contrib.rabbitmq import (
+    MessageTooLargeError,
+    RabbitMQQuorumTransport,
+    RabbitMQTransport,
+)
 
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import transport_from_url
@@ -300,17 +304,32 @@ class TestRabbitMQQuorumTransport(TestRabbitMQTransport):
             await connection.close()
 
 
-async def test_a_message_over_the_broker_size_limit_is_rejected_and_publishing_goes_on() -> None:
-    """RabbitMQ's default max_message_size is 128 MiB: one byte more is refused for good
-    (the broker closes the channel), and the next publish works on the same transport."""
+async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_published() -> None:
+    """RabbitMQ's default max_message_size is 128 MiB: one byte more is refused for good.
+    The broker closes the channel on it, failing the whole batch in flight: the transport
+    publishes the rest again and names only the oversized one; the next batch is split
+    before it is sent, and the same transport goes on."""
     url = require_broker("rabbitmq")
     topic = f"t{uuid.uuid4().hex[:10]}.placed"
     transport = RabbitMQTransport.from_url(url, exchange=f"eb{uuid.uuid4().hex[:12]}")
     consumer = Consumer(transport, [topic], "g")
+    big = b"x" * (128 * 1024 * 1024 + 1)
     try:
         await asyncio.sleep(0.3)
-        with pytest.raises(MessageRejectedError, match="max_message_size"):
-            await transport.publish(topic, message(topic, b"x" * (128 * 1024 * 1024 + 1)))
+        for round_ in range(2):  # the first learns the limit from the broker, the second knows it
+            batch = [message(topic, f"a{round_}".encode()), message(topic, big)]
+            batch.append(message(topic, f"b{round_}".encode()))
+            with pytest.raises(MessageTooLargeError, match="max_message_size") as caught:
+                await transport.publish(topic, *batch)
+            assert caught.value.rejected == (batch[1].id,)
+            assert isinstance(caught.value, MessageRejectedError)  # dead-lettered, not retried
+            wanted = {f"a{round_}".encode(), f"b{round_}".encode()}
+            seen: list[bytes] = []
+            while not wanted <= set(seen):
+                (received,) = await consumer.take()
+                seen.append(received.body)
+                await received.ack()
+            assert set(seen) == wanted  # a0 may come twice: stored before the refusal
         await transport.publish(topic, message(topic, b"small"))
         (received,) = await consumer.take()
         assert received.body == b"small"

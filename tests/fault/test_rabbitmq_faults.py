@@ -16,6 +16,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -29,6 +30,7 @@ from eventbus.errors import TransportError
 from eventbus.transports import Message
 from tests.proxy import TCPProxy, tcp_proxy
 from tests.servers import require_broker
+from tests.transports.test_rabbitmq import delete_from_broker
 
 pytestmark = pytest.mark.slow
 
@@ -122,9 +124,13 @@ async def _subscribed(transport: RabbitMQTransport, topic: str, group: str) -> N
 
 
 @pytest.fixture
-def names() -> tuple[str, str, str]:
+def names() -> Iterator[tuple[str, str, str]]:
+    """An exchange, a topic and a group of the test's own, deleted from the broker after."""
     tag = uuid.uuid4().hex[:10]
-    return f"eb{tag}", f"t{tag}.placed", f"g{tag}"
+    exchange, group = f"eb{tag}", f"g{tag}"
+    yield exchange, f"t{tag}.placed", group
+    url = require_broker("rabbitmq")
+    asyncio.run(delete_from_broker(url, exchange, [f"{exchange}.{group}"]))
 
 
 async def test_cuts_while_publishing_batches_lose_nothing(names: tuple[str, str, str]) -> None:

@@ -2,7 +2,8 @@
 plus what is RabbitMQ's own: returns, persistence, options, a cut in the middle of a batch.
 
 Each test gets its own exchange (a uuid), so its queues and bindings never meet another
-test's; they are left on the broker (durable, empty) and cost nothing.
+test's; its exchange and queues are deleted when it ends (durable quorum queues left
+behind would each keep a Raft member alive on the shared broker).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +33,20 @@ from tests.servers import require_broker
 from tests.transports.contract import WAIT, Consumer, TransportContract, message
 
 
+async def delete_from_broker(url: str, exchange: str, queues: Sequence[str]) -> None:
+    """Remove what a test declared (deleting what does not exist is not an error)."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
 def _with_port(url: str, port: int) -> str:
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
@@ -43,9 +59,13 @@ class TestRabbitMQTransport(TransportContract):
     quorum: ClassVar[bool] = False
 
     @pytest.fixture(autouse=True)
-    def _exchange(self) -> None:
+    def _exchange(self) -> Iterator[None]:
         self.url = require_broker("rabbitmq")
         self.exchange = f"eb{uuid.uuid4().hex[:12]}"
+        yield
+        groups = (self.group, f"{self.group}-2")
+        queues = [f"{self.exchange}.{g}{suffix}" for g in groups for suffix in ("", ".dead-letter")]
+        asyncio.run(delete_from_broker(self.url, self.exchange, queues))
 
     async def make(self, **options: Any) -> Transport:
         options.setdefault("exchange", self.exchange)
@@ -311,7 +331,8 @@ async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_pub
     before it is sent, and the same transport goes on."""
     url = require_broker("rabbitmq")
     topic = f"t{uuid.uuid4().hex[:10]}.placed"
-    transport = RabbitMQTransport.from_url(url, exchange=f"eb{uuid.uuid4().hex[:12]}")
+    exchange = f"eb{uuid.uuid4().hex[:12]}"
+    transport = RabbitMQTransport.from_url(url, exchange=exchange)
     consumer = Consumer(transport, [topic], "g")
     big = b"x" * (128 * 1024 * 1024 + 1)
     try:
@@ -337,3 +358,4 @@ async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_pub
     finally:
         await consumer.close()
         await transport.aclose()
+        await delete_from_broker(url, exchange, [f"{exchange}.g"])

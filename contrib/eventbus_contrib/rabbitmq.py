@@ -95,7 +95,6 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustExchange,
-    AbstractRobustQueue,
 )
 from pamqp.commands import Basic
 
@@ -229,11 +228,9 @@ class _Subscription:
         self._transport = transport
         self.topics = topics
         self.group = group
-        self.queue_name = transport.queue_name(group)
+        self.queue_name = transport._queue_name(group)
         self.inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._channel: AbstractRobustChannel | None = None
-        self._queue: AbstractRobustQueue | None = None
-        self._tag: str | None = None
         self._bouncing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -243,14 +240,14 @@ class _Subscription:
             try:
                 await self._setup()
             except TransportError as error:
-                if self._transport.closed:
+                if self._transport._closed:
                     raise
                 delay = _SETUP_BACKOFF[min(attempt, len(_SETUP_BACKOFF) - 1)]
                 attempt += 1
                 logger.warning(
                     "RabbitMQ subscription of group %r (%s) cannot start: %s; retrying in %g s",
                     self.group,
-                    self._transport.safe_url,
+                    self._transport._safe_url,
                     error,
                     delay,
                 )
@@ -266,7 +263,7 @@ class _Subscription:
                 return
 
     async def _setup(self) -> None:
-        connection = await self._transport.ensure_connection()
+        connection = await self._transport._ensure_connection()
         failure: str | None = None
         refused: str | None = None
         try:
@@ -274,17 +271,18 @@ class _Subscription:
                 channel = self._channel = await connection.channel(publisher_confirms=False)
                 channel.close_callbacks.add(self._on_channel_lost)
                 channel.reopen_callbacks.add(self._on_channel_back)
-                await channel.set_qos(prefetch_count=self._transport.prefetch)
-                exchange = await self._transport.declare_exchange(channel)
-                queue = self._queue = await channel.declare_queue(
+                await channel.set_qos(prefetch_count=self._transport._prefetch)
+                exchange = await self._transport._declare_exchange(channel)
+                queue = await channel.declare_queue(
                     self.queue_name,
                     durable=True,
-                    arguments=self._transport.queue_arguments(self.queue_name),
+                    arguments=self._transport._queue_arguments(self.queue_name),
                 )
-                await self._transport.declare_dead_letter_queue(channel, self.queue_name)
+                await self._transport._declare_dead_letter_queue(channel, self.queue_name)
                 for topic in self.topics:
                     await queue.bind(exchange, routing_key=topic)
-                self._tag = await queue.consume(self._on_message)
+                # Robust: after a reconnect aio-pika consumes again with this callback.
+                await queue.consume(self._on_message)
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             refused = _describe(error)
         except Exception as error:  # aiormq fails a dead channel's calls with bare Exception
@@ -305,14 +303,14 @@ class _Subscription:
         await self.inbox.put(incoming)
 
     def _on_channel_lost(self, _channel: object, error: BaseException | None) -> None:
-        if self._transport.closed:
+        if self._transport._closed:
             return
         logger.warning(
             "RabbitMQ subscription of group %r lost its channel (%s); its unacknowledged "
             "messages go back to the queue; reconnecting to %s",
             self.group,
             _describe(error) if error is not None else "closed",
-            self._transport.safe_url,
+            self._transport._safe_url,
         )
 
     def _on_channel_back(self, _channel: object) -> None:
@@ -346,7 +344,7 @@ class _Subscription:
         self.inbox.put_nowait(None)
 
     async def _discard_channel(self) -> None:
-        channel, self._channel, self._queue, self._tag = self._channel, None, None, None
+        channel, self._channel = self._channel, None
         if channel is None:
             return
         channel.close_callbacks.discard(self._on_channel_lost)
@@ -391,12 +389,12 @@ class RabbitMQTransport:
                 f"URL {redact(url)!r}"
             )
         self._url = url
-        self.safe_url = redact(url)
+        self._safe_url = redact(url)
         self.exchange = _check_name("exchange name", exchange)
         self._queue_prefix = (
             None if queue_prefix is None else _check_name("queue_prefix", queue_prefix)
         )
-        self.prefetch: int = _positive("prefetch", prefetch, integer=True)
+        self._prefetch: int = _positive("prefetch", prefetch, integer=True)
         self._heartbeat: int = _positive("heartbeat", heartbeat, integer=True)
         self._confirm_timeout: float = _positive("confirm_timeout", confirm_timeout)
         self._reconnect_interval: float = _positive("reconnect_interval", reconnect_interval)
@@ -415,7 +413,7 @@ class RabbitMQTransport:
         self._subscriptions: set[_Subscription] = set()
         self._max_message_size: int | None = None
         """The broker's limit, once a refusal has named it: later batches are split."""
-        self.closed = False
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str, /, **options: Any) -> Self:
@@ -434,13 +432,13 @@ class RabbitMQTransport:
         return cast("Self", target(url, **options))
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.safe_url} exchange={self.exchange!r}>"
+        return f"<{type(self).__name__} {self._safe_url} exchange={self.exchange!r}>"
 
     __str__ = __repr__
 
     # -- what the broker sees ------------------------------------------------------------
 
-    def queue_name(self, group: str) -> str:
+    def _queue_name(self, group: str) -> str:
         name = f"{self._queue_prefix or self.exchange}.{_check_name('consumer group', group)}"
         if len(name.encode()) > _MAX_NAME_BYTES:
             raise ConfigurationError(
@@ -449,7 +447,7 @@ class RabbitMQTransport:
             )
         return name
 
-    def queue_arguments(self, queue: str) -> dict[str, Any]:
+    def _queue_arguments(self, queue: str) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
         if self._quorum:
             arguments["x-queue-type"] = "quorum"
@@ -462,12 +460,12 @@ class RabbitMQTransport:
             arguments["x-dead-letter-routing-key"] = f"{queue}.dead-letter"
         return arguments
 
-    async def declare_exchange(self, channel: AbstractRobustChannel) -> AbstractRobustExchange:
+    async def _declare_exchange(self, channel: AbstractRobustChannel) -> AbstractRobustExchange:
         return await channel.declare_exchange(
             self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
 
-    async def declare_dead_letter_queue(self, channel: AbstractRobustChannel, queue: str) -> None:
+    async def _declare_dead_letter_queue(self, channel: AbstractRobustChannel, queue: str) -> None:
         if self._delivery_limit is not None:
             await channel.declare_queue(
                 f"{queue}.dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
@@ -476,13 +474,13 @@ class RabbitMQTransport:
     # -- connection ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self.closed:
+        if self._closed:
             raise TransportError(f"this {type(self).__name__} is closed; make a new one")
 
     async def connect(self) -> None:
-        await self.ensure_connection()
+        await self._ensure_connection()
 
-    async def ensure_connection(self) -> AbstractRobustConnection:
+    async def _ensure_connection(self) -> AbstractRobustConnection:
         """The robust connection, opened (with the publishing channel) on first use."""
         self._check_open()
         async with self._connect_lock:
@@ -503,7 +501,7 @@ class RabbitMQTransport:
                     publisher = await connection.channel(
                         publisher_confirms=True, on_return_raises=True
                     )
-                    await self.declare_exchange(publisher)
+                    await self._declare_exchange(publisher)
             except aiormq.exceptions.ChannelPreconditionFailed as error:
                 refused = _describe(error)
             except Exception as error:  # every failure to connect is reported the same way
@@ -521,7 +519,7 @@ class RabbitMQTransport:
                 f"RabbitMQ refused the exchange {self.exchange!r} ({refused}): it exists "
                 "with another type or durability; choose another exchange name"
             )
-        raise TransportError(f"cannot connect to RabbitMQ at {self.safe_url}: {failure}")
+        raise TransportError(f"cannot connect to RabbitMQ at {self._safe_url}: {failure}")
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -585,7 +583,7 @@ class RabbitMQTransport:
 
     async def _send(self, topic: str, messages: tuple[Message, ...]) -> None:
         """Publish ``messages`` on the publishing channel and await all their confirms."""
-        connection = await self.ensure_connection()
+        connection = await self._ensure_connection()
         publisher = self._publisher
         if publisher is not None and publisher.is_closed and connection.connected.is_set():
             # The broker closed only the channel (it refused something, e.g. a message
@@ -597,7 +595,7 @@ class RabbitMQTransport:
                         await publisher.ready()
         if publisher is None or publisher.is_closed:
             raise TransportError(
-                f"the connection to RabbitMQ at {self.safe_url} is down (reconnecting in the "
+                f"the connection to RabbitMQ at {self._safe_url} is down (reconnecting in the "
                 f"background); nothing of {topic!r} was published: try again"
             )
         failure: str | None = None
@@ -709,9 +707,9 @@ class RabbitMQTransport:
             await subscription.stop()
 
     async def aclose(self) -> None:
-        if self.closed:
+        if self._closed:
             return
-        self.closed = True
+        self._closed = True
         for subscription in list(self._subscriptions):
             await subscription.stop()
         connection, publisher = self._connection, self._publisher

@@ -41,14 +41,16 @@ unacknowledged messages back at once (RabbitMQ has no ack timeout shorter than i
 ``consumer_timeout``, 30 minutes by default), and ``nack(requeue=True)`` returns a
 message to its queue at once. ``delivery_count`` is the broker's count on quorum queues
 (``x-delivery-count`` + 1); classic queues only say whether a message was delivered
-before, so it is 1 or 2 there (``capabilities.counts_deliveries`` is False; with
-``quorum=True`` ``from_url`` gives a ``RabbitMQQuorumTransport``, whose capabilities say
-True). ``delivery_limit=N`` makes the broker itself move a message that was handed back
-N times (after N + 1 deliveries) aside, to the durable queue ``f"{queue}.dead-letter"``
-(never dropped); keep it above the worker's ``max_deliveries``, as a backstop. RabbitMQ 4
-gives quorum queues a default limit of 20 when none is set, and then drops the message
-unless a dead-letter target is set: on RabbitMQ 4, set ``delivery_limit``. On quorum
-queues a hand-back of a topic a consumer did not ask for counts as a delivery too.
+before, so it is 1 or 2 there, and a message that keeps killing its consumer comes back
+forever: use quorum queues where that matters (``capabilities.counts_deliveries`` is
+False; with ``quorum=True`` ``from_url`` gives a ``RabbitMQQuorumTransport``, whose
+capabilities say True). ``delivery_limit=N`` makes the broker itself move a message
+that was handed back N times (after N + 1 deliveries) aside, to the durable queue
+``f"{queue}.dead-letter"`` (never dropped); keep it above the worker's
+``max_deliveries``, as a backstop. RabbitMQ 4 gives quorum queues a default limit of 20
+when none is set, and then drops the message unless a dead-letter target is set: on
+RabbitMQ 4, set ``delivery_limit``. On quorum queues a hand-back of a topic a consumer
+did not ask for counts as a delivery too.
 
 Order: one consumer receives a queue's messages in publish order, including across the
 topics of its group (a batch is written in order on one channel). Several consumers of
@@ -67,7 +69,9 @@ delivered again (its acks would refer to a channel that is gone: ``ack`` then ra
 
 Limits: topics and groups are words of ``[A-Za-z0-9_-]`` separated by dots, routing keys
 and queue names at most 255 bytes; the broker's ``max_message_size`` (128 MiB by
-default) rejects larger messages (``MessageRejectedError``). Changing ``quorum``,
+default) refuses larger messages: ``publish`` then publishes the rest of the batch and
+raises ``MessageTooLargeError`` (a ``MessageRejectedError``), whose ``rejected`` names the
+ids over the limit; later batches are split before they are sent. Changing ``quorum``,
 ``single_active_consumer`` or ``delivery_limit`` for an existing group needs a new queue
 (another ``queue_prefix``, or delete the old one once drained): the broker refuses to
 redeclare a queue with other arguments (``ConfigurationError``).
@@ -79,8 +83,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, NoReturn, Self, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import aio_pika
@@ -90,7 +95,6 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustExchange,
-    AbstractRobustQueue,
 )
 from pamqp.commands import Basic
 
@@ -98,13 +102,14 @@ from eventbus._redact import redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import Capabilities, Message
 
-__all__ = ["RabbitMQQuorumTransport", "RabbitMQTransport"]
+__all__ = ["MessageTooLargeError", "RabbitMQQuorumTransport", "RabbitMQTransport"]
 
 logger = logging.getLogger("eventbus.rabbitmq")
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _MAX_NAME_BYTES = 255
 _KEY_HEADER = "eventbus-key"
+_MAX_SIZE = re.compile(r"larger than configured max size (\d+)")
 _PERSISTENT = 2
 _BOUNCE_DELAY = 1.0
 """Seconds before a message of a topic this consumer did not ask for goes back to the
@@ -158,6 +163,23 @@ def _positive(name: str, value: object, *, integer: bool = False) -> Any:
     return value
 
 
+class MessageTooLargeError(MessageRejectedError):
+    """Messages of a batch were over the broker's ``max_message_size``; the others of the
+    batch were published (and confirmed). ``rejected`` holds the ids of those over it."""
+
+    def __init__(self, text: str, *, rejected: tuple[uuid.UUID, ...]) -> None:
+        super().__init__(text)
+        self.rejected = rejected
+
+
+class _OversizedError(Exception):
+    """The broker closed the publishing channel over a message above its size limit."""
+
+    def __init__(self, text: str, limit: int | None) -> None:
+        super().__init__(text)
+        self.limit = limit
+
+
 class _Received:
     """One delivery; settles on the channel it came on (delivery tags are per channel)."""
 
@@ -206,11 +228,9 @@ class _Subscription:
         self._transport = transport
         self.topics = topics
         self.group = group
-        self.queue_name = transport.queue_name(group)
+        self.queue_name = transport._queue_name(group)
         self.inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._channel: AbstractRobustChannel | None = None
-        self._queue: AbstractRobustQueue | None = None
-        self._tag: str | None = None
         self._bouncing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -220,14 +240,14 @@ class _Subscription:
             try:
                 await self._setup()
             except TransportError as error:
-                if self._transport.closed:
+                if self._transport._closed:
                     raise
                 delay = _SETUP_BACKOFF[min(attempt, len(_SETUP_BACKOFF) - 1)]
                 attempt += 1
                 logger.warning(
                     "RabbitMQ subscription of group %r (%s) cannot start: %s; retrying in %g s",
                     self.group,
-                    self._transport.safe_url,
+                    self._transport._safe_url,
                     error,
                     delay,
                 )
@@ -243,7 +263,7 @@ class _Subscription:
                 return
 
     async def _setup(self) -> None:
-        connection = await self._transport.ensure_connection()
+        connection = await self._transport._ensure_connection()
         failure: str | None = None
         refused: str | None = None
         try:
@@ -251,20 +271,21 @@ class _Subscription:
                 channel = self._channel = await connection.channel(publisher_confirms=False)
                 channel.close_callbacks.add(self._on_channel_lost)
                 channel.reopen_callbacks.add(self._on_channel_back)
-                await channel.set_qos(prefetch_count=self._transport.prefetch)
-                exchange = await self._transport.declare_exchange(channel)
-                queue = self._queue = await channel.declare_queue(
+                await channel.set_qos(prefetch_count=self._transport._prefetch)
+                exchange = await self._transport._declare_exchange(channel)
+                queue = await channel.declare_queue(
                     self.queue_name,
                     durable=True,
-                    arguments=self._transport.queue_arguments(self.queue_name),
+                    arguments=self._transport._queue_arguments(self.queue_name),
                 )
-                await self._transport.declare_dead_letter_queue(channel, self.queue_name)
+                await self._transport._declare_dead_letter_queue(channel, self.queue_name)
                 for topic in self.topics:
                     await queue.bind(exchange, routing_key=topic)
-                self._tag = await queue.consume(self._on_message)
+                # Robust: after a reconnect aio-pika consumes again with this callback.
+                await queue.consume(self._on_message)
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             refused = _describe(error)
-        except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as error:
+        except Exception as error:  # aiormq fails a dead channel's calls with bare Exception
             failure = _describe(error)
         if refused is not None:
             await self._discard_channel()
@@ -282,14 +303,14 @@ class _Subscription:
         await self.inbox.put(incoming)
 
     def _on_channel_lost(self, _channel: object, error: BaseException | None) -> None:
-        if self._transport.closed:
+        if self._transport._closed:
             return
         logger.warning(
             "RabbitMQ subscription of group %r lost its channel (%s); its unacknowledged "
             "messages go back to the queue; reconnecting to %s",
             self.group,
             _describe(error) if error is not None else "closed",
-            self._transport.safe_url,
+            self._transport._safe_url,
         )
 
     def _on_channel_back(self, _channel: object) -> None:
@@ -307,7 +328,7 @@ class _Subscription:
 
         async def later() -> None:
             await asyncio.sleep(_BOUNCE_DELAY)
-            with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            with contextlib.suppress(Exception):  # its channel died: it is requeued anyway
                 await incoming.nack(requeue=True)
 
         task = asyncio.create_task(later())
@@ -323,7 +344,7 @@ class _Subscription:
         self.inbox.put_nowait(None)
 
     async def _discard_channel(self) -> None:
-        channel, self._channel, self._queue, self._tag = self._channel, None, None, None
+        channel, self._channel = self._channel, None
         if channel is None:
             return
         channel.close_callbacks.discard(self._on_channel_lost)
@@ -368,12 +389,12 @@ class RabbitMQTransport:
                 f"URL {redact(url)!r}"
             )
         self._url = url
-        self.safe_url = redact(url)
+        self._safe_url = redact(url)
         self.exchange = _check_name("exchange name", exchange)
         self._queue_prefix = (
             None if queue_prefix is None else _check_name("queue_prefix", queue_prefix)
         )
-        self.prefetch: int = _positive("prefetch", prefetch, integer=True)
+        self._prefetch: int = _positive("prefetch", prefetch, integer=True)
         self._heartbeat: int = _positive("heartbeat", heartbeat, integer=True)
         self._confirm_timeout: float = _positive("confirm_timeout", confirm_timeout)
         self._reconnect_interval: float = _positive("reconnect_interval", reconnect_interval)
@@ -390,7 +411,9 @@ class RabbitMQTransport:
         self._publisher: AbstractRobustChannel | None = None
         self._connect_lock = asyncio.Lock()
         self._subscriptions: set[_Subscription] = set()
-        self.closed = False
+        self._max_message_size: int | None = None
+        """The broker's limit, once a refusal has named it: later batches are split."""
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str, /, **options: Any) -> Self:
@@ -409,13 +432,13 @@ class RabbitMQTransport:
         return cast("Self", target(url, **options))
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.safe_url} exchange={self.exchange!r}>"
+        return f"<{type(self).__name__} {self._safe_url} exchange={self.exchange!r}>"
 
     __str__ = __repr__
 
     # -- what the broker sees ------------------------------------------------------------
 
-    def queue_name(self, group: str) -> str:
+    def _queue_name(self, group: str) -> str:
         name = f"{self._queue_prefix or self.exchange}.{_check_name('consumer group', group)}"
         if len(name.encode()) > _MAX_NAME_BYTES:
             raise ConfigurationError(
@@ -424,7 +447,7 @@ class RabbitMQTransport:
             )
         return name
 
-    def queue_arguments(self, queue: str) -> dict[str, Any]:
+    def _queue_arguments(self, queue: str) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
         if self._quorum:
             arguments["x-queue-type"] = "quorum"
@@ -437,12 +460,12 @@ class RabbitMQTransport:
             arguments["x-dead-letter-routing-key"] = f"{queue}.dead-letter"
         return arguments
 
-    async def declare_exchange(self, channel: AbstractRobustChannel) -> AbstractRobustExchange:
+    async def _declare_exchange(self, channel: AbstractRobustChannel) -> AbstractRobustExchange:
         return await channel.declare_exchange(
             self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
 
-    async def declare_dead_letter_queue(self, channel: AbstractRobustChannel, queue: str) -> None:
+    async def _declare_dead_letter_queue(self, channel: AbstractRobustChannel, queue: str) -> None:
         if self._delivery_limit is not None:
             await channel.declare_queue(
                 f"{queue}.dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
@@ -451,13 +474,13 @@ class RabbitMQTransport:
     # -- connection ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self.closed:
+        if self._closed:
             raise TransportError(f"this {type(self).__name__} is closed; make a new one")
 
     async def connect(self) -> None:
-        await self.ensure_connection()
+        await self._ensure_connection()
 
-    async def ensure_connection(self) -> AbstractRobustConnection:
+    async def _ensure_connection(self) -> AbstractRobustConnection:
         """The robust connection, opened (with the publishing channel) on first use."""
         self._check_open()
         async with self._connect_lock:
@@ -478,7 +501,7 @@ class RabbitMQTransport:
                     publisher = await connection.channel(
                         publisher_confirms=True, on_return_raises=True
                     )
-                    await self.declare_exchange(publisher)
+                    await self._declare_exchange(publisher)
             except aiormq.exceptions.ChannelPreconditionFailed as error:
                 refused = _describe(error)
             except Exception as error:  # every failure to connect is reported the same way
@@ -496,7 +519,7 @@ class RabbitMQTransport:
                 f"RabbitMQ refused the exchange {self.exchange!r} ({refused}): it exists "
                 "with another type or durability; choose another exchange name"
             )
-        raise TransportError(f"cannot connect to RabbitMQ at {self.safe_url}: {failure}")
+        raise TransportError(f"cannot connect to RabbitMQ at {self._safe_url}: {failure}")
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -514,7 +537,53 @@ class RabbitMQTransport:
             )
         if not messages:
             return
-        connection = await self.ensure_connection()
+        limit = self._max_message_size
+        if limit is not None and any(len(m.body) > limit for m in messages):
+            await self._publish_all_but_oversized(topic, messages, limit)
+        try:
+            await self._send(topic, messages)
+        except _OversizedError as refusal:
+            # The broker closed the channel on the first message over its limit, failing
+            # every publish in flight with it: find which were too large by the limit it
+            # named, and publish the others again.
+            if refusal.limit is None:
+                raise MessageRejectedError(
+                    f"RabbitMQ refused a message of {topic!r} as too large ({refusal}); raise "
+                    "the broker's max_message_size or publish smaller events"
+                ) from None
+            self._max_message_size = refusal.limit
+            if any(len(m.body) > refusal.limit for m in messages):
+                await self._publish_all_but_oversized(topic, messages, refusal.limit)
+            raise TransportError(
+                f"RabbitMQ closed the publishing channel over another publish's oversized "
+                f"message; nothing of {topic!r} is known to be stored: publish it again"
+            ) from None
+
+    async def _publish_all_but_oversized(
+        self, topic: str, messages: tuple[Message, ...], limit: int
+    ) -> NoReturn:
+        fits = tuple(m for m in messages if len(m.body) <= limit)
+        over = tuple(m for m in messages if len(m.body) > limit)
+        if fits:  # a failure here is transient: the whole batch comes again
+            try:
+                await self._send(topic, fits)
+            except _OversizedError:
+                raise TransportError(
+                    f"RabbitMQ closed the publishing channel over another publish's oversized "
+                    f"message; {len(fits)} messages of {topic!r} were not confirmed: publish "
+                    "them again"
+                ) from None
+        raise MessageTooLargeError(
+            f"{len(over)} of {len(messages)} messages of {topic!r} are larger than the "
+            f"broker's max_message_size ({limit} bytes; the largest is "
+            f"{max(len(m.body) for m in over)}): raise max_message_size or publish smaller "
+            f"events. The other {len(fits)} were published.",
+            rejected=tuple(m.id for m in over),
+        )
+
+    async def _send(self, topic: str, messages: tuple[Message, ...]) -> None:
+        """Publish ``messages`` on the publishing channel and await all their confirms."""
+        connection = await self._ensure_connection()
         publisher = self._publisher
         if publisher is not None and publisher.is_closed and connection.connected.is_set():
             # The broker closed only the channel (it refused something, e.g. a message
@@ -526,7 +595,7 @@ class RabbitMQTransport:
                         await publisher.ready()
         if publisher is None or publisher.is_closed:
             raise TransportError(
-                f"the connection to RabbitMQ at {self.safe_url} is down (reconnecting in the "
+                f"the connection to RabbitMQ at {self._safe_url} is down (reconnecting in the "
                 f"background); nothing of {topic!r} was published: try again"
             )
         failure: str | None = None
@@ -589,10 +658,8 @@ class RabbitMQTransport:
         if not failed:
             return
         if too_large is not None:
-            raise MessageRejectedError(
-                f"RabbitMQ refused a message of {topic!r} as too large ({too_large}); raise "
-                "the broker's max_message_size or publish smaller events"
-            )
+            found = _MAX_SIZE.search(too_large)
+            raise _OversizedError(too_large, int(found.group(1)) if found else None)
         if returned:
             raise TransportError(
                 f"{returned} of {len(messages)} messages of {topic!r} were returned unroutable: "
@@ -640,9 +707,9 @@ class RabbitMQTransport:
             await subscription.stop()
 
     async def aclose(self) -> None:
-        if self.closed:
+        if self._closed:
             return
-        self.closed = True
+        self._closed = True
         for subscription in list(self._subscriptions):
             await subscription.stop()
         connection, publisher = self._connection, self._publisher

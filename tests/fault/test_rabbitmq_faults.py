@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -28,6 +30,7 @@ from eventbus.errors import TransportError
 from eventbus.transports import Message
 from tests.proxy import TCPProxy, tcp_proxy
 from tests.servers import require_broker
+from tests.transports.test_rabbitmq import delete_from_broker
 
 pytestmark = pytest.mark.slow
 
@@ -121,9 +124,13 @@ async def _subscribed(transport: RabbitMQTransport, topic: str, group: str) -> N
 
 
 @pytest.fixture
-def names() -> tuple[str, str, str]:
+def names() -> Iterator[tuple[str, str, str]]:
+    """An exchange, a topic and a group of the test's own, deleted from the broker after."""
     tag = uuid.uuid4().hex[:10]
-    return f"eb{tag}", f"t{tag}.placed", f"g{tag}"
+    exchange, group = f"eb{tag}", f"g{tag}"
+    yield exchange, f"t{tag}.placed", group
+    url = require_broker("rabbitmq")
+    asyncio.run(delete_from_broker(url, exchange, [f"{exchange}.{group}"]))
 
 
 async def test_cuts_while_publishing_batches_lose_nothing(names: tuple[str, str, str]) -> None:
@@ -136,7 +143,9 @@ async def test_cuts_while_publishing_batches_lose_nothing(names: tuple[str, str,
     consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
     port = urlsplit(url).port or 5672
     with tcp_proxy(port) as proxy:
-        publisher = RabbitMQTransport.from_url(_through(url, proxy), exchange=exchange)
+        publisher = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, reconnect_interval=0.2
+        )
         await publisher.connect()
         try:
             cutting = asyncio.create_task(_cutter(proxy))
@@ -270,3 +279,72 @@ async def test_a_subscription_started_while_the_broker_is_down_starts_when_it_is
     assert not ledger.lost
     assert "cannot start" in caplog.text  # the retries are logged, without the password
     assert ":guest@" not in caplog.text
+
+
+class FreezingProxy(TCPProxy):
+    """A proxy that can stop forwarding without closing anything: a silent peer (a
+    half-dead NAT entry, a frozen broker), which only heartbeats notice."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__(target)
+        self.thawed = threading.Event()  # set from the test's thread, read on the proxy's
+        self.thawed.set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                if not self.thawed.is_set():  # hold the bytes, as a silent network does
+                    await asyncio.to_thread(self.thawed.wait)
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+
+async def test_a_silent_peer_is_noticed_by_heartbeats_and_publish_does_not_hang(
+    names: tuple[str, str, str],
+) -> None:
+    url = require_broker("rabbitmq")
+    exchange, topic, group = names
+    ledger = Ledger()
+    proxy = FreezingProxy(urlsplit(url).port or 5672)
+    proxy.start()
+    try:
+        consumer = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, heartbeat=1, reconnect_interval=0.2
+        )
+        silent = RabbitMQTransport.from_url(
+            _through(url, proxy), exchange=exchange, heartbeat=1, confirm_timeout=2.0
+        )
+        publisher = RabbitMQTransport.from_url(url, exchange=exchange)
+        await publisher.connect()
+        await silent.connect()
+        await _subscribed(publisher, topic, group)
+        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+        try:
+            first = [Message(uuid.uuid4(), topic, None, f"a{i}".encode()) for i in range(100)]
+            await publisher.publish(topic, *first)
+            ledger.confirmed.update(m.body for m in first)
+            await _until_all_received(ledger, consuming)
+            proxy.thawed.clear()
+            async with asyncio.timeout(5.0):  # raises by confirm_timeout, never hangs
+                with pytest.raises(TransportError):
+                    await silent.publish(topic, Message(uuid.uuid4(), topic, None, b"void"))
+            during = [Message(uuid.uuid4(), topic, None, f"b{i}".encode()) for i in range(100)]
+            await publisher.publish(topic, *during)
+            ledger.confirmed.update(m.body for m in during)
+            await asyncio.sleep(6.0)  # > 3 heartbeats: the consumer gave the dead link up
+            proxy.thawed.set()
+            await _until_all_received(ledger, consuming)
+        finally:
+            proxy.thawed.set()
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+            await consumer.aclose()
+            await silent.aclose()
+            await publisher.aclose()
+    finally:
+        proxy.stop()
+    print(ledger.report("silent peer for 6 s"), f"({proxy.connections} connections)")
+    assert not ledger.lost
+    assert proxy.connections > 2, "the consumer never reconnected: heartbeats did not fire"

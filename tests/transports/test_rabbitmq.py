@@ -2,7 +2,8 @@
 plus what is RabbitMQ's own: returns, persistence, options, a cut in the middle of a batch.
 
 Each test gets its own exchange (a uuid), so its queues and bindings never meet another
-test's; they are left on the broker (durable, empty) and cost nothing.
+test's; its exchange and queues are deleted when it ends (durable quorum queues left
+behind would each keep a Raft member alive on the shared broker).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,7 +19,11 @@ import pytest
 
 pytest.importorskip("aio_pika")
 
-from eventbus_contrib.rabbitmq import RabbitMQQuorumTransport, RabbitMQTransport
+from eventbus_contrib.rabbitmq import (
+    MessageTooLargeError,
+    RabbitMQQuorumTransport,
+    RabbitMQTransport,
+)
 
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import transport_from_url
@@ -25,6 +31,20 @@ from eventbus.typing import Transport
 from tests.proxy import tcp_proxy
 from tests.servers import require_broker
 from tests.transports.contract import WAIT, Consumer, TransportContract, message
+
+
+async def delete_from_broker(url: str, exchange: str, queues: Sequence[str]) -> None:
+    """Remove what a test declared (deleting what does not exist is not an error)."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
 
 
 def _with_port(url: str, port: int) -> str:
@@ -39,9 +59,13 @@ class TestRabbitMQTransport(TransportContract):
     quorum: ClassVar[bool] = False
 
     @pytest.fixture(autouse=True)
-    def _exchange(self) -> None:
+    def _exchange(self) -> Iterator[None]:
         self.url = require_broker("rabbitmq")
         self.exchange = f"eb{uuid.uuid4().hex[:12]}"
+        yield
+        groups = (self.group, f"{self.group}-2")
+        queues = [f"{self.exchange}.{g}{suffix}" for g in groups for suffix in ("", ".dead-letter")]
+        asyncio.run(delete_from_broker(self.url, self.exchange, queues))
 
     async def make(self, **options: Any) -> Transport:
         options.setdefault("exchange", self.exchange)
@@ -300,17 +324,33 @@ class TestRabbitMQQuorumTransport(TestRabbitMQTransport):
             await connection.close()
 
 
-async def test_a_message_over_the_broker_size_limit_is_rejected_and_publishing_goes_on() -> None:
-    """RabbitMQ's default max_message_size is 128 MiB: one byte more is refused for good
-    (the broker closes the channel), and the next publish works on the same transport."""
+async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_published() -> None:
+    """RabbitMQ's default max_message_size is 128 MiB: one byte more is refused for good.
+    The broker closes the channel on it, failing the whole batch in flight: the transport
+    publishes the rest again and names only the oversized one; the next batch is split
+    before it is sent, and the same transport goes on."""
     url = require_broker("rabbitmq")
     topic = f"t{uuid.uuid4().hex[:10]}.placed"
-    transport = RabbitMQTransport.from_url(url, exchange=f"eb{uuid.uuid4().hex[:12]}")
+    exchange = f"eb{uuid.uuid4().hex[:12]}"
+    transport = RabbitMQTransport.from_url(url, exchange=exchange)
     consumer = Consumer(transport, [topic], "g")
+    big = b"x" * (128 * 1024 * 1024 + 1)
     try:
         await asyncio.sleep(0.3)
-        with pytest.raises(MessageRejectedError, match="max_message_size"):
-            await transport.publish(topic, message(topic, b"x" * (128 * 1024 * 1024 + 1)))
+        for round_ in range(2):  # the first learns the limit from the broker, the second knows it
+            batch = [message(topic, f"a{round_}".encode()), message(topic, big)]
+            batch.append(message(topic, f"b{round_}".encode()))
+            with pytest.raises(MessageTooLargeError, match="max_message_size") as caught:
+                await transport.publish(topic, *batch)
+            assert caught.value.rejected == (batch[1].id,)
+            assert isinstance(caught.value, MessageRejectedError)  # dead-lettered, not retried
+            wanted = {f"a{round_}".encode(), f"b{round_}".encode()}
+            seen: list[bytes] = []
+            while not wanted <= set(seen):
+                (received,) = await consumer.take()
+                seen.append(received.body)
+                await received.ack()
+            assert set(seen) == wanted  # a0 may come twice: stored before the refusal
         await transport.publish(topic, message(topic, b"small"))
         (received,) = await consumer.take()
         assert received.body == b"small"
@@ -318,3 +358,4 @@ async def test_a_message_over_the_broker_size_limit_is_rejected_and_publishing_g
     finally:
         await consumer.close()
         await transport.aclose()
+        await delete_from_broker(url, exchange, [f"{exchange}.g"])

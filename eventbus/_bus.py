@@ -164,7 +164,7 @@ class EventBus(Transactions, Lifecycle):
         transport: Transport | None = None,
         group: str | None = None,
         max_deliveries: int | None = None,
-        worker: bool = True,
+        worker: bool | None = None,
     ) -> None:
         """Make a bus.
 
@@ -184,7 +184,8 @@ class EventBus(Transactions, Lifecycle):
         through a broker: ``redis://``, ``amqp://``, ``nats://`` or ``memory://``; a
         ``transport`` instance does the same from code. Durable handlers then run in the
         workers of every process whose bus has them, one per consumer ``group``
-        (``EVENTBUS_GROUP``); ``worker=False`` keeps this process from consuming.
+        (``EVENTBUS_GROUP``); ``worker=False`` (``EVENTBUS_WORKER=false``) keeps this
+        process from consuming.
         A message delivered more than ``max_deliveries`` times (10) is dead-lettered.
         """
         self._registry = default_registry if registry is None else registry
@@ -205,8 +206,7 @@ class EventBus(Transactions, Lifecycle):
             sleep=sleep,
             shutdown_timeout=shutdown_timeout,
         )
-        self._link = self._make_link(transport_url, transport, group, max_deliveries)
-        self._worker = worker
+        self._link = self._make_link(transport_url, transport, group, max_deliveries, worker)
         self._handlers: dict[str, Handler] = {}
         self._by_type: dict[type[Any], list[Handler]] = {}
         self._routes: dict[type[Any], _Cached] = {}
@@ -228,15 +228,18 @@ class EventBus(Transactions, Lifecycle):
         transport: Transport | None,
         group: str | None,
         max_deliveries: int | None,
+        worker: bool | None,
     ) -> TransportLink | None:
         arguments = {
             "transport_url": transport_url,
             "group": group,
             "max_deliveries": max_deliveries,
+            "worker": worker,
         }
         if transport is not None and transport_url is not None:
             raise ConfigurationError("give transport_url or transport, not both")
         settings = load_settings(arguments)
+        self._worker = settings.worker
         if transport is None and settings.transport_url is not None:
             transport = transport_from_url(settings.transport_url)
         if transport is None:

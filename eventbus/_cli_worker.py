@@ -25,6 +25,7 @@ def _worker(args: argparse.Namespace) -> int:
         os.environ["EVENTBUS_TRANSPORT_URL"] = args.transport_url
     if args.group:
         os.environ["EVENTBUS_GROUP"] = args.group
+    os.environ["EVENTBUS_WORKER"] = "true"  # this process is here to consume
     bus = load_bus(args.app)
     if bus.transport is None:
         raise UsageError(
@@ -44,6 +45,11 @@ def _worker(args: argparse.Namespace) -> int:
     bus.start()
     link = bus._link
     assert link is not None
+    if link.worker is None:
+        raise UsageError(
+            f"{args.app or 'the bus'} was built with worker=False: this process cannot "
+            "consume; drop the argument (the command sets EVENTBUS_WORKER=true)"
+        )
     worker = link.worker
     topics = worker.topics() if worker is not None else []
     print(

@@ -27,11 +27,14 @@ SETTINGS = {
     "transport_url": "where durable events travel: memory://, redis://, amqp://, nats://",
     "group": "the consumer group of this service's workers (one per service)",
     "max_deliveries": "deliveries of one message before the worker dead-letters it",
+    "worker": "whether this process consumes the transport (false: it only publishes)",
 }
 """The settings, with what each one means (for errors and ``eventbus doctor``)."""
 
 DEFAULT_GROUP = "default"
 DEFAULT_MAX_DELIVERIES = 10
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 @attrs.frozen
@@ -39,6 +42,7 @@ class Settings:
     transport_url: str | None = None
     group: str = DEFAULT_GROUP
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    worker: bool = True
     sources: dict[str, str] = attrs.field(factory=dict, eq=False)
     """Where each setting that was given came from (argument, environment, a file)."""
 
@@ -75,7 +79,12 @@ def _checked(values: Mapping[str, Any], source: str) -> dict[str, Any]:
         if given is None:
             continue
         value = given
-        if name == "max_deliveries":
+        if name == "worker":
+            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+                value = value.strip().lower() in _TRUE
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"worker in {source} must be true or false, got {value!r}")
+        elif name == "max_deliveries":
             if isinstance(value, str) and value.strip().isdigit():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

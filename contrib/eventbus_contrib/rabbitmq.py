@@ -100,7 +100,7 @@ from pamqp.commands import Basic
 
 from eventbus._redact import redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
-from eventbus.transports import Capabilities, Message
+from eventbus.transports import Capabilities, Message, url_options
 
 __all__ = ["MessageTooLargeError", "RabbitMQQuorumTransport", "RabbitMQTransport"]
 
@@ -118,6 +118,17 @@ _SETUP_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 _CONNECT_TIMEOUT = 10.0
 _CHANNEL_REOPEN = 5.0
 _OWN_QUERY = frozenset({"heartbeat", "reconnect_interval", "fail_fast"})
+_DEFAULTS: dict[str, Any] = {
+    "exchange": "eventbus",
+    "queue_prefix": None,
+    "prefetch": 100,
+    "heartbeat": 10,
+    "quorum": False,
+    "delivery_limit": None,
+    "single_active_consumer": False,
+    "confirm_timeout": 30.0,
+    "reconnect_interval": 1.0,
+}
 
 _OPTIONS = frozenset(
     {
@@ -423,10 +434,15 @@ class RabbitMQTransport:
                 f"RabbitMQTransport has no option {', '.join(sorted(unknown))}; its options "
                 f"are {', '.join(sorted(_OPTIONS))}"
             )
+        # The transport's own options may ride in the query string too
+        # (amqp://host/?exchange=shop&quorum=true); keyword arguments win.
+        defaults = {**_DEFAULTS, "quorum": issubclass(cls, RabbitMQQuorumTransport)}
+        url, options = url_options(url, defaults, options)
         # Capabilities are per class (a ClassVar), so quorum queues, which count
         # deliveries, get a class of their own.
-        quorum = options.get("quorum", issubclass(cls, RabbitMQQuorumTransport))
-        target: type[RabbitMQTransport] = RabbitMQQuorumTransport if quorum else RabbitMQTransport
+        target: type[RabbitMQTransport] = (
+            RabbitMQQuorumTransport if options["quorum"] else RabbitMQTransport
+        )
         if issubclass(cls, target):
             target = cls
         return cast("Self", target(url, **options))

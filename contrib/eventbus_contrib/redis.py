@@ -91,7 +91,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from eventbus._redact import redact
 from eventbus.errors import ConfigurationError, MissingDependencyError, TransportError
-from eventbus.transports import Capabilities, Message
+from eventbus.transports import Capabilities, Message, url_options
 
 try:
     import redis.asyncio as aioredis
@@ -127,6 +127,13 @@ _TLS_QUERY_OPTIONS: Final = frozenset(
     {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
 )
 _OPTIONS: Final = ("prefix", "claim_idle", "block", "batch", "maxlen")
+_DEFAULTS: Final[dict[str, Any]] = {
+    "prefix": "eventbus:",
+    "claim_idle": 60.0,
+    "block": 1.0,
+    "batch": 100,
+    "maxlen": None,
+}
 
 _BACKOFF_FIRST: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
@@ -563,13 +570,16 @@ class RedisStreamsTransport:
 
     @classmethod
     def from_url(cls, url: str, /, **options: Any) -> Self:
+        """``url`` may carry the transport's own options in its query string too
+        (``redis://host:6379/0?prefix=shop:&claim_idle=30``); keyword arguments win."""
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise ConfigurationError(
                 f"RedisStreamsTransport takes the options {', '.join(_OPTIONS)}; "
                 f"got {', '.join(unknown)}"
             )
-        return cls(url, **options)
+        rest, chosen = url_options(url, _DEFAULTS, options)
+        return cls(rest, **chosen)
 
     def __repr__(self) -> str:
         return f"<RedisStreamsTransport {redact(self._url)} prefix={self.prefix!r}>"

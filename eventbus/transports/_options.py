@@ -25,12 +25,13 @@ def _coerce(name: str, text: str, default: Any, url: str) -> Any:
     value = _typed(text, default)
     if value is _INVALID:
         raise ConfigurationError(
-            f"the option {name}={text!r} in {redact(url)!r} must be a {type(default).__name__}"
+            f"the option {name}={text!r} in {redact(url)!r} must be {_KINDS[type(default)]}"
         )
     return value
 
 
 _INVALID = object()
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
 def _typed(text: str, default: Any) -> Any:

@@ -108,7 +108,7 @@ async def run_with_faults(
         await asyncio.sleep(0.3)
         await asyncio.gather(publish_all(publisher, topic, ledger), faults())
         deadline = time.monotonic() + SETTLE
-        while ledger.lost() and time.monotonic() < deadline:  # noqa: ASYNC110 - a ledger, no event
+        while ledger.lost() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         client = redis.asyncio.Redis(port=server_port)
         try:

@@ -30,9 +30,10 @@ def _ledger(database: Path) -> list[tuple[str, str]]:
         return connection.execute("SELECT what, order_id FROM ledger").fetchall()
 
 
-def _environment(url: str, group: str, database: Path) -> dict[str, str]:
+def _environment(url: str, group: str, database: Path, *, worker: bool = True) -> dict[str, str]:
     return {
         **os.environ,
+        "EVENTBUS_WORKER": "true" if worker else "false",
         "EVENTBUS_TRANSPORT_URL": url,
         "EVENTBUS_GROUP": group,
         "SCENARIO_DATABASE": str(database),
@@ -62,7 +63,7 @@ def test_the_same_handlers_across_processes(kind: str, tmp_path: Path) -> None:
         time.sleep(1.5)  # the worker declares its group before the first publish
         subprocess.run(
             [sys.executable, "-m", "tests.transports.scenario_app", "publish", str(ORDERS)],
-            env=_environment(url, group, publisher_db),
+            env=_environment(url, group, publisher_db, worker=False),
             check=True,
             timeout=120,
         )

@@ -249,6 +249,14 @@ class TestRabbitMQTransport(TransportContract):
                 await first.close()
                 await second.close()
 
+    def test_the_url_query_carries_the_transports_own_options(self) -> None:
+        transport = RabbitMQTransport.from_url(
+            self.url + "?exchange=shop&heartbeat=30&quorum=true", prefetch=7
+        )
+        assert type(transport).__name__ == "RabbitMQQuorumTransport"
+        assert transport.exchange == "shop"
+        assert "exchange" not in repr(transport).split(" exchange=")[0]
+
     def test_from_url_refuses_bad_options_with_the_fix(self) -> None:
         with pytest.raises(ConfigurationError, match="no option prefetch_count"):
             RabbitMQTransport.from_url(self.url, prefetch_count=5)
@@ -256,8 +264,10 @@ class TestRabbitMQTransport(TransportContract):
             RabbitMQTransport.from_url(self.url, prefetch=0)
         with pytest.raises(ConfigurationError, match="quorum=True"):
             RabbitMQTransport.from_url(self.url, delivery_limit=5)
-        with pytest.raises(ConfigurationError, match="heartbeat as a RabbitMQTransport option"):
-            RabbitMQTransport.from_url(self.url + "?heartbeat=30")
+        with pytest.raises(ConfigurationError, match="fail_fast as a RabbitMQTransport option"):
+            RabbitMQTransport.from_url(self.url + "?fail_fast=1")
+        with pytest.raises(ConfigurationError, match=r"prefetch=.* must be a whole number"):
+            RabbitMQTransport.from_url(self.url + "?prefetch=many")
         with pytest.raises(ConfigurationError, match="exchange name"):
             RabbitMQTransport.from_url(self.url, exchange="bad name")
         with pytest.raises(ConfigurationError, match="amqp://"):

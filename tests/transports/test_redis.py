@@ -255,7 +255,7 @@ class TestRedisStreamsTransport(TransportContract):
                     proxy.cut()
                     async with asyncio.timeout(WAIT):
                         # polling the server: there is no event to wait on
-                        while (await client.xpending(stream, self.group))["pending"] != 1:  # noqa: ASYNC110
+                        while (await client.xpending(stream, self.group))["pending"] != 1:
                             await asyncio.sleep(0.05)
                 await consumer.nothing()  # kept is still held: not yielded twice
                 await kept.ack()
@@ -364,3 +364,13 @@ def test_bad_urls_are_refused_and_say_why(url: str, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match) as caught:
         RedisStreamsTransport.from_url(url)
     assert ":pw@" not in str(caught.value)
+
+
+def test_the_url_query_carries_the_transports_own_options() -> None:
+    transport = RedisStreamsTransport.from_url(
+        "redis://127.0.0.1:6379/0?prefix=shop:&claim_idle=5&batch=7&socket_timeout=20",
+        batch=9,
+    )
+    assert (transport.prefix, transport.claim_idle, transport.batch) == ("shop:", 5.0, 9)
+    assert "prefix" not in transport._url
+    assert "socket_timeout=20" in transport._url

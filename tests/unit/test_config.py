@@ -230,7 +230,7 @@ def test_a_badly_typed_query_option_is_refused_without_the_password(query: str) 
     from eventbus.transports._options import url_options
 
     defaults = {"claim_idle": 60.0, "batch": 100, "quorum": False}
-    with pytest.raises(ConfigurationError, match="must be a") as caught:
+    with pytest.raises(ConfigurationError, match=r"must be (a|true)") as caught:
         url_options(f"redis://u:canary-pw@127.0.0.1/0?{query}", defaults, {})
     assert "canary-pw" not in str(caught.value)
 
@@ -240,3 +240,11 @@ def test_an_unknown_keyword_option_is_refused_naming_the_known_ones() -> None:
 
     with pytest.raises(ConfigurationError, match=r"unknown option prefx .* known: prefix"):
         url_options("redis://127.0.0.1/0", {"prefix": "x"}, {"prefx": "y"})
+
+
+@pytest.mark.parametrize(("text", "expected"), [("false", False), ("0", False), ("Yes", True)])
+def test_whether_a_process_consumes_is_a_setting(tmp_path: Path, text: str, expected: bool) -> None:
+    settings = load_settings(environ={"EVENTBUS_WORKER": text}, directory=tmp_path)
+    assert settings.worker is expected
+    with pytest.raises(ConfigurationError, match=r"worker .* true or false"):
+        load_settings(environ={"EVENTBUS_WORKER": "sometimes"}, directory=tmp_path)

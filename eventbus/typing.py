@@ -157,6 +157,10 @@ class Received(Protocol):
     registry, the allow-list), so a transport never decides what gets deserialised.
     ``message_id`` is the broker's own id (a stream entry id, a delivery tag): for logs
     only, never for deduplication. ``delivery_count`` is 1 on the first delivery.
+
+    Optional, looked up by name: ``async def touch()``, "still being handled", which
+    a transport that redelivers after a timeout offers (the worker calls it every third
+    of the transport's ``redelivery_timeout`` while handlers run).
     """
 
     topic: str
@@ -180,6 +184,10 @@ class Transport(Protocol):
     consumer ``group`` until the iterator is closed; messages that were not acked by
     then are delivered again (to this group), in order. Errors in
     ``retryable_errors`` are transient (a lost connection): the caller retries.
+
+    Optional, looked up by name: ``redelivery_timeout`` (seconds), for transports that
+    hand an unacknowledged message to another consumer after a while; then ``Received``
+    offers ``touch()``.
     """
 
     capabilities: ClassVar[Capabilities]

@@ -306,6 +306,15 @@ class _NATSReceived:
     async def nack(self, *, requeue: bool = True) -> None:
         await self._settle(self._msg.nak if requeue else self._msg.term)
 
+    async def touch(self) -> None:
+        """Still being handled: JetStream's in-progress ack restarts ack_wait."""
+        if self not in self._subscription.held:
+            return  # settled, or handed back when its subscription closed
+        try:
+            await self._msg.in_progress()
+        except nats.errors.Error as error:
+            raise TransportError(f"NATS could not touch {self!r}: {error!r}") from error
+
     async def _settle(self, how: Any) -> None:
         self._subscription.held.discard(self)
         try:
@@ -467,6 +476,11 @@ class NATSTransport:
     def from_url(cls, url: str, /, **options: Any) -> Self:
         endpoint, query = _endpoint(url)
         return cls(endpoint, _options({**query, **options}))
+
+    @property
+    def redelivery_timeout(self) -> float:
+        """Seconds an unacknowledged message waits before JetStream delivers it again."""
+        return self._options.ack_wait
 
     def __repr__(self) -> str:
         return (

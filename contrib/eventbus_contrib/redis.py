@@ -246,6 +246,11 @@ class _Received:
     async def nack(self, *, requeue: bool = True) -> None:
         await self._subscription.settle(self, requeue=requeue)
 
+    async def touch(self) -> None:
+        """Still being handled: reset the entry's idle time, so no other consumer's
+        XAUTOCLAIM takes it over while a slow handler runs."""
+        await self._subscription.touch(self)
+
 
 class _Subscription:
     """One consumer of one group over several streams: what it reads, holds and settles.
@@ -451,6 +456,17 @@ class _Subscription:
                 await asyncio.sleep(0.05 * 4**attempt)
         self.held.discard(key)
 
+    async def touch(self, received: _Received) -> None:
+        """XCLAIM JUSTID to this very consumer: resets the idle time, counts no delivery."""
+        if (received._stream, received._entry) not in self.held:
+            return
+        try:
+            await self.transport._client_now().xclaim(
+                received._stream, self.group, self.name, 0, [received._entry], justid=True
+            )
+        except RedisError as error:
+            raise TransportError(f"cannot touch {received!r}: {redact(str(error))}") from error
+
     async def _requeue(self, client: aioredis.Redis, received: _Received) -> None:
         """XCLAIM to this consumer, min-idle 0: the group counts a delivery and the entry
         comes back first, in stream order among the entries not yielded yet."""
@@ -583,6 +599,11 @@ class RedisStreamsTransport:
 
     def __repr__(self) -> str:
         return f"<RedisStreamsTransport {redact(self._url)} prefix={self.prefix!r}>"
+
+    @property
+    def redelivery_timeout(self) -> float:
+        """Seconds an unacknowledged entry waits before another consumer may take it."""
+        return self.claim_idle
 
     @property
     def closed(self) -> bool:

@@ -187,7 +187,12 @@ class Worker:
             elif envelope is None:
                 await self._bury(received, None, self._why_undecodable(received))
             else:
-                await self._run_handlers(envelope)
+                touching = self._keep_alive(received)
+                try:
+                    await self._run_handlers(envelope)
+                finally:
+                    if touching is not None:
+                        touching.cancel()
             await received.ack()
             self.handled += 1
         except asyncio.CancelledError:
@@ -202,6 +207,25 @@ class Worker:
                 await received.nack()
         finally:
             self._slots.release()
+
+    def _keep_alive(self, received: Received) -> asyncio.Task[None] | None:
+        """While handlers run, tell the broker the message is still in hand, so a slow
+        handler does not get it redelivered to another consumer meanwhile (on transports
+        that redeliver after a timeout: Redis ``claim_idle``, NATS ``ack_wait``)."""
+        timeout = getattr(self._transport, "redelivery_timeout", None)
+        touch = getattr(received, "touch", None)
+        if not timeout or touch is None:
+            return None
+
+        async def keep_touching() -> None:
+            while True:
+                await asyncio.sleep(timeout / 3)
+                try:
+                    await touch()
+                except Exception:
+                    logger.debug("could not touch message %s", received.message_id, exc_info=True)
+
+        return asyncio.create_task(keep_touching())
 
     def _why_undecodable(self, received: Received) -> str:
         try:

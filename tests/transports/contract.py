@@ -254,6 +254,30 @@ class TransportContract:
                     await received.ack()
                 await successor.nothing()
 
+    async def test_a_message_being_touched_stays_with_its_consumer(self) -> None:
+        """A slow handler's message is not redelivered to another consumer while its
+        consumer keeps touching it (transports that redeliver after a timeout)."""
+        async with self.transport() as transport:
+            timeout = getattr(transport, "redelivery_timeout", None)
+            if timeout is None:
+                pytest.skip("this transport does not redeliver after a timeout")
+            first = await self.subscribed(transport)
+            second = Consumer(transport, [self.topic], self.group)
+            try:
+                await transport.publish(self.topic, message(self.topic, b"slow"))
+                (received,) = await first.take()
+                touch = received.touch  # type: ignore[attr-defined]
+                deadline = asyncio.get_running_loop().time() + 2.5 * timeout
+                while asyncio.get_running_loop().time() < deadline:
+                    await touch()
+                    await asyncio.sleep(timeout / 3)
+                await second.nothing(timeout=0.1)
+                await first.nothing(timeout=0.1)
+                await received.ack()
+            finally:
+                await first.close()
+                await second.close()
+
     async def test_a_nacked_message_comes_back_and_is_counted(self) -> None:
         async with self.transport() as transport:
             consumer = await self.subscribed(transport)

@@ -1,0 +1,37 @@
+"""A worker app whose handler takes its time: for the graceful-shutdown test.
+
+``eventbus worker --app tests.transports.slow_app:bus``; the handler writes 'started' and,
+1.5 s later, 'finished' to the ledger in ``SLOW_DATABASE``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+from eventbus import EventBus, EventRegistry, SQLiteOutbox, event
+
+REGISTRY = EventRegistry()
+DATABASE = os.environ.get("SLOW_DATABASE", "slow.sqlite3")
+
+
+@event("slow.report_requested", registry=REGISTRY)
+class ReportRequested:
+    report_id: str
+
+
+bus = EventBus(registry=REGISTRY, outbox=SQLiteOutbox(DATABASE))
+
+
+def note(what: str, report_id: str) -> None:
+    with sqlite3.connect(DATABASE, timeout=10) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS ledger (what TEXT, report_id TEXT)")
+        connection.execute("INSERT INTO ledger VALUES (?, ?)", (what, report_id))
+
+
+@bus.subscribe(delivery="durable", name="reports.build")
+def build(event: ReportRequested) -> None:
+    note("started", event.report_id)
+    time.sleep(1.5)
+    note("finished", event.report_id)

@@ -42,6 +42,8 @@ BROKERS = {
     "rabbitmq": os.environ.get("EVENTBUS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"),
 }
 BATCH = 200
+KEYS = int(os.environ.get("BENCH_KEYS", "1000"))
+"""Distinct ordering keys among the relayed rows (the relay claims one row per key at a time)."""
 
 
 def _namespaced(kind: str, namespace: str) -> str:
@@ -70,7 +72,7 @@ def relay_rows(engine: Any, kind: str, rows: int) -> dict[str, Callable[[], floa
         writer.subscribe(Stamped, name="bench.record", delivery="durable")(lambda _e: None)
         with Session(engine) as session, writer.transaction(session):
             for number in range(rows):
-                writer.publish(Stamped(number=number, committed_at=0.0), key=f"k{number % 50}")
+                writer.publish(Stamped(number=number, committed_at=0.0), key=f"k{number % KEYS}")
         writer.close()
         relay = EventBus(registry=REGISTRY, outbox=outbox, transport_url=url, worker=False)
         relay.subscribe(Stamped, name="bench.record", delivery="durable")(lambda _e: None)

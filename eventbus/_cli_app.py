@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,6 +23,7 @@ __all__ = [
     "UsageError",
     "app_options",
     "load_bus",
+    "serve_until_signalled",
 ]
 
 EXIT_OK = 0
@@ -81,3 +85,23 @@ def app_options() -> Parser:
     app.add_argument("--app", help="the bus, as module:attribute (default: $EVENTBUS_APP)")
     app.add_argument("--json", action="store_true", help="machine-readable output")
     return app
+
+
+def serve_until_signalled(bus: EventBus, *, stopping: str, started: Callable[[], str]) -> int:
+    """Start ``bus``, print ``started()``, run until SIGTERM or SIGINT, then close it
+    (which finishes what is in hand) and return EXIT_OK: ``relay`` and ``worker``."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        print(f"eventbus: {name}: {stopping}", file=sys.stderr)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    bus.start()
+    print(f"eventbus: {started()}; stop with SIGTERM", file=sys.stderr, flush=True)
+    while not stop.wait(0.5):
+        pass
+    bus.close()
+    return EXIT_OK

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 from typing import Any
 
 from ._bus import EventBus
-from ._cli_app import EXIT_OK, EXIT_USAGE, UsageError, app_options, load_bus
+from ._cli_app import (
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    app_options,
+    load_bus,
+    serve_until_signalled,
+)
 
 __all__ = ["add_outbox"]
 
@@ -29,21 +34,9 @@ def _outbox_bus(args: argparse.Namespace) -> EventBus:
 def _relay(args: argparse.Namespace) -> int:
     """Relay until SIGTERM or SIGINT, then finish the batch in hand and exit 0."""
     bus = _outbox_bus(args)
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
-        print(f"eventbus: {name}: finishing what is in flight", file=sys.stderr)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    bus.start()
-    print(f"eventbus: relaying {bus.outbox!r}; stop with SIGTERM", file=sys.stderr, flush=True)
-    while not stop.wait(0.5):
-        pass
-    bus.close()
-    return EXIT_OK
+    return serve_until_signalled(
+        bus, stopping="finishing what is in flight", started=lambda: f"relaying {bus.outbox!r}"
+    )
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import sys
-import threading
 from typing import Any
 
-from ._cli_app import EXIT_OK, UsageError, app_options, load_bus
+from ._cli_app import UsageError, app_options, load_bus, serve_until_signalled
 
 __all__ = ["add_worker"]
 
@@ -33,35 +30,19 @@ def _worker(args: argparse.Namespace) -> int:
             "--transport-url, or transport_url in [tool.eventbus] of pyproject.toml), "
             "e.g. redis://127.0.0.1:6379/0"
         )
-    stop = threading.Event()
 
-    def request_stop(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
-        print(f"eventbus: {name}: finishing the messages in hand", file=sys.stderr)
-        stop.set()
+    def started() -> str:
+        link = bus._link
+        assert link is not None
+        if link.worker is None:
+            raise UsageError(
+                f"{args.app or 'the bus'} was built with worker=False: this process cannot "
+                "consume; drop the argument (the command sets EVENTBUS_WORKER=true)"
+            )
+        topics = link.worker.topics()
+        return f"worker for group {link.group!r} on {bus.transport!r}, {len(topics)} event names"
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    bus.start()
-    link = bus._link
-    assert link is not None
-    if link.worker is None:
-        raise UsageError(
-            f"{args.app or 'the bus'} was built with worker=False: this process cannot "
-            "consume; drop the argument (the command sets EVENTBUS_WORKER=true)"
-        )
-    worker = link.worker
-    topics = worker.topics() if worker is not None else []
-    print(
-        f"eventbus: worker for group {link.group!r} on {bus.transport!r}, "
-        f"{len(topics)} event names; stop with SIGTERM",
-        file=sys.stderr,
-        flush=True,
-    )
-    while not stop.wait(0.5):
-        pass
-    bus.close()
-    return EXIT_OK
+    return serve_until_signalled(bus, stopping="finishing the messages in hand", started=started)
 
 
 def add_worker(commands: Any) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 import blinker
 from pyee import EventEmitter
+from timing import measure  # beside this file
 
 import eventbus
 from eventbus import EventBus, EventRegistry
@@ -188,21 +188,6 @@ def _blinker_async_adapter(handler: Callable[[Any], Awaitable[None]]) -> Callabl
     return handler
 
 
-def measure(rows: dict[str, Callable[[], float]], samples: int) -> dict[str, float]:
-    best = dict.fromkeys(rows, float("inf"))
-    for sample in rows.values():  # warm up: caches, specialisation, routes
-        sample()
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(samples):
-            for name, sample in rows.items():
-                best[name] = min(best[name], sample())
-    finally:
-        gc.enable()
-    return best
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
@@ -229,7 +214,7 @@ def main() -> int:
                     "async floor: for h in handlers: await h(event)",
                 ),
             ):
-                best = measure(rows, samples)
+                best = measure(rows, samples, without_gc=True)
                 floor = best[floor_name]
                 eventbus_row = next(name for name in rows if name.startswith("eventbus"))
                 for name, ns in best.items():

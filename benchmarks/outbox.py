@@ -33,6 +33,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from timing import measure  # beside this file
+
 import eventbus
 from eventbus import EventBus, EventRegistry, SQLiteOutbox
 
@@ -444,22 +446,6 @@ def postgres_drop(engine: Any, prefix: str) -> None:
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {prefix}_{table}")
 
 
-def measure(
-    rows: dict[str, Callable[[], float]], samples: int, kept: dict[str, list[float]] | None = None
-) -> dict[str, float]:
-    """The minimum of interleaved samples of each row; every sample into ``kept``."""
-    best = dict.fromkeys(rows, float("inf"))
-    for sample in rows.values():
-        sample()  # warm up
-    for _ in range(samples):
-        for name, sample in rows.items():
-            seconds = sample()
-            best[name] = min(best[name], seconds)
-            if kept is not None:
-                kept.setdefault(name, []).append(seconds)
-    return best
-
-
 def report(case: str, best: dict[str, float], ratio: float, target: str) -> None:
     """Print a case's rows: the baseline at 1.00, eventbus with its ratio and target."""
     for name, seconds in best.items():
@@ -512,7 +498,7 @@ def main() -> int:
                 missed.append(f"{case}: {ratio:.2f}x")
         path = Path(folder) / "relay.sqlite3"
         kept: dict[str, list[float]] = {}
-        best = measure(relay_rows(path, 500 if args.quick else 5000), relay_samples, kept)
+        best = measure(relay_rows(path, 500 if args.quick else 5000), relay_samples, kept=kept)
         case = "sqlite relay to a handler"
         throughput = report_relay(case, best, kept)
         if throughput < 0.7:
@@ -537,7 +523,9 @@ def main() -> int:
                     missed.append(f"{case}: {ratio:.2f}x")
             relay_count = 500 if args.quick else 3000
             kept = {}
-            best = measure(postgres_relay_rows(engine, prefix, relay_count), relay_samples, kept)
+            best = measure(
+                postgres_relay_rows(engine, prefix, relay_count), relay_samples, kept=kept
+            )
             case = "postgresql relay to a handler"
             throughput = report_relay(case, best, kept)
             if throughput < 0.7:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from latency_app import REGISTRY, Stamped  # beside this file: the worker process's app
+from timing import measure
 
 from eventbus import EventBus
 from eventbus.transports import transport_from_url
@@ -235,14 +236,6 @@ def latency(engine: Any, kind: str, events: int) -> tuple[float, float]:
     return cuts[49], cuts[98]
 
 
-def measure(rows: dict[str, Callable[[], float]], samples: int) -> dict[str, float]:
-    best = dict.fromkeys(rows, float("inf"))
-    for _ in range(samples):
-        for name, sample in rows.items():
-            best[name] = min(best[name], sample())
-    return best
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rows and samples")
@@ -256,7 +249,7 @@ def main() -> int:
     print(f"{'case':<24} {'row':<22} {'us/event':>9} {'ratio':>6} {'target':>8}")
     missed = []
     for kind in BROKERS:
-        best = measure(relay_rows(engine, kind, rows), samples)
+        best = measure(relay_rows(engine, kind, rows), samples, warm_up=False)
         raw_name = f"raw {kind} client"
         throughput = best[raw_name] / best["eventbus relay"]
         print(f"{'relay to ' + kind:<24} {raw_name:<22} {best[raw_name] * 1e6:>9.1f} {1.0:>6.2f}")

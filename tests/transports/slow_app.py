@@ -10,16 +10,10 @@ import os
 import sqlite3
 import time
 
-from eventbus import EventBus, EventRegistry, SQLiteOutbox, event
+from eventbus import EventBus, SQLiteOutbox
+from tests.transports.slow_events import REGISTRY, ReportRequested
 
-REGISTRY = EventRegistry()
 DATABASE = os.environ.get("SLOW_DATABASE", "slow.sqlite3")
-
-
-@event("slow.report_requested", registry=REGISTRY)
-class ReportRequested:
-    report_id: str
-
 
 bus = EventBus(registry=REGISTRY, outbox=SQLiteOutbox(DATABASE))
 

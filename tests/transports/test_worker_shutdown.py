@@ -20,7 +20,7 @@ import pytest
 
 from eventbus import EventBus, SQLiteOutbox
 from tests.servers import namespaced_url
-from tests.transports.slow_app import REGISTRY, ReportRequested
+from tests.transports.slow_events import REGISTRY, ReportRequested
 
 FAST_REDELIVERY = {
     "redis": "&claim_idle=1",

@@ -55,6 +55,7 @@ Per database:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -372,13 +373,31 @@ class SQLAlchemyOutbox:
         return "".join(f"{statement};\n" for statement in statements)
 
     def _create(self) -> None:
-        with self._guard("create the outbox tables"), self._writer.begin() as connection:
-            new = self._kind == "postgresql" and not sa.inspect(connection).has_table(
-                self.outbox.name
-            )
-            self.outbox.metadata.create_all(connection, tables=[self.outbox, self.inbox])
-            if new:  # a table the application made keeps its own storage settings
-                connection.exec_driver_sql(self._fillfactor_sql())
+        """Create the tables unless they exist, also when processes start together.
+
+        ``create_all`` looks, then creates: two processes opening the outbox at once on a
+        fresh database both look, and all but one fail. On PostgreSQL they take turns on
+        an advisory lock held for the transaction; elsewhere a failed creation is forgiven
+        when, looking again, the tables are there (another process made them).
+        """
+        try:
+            with self._guard("create the outbox tables"), self._writer.begin() as connection:
+                if self._kind == "postgresql":
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": _lock_key(self.outbox.name)},
+                    )
+                new = self._kind == "postgresql" and not sa.inspect(connection).has_table(
+                    self.outbox.name
+                )
+                self.outbox.metadata.create_all(connection, tables=[self.outbox, self.inbox])
+                if new:  # a table the application made keeps its own storage settings
+                    connection.exec_driver_sql(self._fillfactor_sql())
+        except OutboxError:
+            with self._writer.connect() as connection:
+                inspector = sa.inspect(connection)
+                if not all(inspector.has_table(t.name) for t in (self.outbox, self.inbox)):
+                    raise
 
     def _fillfactor_sql(self) -> str:
         """PostgreSQL: leave half of each outbox page free. The relay updates every row
@@ -1240,3 +1259,9 @@ def _numbered(rows: Sequence[PendingRow]) -> dict[str, Any]:
         for n, row in enumerate(rows)
         for name, value in _parameters(row).items()
     }
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a table name (PostgreSQL)."""
+    digest = hashlib.blake2b(f"eventbus:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)

@@ -168,7 +168,9 @@ class Lifecycle:
             self._relay.stop()
         if self._link is not None and self._runtime.running:
             with contextlib.suppress(Exception):
-                self._runtime.call(self._link.aclose(), self._runtime_timeout())
+                self._runtime.call(
+                    self._link.aclose(self._runtime_timeout()), self._runtime_timeout() + 5
+                )
         self._runtime.stop()
 
     async def aclose(self) -> None:
@@ -181,7 +183,7 @@ class Lifecycle:
             self._relay.stop()
         if self._link is not None and self._runtime.running:
             with contextlib.suppress(Exception):
-                await self._runtime.acall(self._link.aclose())
+                await self._runtime.acall(self._link.aclose(self._runtime_timeout()))
         await self._runtime.astop()
 
     def _runtime_timeout(self) -> float:

@@ -61,6 +61,7 @@ class TransportLink:
         self._connected = False
         self._lock: asyncio.Lock | None = None
         self.worker: Worker | None = None
+        self._worker_task: asyncio.Task[object] | None = None
 
     async def ready(self) -> Transport:
         """The transport, connected (once, whoever asks first)."""
@@ -87,6 +88,7 @@ class TransportLink:
     async def run_worker(self) -> None:
         worker = self.worker
         assert worker is not None
+        self._worker_task = asyncio.current_task()
         while True:
             try:
                 await self.ready()
@@ -188,9 +190,14 @@ class TransportLink:
         logger.error("the broker refused outbox row %d (%s) for good: %s", row.id, row.name, error)
         await self._bus._runtime.run_sync(self._bus.dead_letters.add, letter)
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Stop the worker, let the messages in hand finish and be acknowledged (up to
+        ``timeout``), then close the transport."""
         if self.worker is not None:
             self.worker.stop()
+        task = self._worker_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            await asyncio.wait([task], timeout=timeout)
         await self.transport.aclose()
 
 

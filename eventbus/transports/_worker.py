@@ -175,8 +175,9 @@ class Worker:
     ) -> None:
         try:
             if previous is not None:
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(previous)  # the key's earlier message first
+                # The key's earlier message first, however it ends (wait() raises nothing
+                # of the previous task's, while a cancellation of this one still arrives).
+                await asyncio.wait([previous])
             if received.delivery_count > self._max_deliveries:
                 await self._bury(
                     received,

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from blinker import ANY, NamedSignal
+from blinker._utilities import make_id
 
 __all__ = [
     "event_dead_lettered",
@@ -88,7 +89,15 @@ class _Hook(NamedSignal):
 
     def disconnect(self, receiver: Callable[..., Any], sender: Any = ANY) -> None:
         super().disconnect(receiver, sender)
+        if sender is not ANY and not self._senders_of(receiver):
+            # blinker keeps a receiver disconnected from its last sender in `receivers`,
+            # which would make every publish keep paying for an observer that is gone.
+            super().disconnect(receiver)
         _changed()
+
+    def _senders_of(self, receiver: Callable[..., Any]) -> set[Any]:
+        by_receiver: dict[Any, set[Any]] = getattr(self, "_by_receiver", {})
+        return by_receiver.get(make_id(receiver), set())
 
 
 def _send(signal: NamedSignal, sender: object, **kwargs: Any) -> None:

@@ -425,3 +425,21 @@ def test_every_hook_is_a_named_blinker_signal():
         signal = getattr(hooks, name)
         assert isinstance(signal, NamedSignal)
         assert signal.name == name
+
+
+def test_a_receiver_disconnected_from_its_only_sender_observes_nothing_any_more():
+    """blinker keeps such a receiver among its receivers; the bus must not pay for it."""
+    first, second = EventBus(), EventBus()
+
+    def receiver(_bus, **_):
+        pass
+
+    hooks.event_published.connect(receiver, sender=first)
+    hooks.event_published.connect(receiver, sender=second)
+    hooks.event_published.disconnect(receiver, sender=first)
+    assert hooks._publish_observed()  # still connected to the second bus
+    hooks.event_published.disconnect(receiver, sender=second)
+    assert not hooks._publish_observed()
+    assert not hooks.event_published.receivers
+    first.close()
+    second.close()

@@ -84,9 +84,9 @@ def print_summary(shop: Shop, story: Story, say: Say = print) -> None:
     say("\n== Event flow")
     say("  Ids are the last 8 hex digits of each envelope's id; an event is indented under")
     say("  its cause (causation id). Each order's story shares one correlation id: its first")
-    say("  event's. Below an event, what its handlers did; [pid N] when it was not in this")
-    say(f"  process ({story.here}) but in another: a worker, or the eventbus command that")
-    say("  replayed the dead letters. Every process records its part in the shop's database.")
+    say("  event's. Below an event, what its handlers did, and [pid N] where that was not")
+    say(f"  this process (pid {story.here}) but a worker, or the eventbus command that")
+    say("  replayed the dead letters: every process records its part in the shop's database.")
     _print_flow(story.flow, story.here, say)
 
 

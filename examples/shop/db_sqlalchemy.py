@@ -6,7 +6,7 @@ Imported only when ``SHOP_DATABASE_URL`` is set, so the default path needs no SQ
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from eventbus.errors import MissingDependencyError
@@ -65,6 +65,16 @@ class SQLAlchemyDatabase(Database):
     def connect(self) -> Iterator[Connection]:
         with self.engine.connect() as connection:
             yield _SQLAlchemyConnection(connection)
+
+    def create_tables(self, statements: Iterable[str]) -> None:
+        with self.transaction() as connection:
+            if self.engine.dialect.name == "postgresql":
+                # Workers started together build the shop at once, and two sessions
+                # racing on CREATE TABLE IF NOT EXISTS can fail on PostgreSQL: take
+                # turns (the lock ends with the transaction).
+                connection.execute("SELECT pg_advisory_xact_lock(hashtext('examples.shop'))")
+            for statement in statements:
+                connection.execute(statement)
 
     def make_outbox(self, *, poll_interval: float) -> OutboxStore:
         # On SQLite, SQLAlchemyOutbox sets up BEGIN IMMEDIATE on this engine: every

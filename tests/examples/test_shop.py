@@ -119,3 +119,38 @@ def test_redelivered_events_change_nothing(tmp_path: Path) -> None:
         assert bus.outbox.status().pending == 0
     finally:
         shop.close()
+
+
+def test_waiting_names_what_did_not_arrive_and_asks_for_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a transport and no process consuming it, nothing happens after the publish:
+    the scenario's wait says what it waited for, and what to start."""
+    from examples.shop.inventory import stock
+    from examples.shop.orders.commands import place_order
+    from examples.shop.orders.events import OrderLine
+    from examples.shop.settle import wait_for_rest
+    from examples.shop.wiring import create_app
+
+    monkeypatch.setenv("EVENTBUS_TRANSPORT_URL", "memory://")
+    monkeypatch.setenv("EVENTBUS_WORKER", "false")
+    shop = create_app(Settings(data_dir=tmp_path))
+    try:
+        stock.receive(shop.db, "mug", "Mug", 3)
+        place_order(
+            shop.bus,
+            shop.db,
+            order_id="o-1",
+            customer="o-1@example.com",
+            lines=[OrderLine("mug", 1, Decimal("8.00"))],
+            payment_method="card-4242",
+        )
+        with pytest.raises(TimeoutError) as raised:
+            wait_for_rest(shop, timeout=0.3)
+        message = str(raised.value)
+        assert "did not come to rest within 0.3 s" in message
+        assert "o-1 to be confirmed or cancelled (it is placed)" in message
+        assert "inventory.reserve_stock to finish with shop.order_placed" in message
+        assert "is one running (python -m eventbus worker --app examples.shop.app:bus" in message
+    finally:
+        shop.close()

@@ -60,7 +60,7 @@ class Worker:
 @contextlib.contextmanager
 def workers(environment: dict[str, str], count: int) -> Iterator[list[Worker]]:
     """``count`` workers, started one after the other (each builds the shop, creating its
-    tables: PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe to race), each ready to
+    tables), each ready to
     consume when it is yielded. Killed on the way out if still running."""
     started: list[Worker] = []
     readers: list[threading.Thread] = []

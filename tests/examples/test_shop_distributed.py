@@ -59,9 +59,8 @@ class Worker:
 
 @contextlib.contextmanager
 def workers(environment: dict[str, str], count: int) -> Iterator[list[Worker]]:
-    """``count`` workers, started one after the other (each builds the shop, creating its
-    tables), each ready to
-    consume when it is yielded. Killed on the way out if still running."""
+    """``count`` workers, started together (each builds the shop: its tables are created
+    by one at a time), yielded once each is running. Killed on the way out if still up."""
     started: list[Worker] = []
     readers: list[threading.Thread] = []
     try:
@@ -79,8 +78,9 @@ def workers(environment: dict[str, str], count: int) -> Iterator[list[Worker]]:
             reader = threading.Thread(target=worker.read, daemon=True)
             reader.start()
             readers.append(reader)
+        for worker in started:
             assert worker.ready.wait(30), f"the worker did not start:\n{worker.log}"
-            assert process.poll() is None, f"the worker ended at once:\n{worker.log}"
+            assert worker.process.poll() is None, f"the worker ended at once:\n{worker.log}"
         yield started
     finally:
         for worker in started:

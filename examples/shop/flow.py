@@ -158,7 +158,9 @@ class FlowRecorder:
             return
         self._closed = True
         for signal, receiver in self._receivers:
-            signal.disconnect(receiver, sender=self._bus)
+            # From every sender: blinker keeps a receiver disconnected from one sender
+            # among the signal's receivers (and the bus would go on tracking for it).
+            signal.disconnect(receiver)
         self._queue.put(None)
         self._writer.join(timeout=10)
         atexit.unregister(self.close)

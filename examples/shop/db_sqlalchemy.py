@@ -6,7 +6,7 @@ Imported only when ``SHOP_DATABASE_URL`` is set, so the default path needs no SQ
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from eventbus.errors import MissingDependencyError
@@ -66,10 +66,30 @@ class SQLAlchemyDatabase(Database):
         with self.engine.connect() as connection:
             yield _SQLAlchemyConnection(connection)
 
+    def create_tables(self, statements: Iterable[str]) -> None:
+        with self._one_at_a_time() as connection:
+            for statement in statements:
+                connection.execute(statement)
+
     def make_outbox(self, *, poll_interval: float) -> OutboxStore:
-        # On SQLite, SQLAlchemyOutbox sets up BEGIN IMMEDIATE on this engine: every
-        # connection must come from it after this (connect() does).
-        return SQLAlchemyOutbox(self.engine, poll_interval=poll_interval)
+        # SQLAlchemyOutbox creates its tables if need be, unguarded: processes starting
+        # together would race on PostgreSQL (tests/unit/test_sqlalchemy_outbox_create_race.py).
+        # On SQLite, it sets up BEGIN IMMEDIATE on this engine: every connection must come
+        # from it after this (connect() does).
+        with self._one_at_a_time():
+            return SQLAlchemyOutbox(self.engine, poll_interval=poll_interval)
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self) -> Iterator[Connection]:
+        """A transaction that, on PostgreSQL, holds the shop's schema lock until it ends.
+
+        Workers started together build the shop at once, and two sessions racing on
+        CREATE TABLE IF NOT EXISTS fail on PostgreSQL: they take turns instead.
+        """
+        with self.transaction() as connection:
+            if self.engine.dialect.name == "postgresql":
+                connection.execute("SELECT pg_advisory_xact_lock(hashtext('examples.shop'))")
+            yield connection
 
     def close(self) -> None:
         self.engine.dispose()

@@ -18,20 +18,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import attrs
 
-from eventbus import EventBus
-
-from .flow import FlowRecorder
+from .flow import read_flow
 from .inventory import stock
 from .notifications import templates
 from .orders.commands import place_order
 from .orders.events import OrderLine, OrderRejectedError
+from .settle import wait_for_rest
 from .summary import Rejection, Story, print_summary
 from .wiring import Shop
 
@@ -70,6 +68,11 @@ STOCK = (("book", "The Event Bus Book", 10), ("mug", "Mug", 5), ("poster", "Post
 def run(shop: Shop, say: Callable[[str], None] = print) -> int:
     bus, db, settings = shop.bus, shop.db, shop.settings
     say(f"The shop runs on {db.description}.")
+    if bus.transport is not None:
+        say(
+            f"Durable events travel through {bus.transport!r}: the workers of the group run "
+            "their handlers (this process too, unless EVENTBUS_WORKER=false)."
+        )
     say(f"Its files (dead letters, mail templates, shop.log) are in {settings.data_dir}.")
     deployed = templates.install(settings.templates_dir, leave_out={FORGOTTEN_TEMPLATE})
     say(f"Deployed the mail templates {', '.join(deployed)} (but not {FORGOTTEN_TEMPLATE}).")
@@ -78,42 +81,43 @@ def run(shop: Shop, say: Callable[[str], None] = print) -> int:
     say("Stocked " + ", ".join(f"{quantity} {sku}" for sku, _, quantity in STOCK) + ".\n")
 
     rejections: list[Rejection] = []
-    with FlowRecorder(bus) as flow:
-        say("Placing orders:")
-        for order in ORDERS:
-            try:
-                place_order(
-                    bus,
-                    db,
-                    order_id=order.order_id,
-                    customer=order.customer,
-                    lines=order.lines,
-                    payment_method=order.payment_method,
-                )
-            except OrderRejectedError as refusal:
-                rejections.append(Rejection(order.order_id, order.customer, str(refusal)))
-                say(f"  {order.order_id} refused at once (inline handler): {refusal}")
-            else:
-                say(f"  {order.order_id} placed; the rest happens through the outbox")
-        wait_until_settled(bus)
+    say("Placing orders:")
+    for order in ORDERS:
+        try:
+            place_order(
+                bus,
+                db,
+                order_id=order.order_id,
+                customer=order.customer,
+                lines=order.lines,
+                payment_method=order.payment_method,
+            )
+        except OrderRejectedError as refusal:
+            rejections.append(Rejection(order.order_id, order.customer, str(refusal)))
+            say(f"  {order.order_id} refused at once (inline handler): {refusal}")
+        else:
+            say(f"  {order.order_id} placed; the rest happens through the outbox")
+    # Wherever the handlers run, their outcomes land in this database: wait for those.
+    wait_for_rest(shop)
 
-        letters = bus.dead_letters.list()
-        say(f"\n{len(letters)} dead letters:")
-        for letter in letters:
-            error_type = letter.error_type.rpartition(".")[2]
-            say(f"  {letter.id}  {letter.handler} on {letter.event_name}: {error_type}")
-        if letters:
-            say(f"  {letters[0].message}")
-        templates.install(settings.templates_dir, only={FORGOTTEN_TEMPLATE})
-        say(f"Deployed the missing template {FORGOTTEN_TEMPLATE}; replaying, as an operator would:")
-        replay = _eventbus(say, settings.data_dir, "dlq", "replay", "--handler", POISONED)
-        _eventbus(say, settings.data_dir, "dlq", "list")
-        wait_until_settled(bus)
+    letters = bus.dead_letters.list()
+    say(f"\n{len(letters)} dead letters:")
+    for letter in letters:
+        error_type = letter.error_type.rpartition(".")[2]
+        say(f"  {letter.id}  {letter.handler} on {letter.event_name}: {error_type}")
+    if letters:
+        say(f"  {letters[0].message}")
+    templates.install(settings.templates_dir, only={FORGOTTEN_TEMPLATE})
+    say(f"Deployed the missing template {FORGOTTEN_TEMPLATE}; replaying, as an operator would:")
+    replay = _eventbus(say, settings.data_dir, "dlq", "replay", "--handler", POISONED)
+    _eventbus(say, settings.data_dir, "dlq", "list")
+    wait_for_rest(shop)
 
     print_summary(
         shop,
         Story(
-            flow=flow.steps(),
+            flow=read_flow(db),
+            here=os.getpid(),
             rejections=rejections,
             dead_letters_written=len(letters),
             dead_letters_left=bus.dead_letters.count(),
@@ -122,25 +126,6 @@ def run(shop: Shop, say: Callable[[str], None] = print) -> int:
         say,
     )
     return 0 if replay.returncode == 0 else 1
-
-
-def wait_until_settled(bus: EventBus, timeout: float = 30.0) -> None:
-    """Until the outbox is empty and every handler has finished.
-
-    ``bus.drain()`` waits for what is due now, not for a retry the outbox holds back
-    until its time: look at the outbox too, and drain again until it is empty.
-    """
-    outbox = bus.outbox
-    assert outbox is not None
-    deadline = time.monotonic() + timeout
-    while True:
-        bus.drain(timeout=max(0.1, deadline - time.monotonic()))
-        if outbox.status().pending == 0:
-            bus.drain(timeout=max(0.1, deadline - time.monotonic()))
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the outbox still holds rows after {timeout} s: {outbox.status()}")
-        time.sleep(0.05)
 
 
 def _eventbus(

@@ -6,6 +6,10 @@
 - ``SHOP_DATABASE_URL``: unset, the shop runs on a SQLite file in the data folder through
   the standard library. ``postgresql+psycopg://user@host/db`` runs the same modules on
   PostgreSQL through SQLAlchemy (``pip install -e ".[sqlalchemy,postgres]"``).
+
+The bus reads its own settings, with no code here: ``EVENTBUS_TRANSPORT_URL`` (durable
+handlers then run in the workers of the group, ``EVENTBUS_GROUP``, in any process), and
+``EVENTBUS_WORKER=false`` for a process that only publishes.
 """
 
 from __future__ import annotations

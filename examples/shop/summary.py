@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,8 @@ class Rejection:
 @attrs.frozen
 class Story:
     flow: Sequence[Step]
+    here: int
+    """The scenario's pid: outcomes in other processes say where they happened."""
     rejections: Sequence[Rejection]
     dead_letters_written: int
     dead_letters_left: int
@@ -83,34 +84,34 @@ def print_summary(shop: Shop, story: Story, say: Say = print) -> None:
     say("\n== Event flow")
     say("  Ids are the last 8 hex digits of each envelope's id; an event is indented under")
     say("  its cause (causation id). Each order's story shares one correlation id: its first")
-    say("  event's. Below an event, what its handlers did. The replays ran in the eventbus")
-    say("  command's process: their shop.email_sent events are not in this one's flow (the")
-    say("  order pages above show their effect).")
-    _print_flow(story.flow, say)
+    say("  event's. Below an event, what its handlers did, and [pid N] where that was not")
+    say(f"  this process (pid {story.here}) but a worker, or the eventbus command that")
+    say("  replayed the dead letters: every process records its part in the shop's database.")
+    _print_flow(story.flow, story.here, say)
 
 
-def _print_flow(steps: Sequence[Step], say: Say) -> None:
-    by_id = {step.envelope.id: step for step in steps}
-    children: dict[uuid.UUID | None, list[Step]] = {}
+def _print_flow(steps: Sequence[Step], here: int, say: Say) -> None:
+    by_id = {step.envelope_id: step for step in steps}
+    children: dict[str | None, list[Step]] = {}
     for step in steps:
-        cause = step.envelope.causation_id
+        cause = step.causation_id
         children.setdefault(cause if cause in by_id else None, []).append(step)
 
     def show(step: Step, depth: int) -> None:
-        envelope = step.envelope
-        cause = _short(envelope.causation_id) if envelope.causation_id else "-" * 8
-        say(f"    {_short(envelope.id)}  {cause}  {'  ' * depth}{envelope.name}")
+        cause = _short(step.causation_id)
+        say(f"    {_short(step.envelope_id)}  {cause}  {'  ' * depth}{step.name}")
         for outcome in step.outcomes:
-            say(f"    {'':8}  {'':8}  {'  ' * depth}  {outcome}")
-        for child in children.get(envelope.id, ()):
+            where = "" if outcome.pid == here else f"  [pid {outcome.pid}]"
+            say(f"    {'':8}  {'':8}  {'  ' * depth}  {outcome.detail}{where}")
+        for child in children.get(step.envelope_id, ()):
             show(child, depth + 1)
 
     for root in children.get(None, ()):
-        order_id = getattr(root.envelope.event, "order_id", "?")
-        say(f"\n  order {order_id}, correlation {_short(root.envelope.correlation_id)}")
+        say(f"\n  order {root.order_id or '?'}, correlation {_short(root.correlation_id)}")
         say(f"    {'id':<8}  {'cause':<8}  event")
         show(root, 0)
 
 
-def _short(value: uuid.UUID | None) -> str:
-    return "-" * 8 if value is None else value.hex[-8:]
+def _short(value: str | None) -> str:
+    """The last 8 hex digits of a UUID's text."""
+    return "-" * 8 if value is None else value[-8:]

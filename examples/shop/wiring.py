@@ -13,6 +13,7 @@ import tenacity
 from eventbus import EventBus, RetryPolicy, SQLiteDeadLetterStore
 
 from .db import Database, open_database
+from .flow import FlowRecorder
 from .inventory.handlers import Inventory
 from .notifications.handlers import Notifications
 from .notifications.mail_server import MailServer
@@ -43,11 +44,18 @@ class Shop:
     db: Database
     bus: EventBus
     mail: MailServer
+    flow: FlowRecorder
+
+    def close(self) -> None:
+        """Finish the bus's work in flight, write the flow recorded, release the database."""
+        self.bus.close()
+        self.flow.close()
+        self.db.close()
 
 
 def create_app(settings: Settings) -> Shop:
     """Open the database (creating its tables if need be), build the bus, subscribe
-    every module's handlers. Publishes nothing."""
+    every module's handlers, record the event flow. Publishes nothing."""
     db = open_database(settings)
     bus = EventBus(
         outbox=db.make_outbox(poll_interval=POLL_INTERVAL),
@@ -62,4 +70,6 @@ def create_app(settings: Settings) -> Shop:
     OrderOverview(bus, db).subscribe()
     Payments(bus, db, CardGateway()).subscribe()
     Notifications(bus, mail, Templates(settings.templates_dir)).subscribe()
-    return Shop(settings=settings, db=db, bus=bus, mail=mail)
+    # In every process that builds the shop: workers and the eventbus command record too.
+    flow = FlowRecorder(bus, db)
+    return Shop(settings=settings, db=db, bus=bus, mail=mail, flow=flow)

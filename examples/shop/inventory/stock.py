@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..db import Database, Row
 
-__all__ = ["receive", "stock_levels"]
+__all__ = ["holding", "receive", "stock_levels"]
 
 
 def receive(db: Database, sku: str, name: str, quantity: int) -> None:
@@ -31,3 +31,10 @@ def stock_levels(db: Database) -> list[Row]:
             "WHERE l.sku = p.sku AND r.state = 'held'), 0) AS held "
             "FROM products AS p ORDER BY p.sku"
         )
+
+
+def holding(db: Database) -> set[str]:
+    """The orders stock is held for."""
+    with db.connect() as connection:
+        rows = connection.fetch_all("SELECT order_id FROM reservations WHERE state = 'held'")
+    return {row["order_id"] for row in rows}

@@ -20,7 +20,7 @@ from ..notifications.events import EmailSent
 from ..payments.events import PaymentTaken
 from .events import OrderCancelled, OrderConfirmed, OrderPlaced
 
-__all__ = ["OrderOverview", "order_pages"]
+__all__ = ["OrderOverview", "final_status", "order_pages"]
 
 Followed = OrderPlaced | StockReserved | PaymentTaken | OrderConfirmed | OrderCancelled
 
@@ -35,6 +35,15 @@ def _status(event: Followed) -> str:
     if isinstance(event, OrderConfirmed):
         return "confirmed"
     return f"cancelled ({event.reason})"
+
+
+def final_status(order: Row) -> str | None:
+    """What the page of an order (a row of ``orders``) says once it has come to rest."""
+    if order["state"] == "confirmed":
+        return "confirmed"
+    if order["state"] == "cancelled":
+        return f"cancelled ({order['reason']})"
+    return None
 
 
 class OrderOverview:

@@ -11,6 +11,7 @@ a growing delay, and never buries them, except a message the broker will never t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from datetime import UTC, datetime
@@ -89,13 +90,18 @@ class TransportLink:
         worker = self.worker
         assert worker is not None
         self._worker_task = asyncio.current_task()
-        while True:
+        for attempt in itertools.count():
             try:
                 await self.ready()
                 break
-            except Exception:
-                logger.warning("cannot connect the worker's transport; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
+            except Exception as error:
+                delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
+                logger.warning(
+                    "cannot connect the worker's transport (%s); trying again in %.1f s",
+                    bounded(redact(f"{type(error).__name__}: {error}"), 500),
+                    delay,
+                )
+                await asyncio.sleep(delay)
         await worker.run()
 
     async def forward(

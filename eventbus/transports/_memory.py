@@ -16,7 +16,6 @@ import asyncio
 import bisect
 import itertools
 import threading
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import urlsplit
@@ -90,7 +89,9 @@ class _Broker:
                 self.waiters.discard((loop, event))
 
 
-_named: weakref.WeakValueDictionary[str, _Broker] = weakref.WeakValueDictionary()
+_named: dict[str, _Broker] = {}
+"""Named brokers live as long as the process: a bus closed and another made later on the
+same ``memory://NAME`` see the same messages, as they would on a real broker."""
 _named_lock = threading.Lock()
 
 

@@ -162,3 +162,23 @@ def test_python_dash_m_eventbus_is_the_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("eventbus ")
+
+
+def test_worker_without_a_transport_says_how_to_set_one(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTBUS_")}
+    env["SLOW_DATABASE"] = str(tmp_path / "slow.sqlite3")
+    result = subprocess.run(
+        [sys.executable, "-m", "eventbus", "worker", "--app", "tests.transports.slow_app:bus"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "has no transport: set EVENTBUS_TRANSPORT_URL" in result.stderr

@@ -25,7 +25,7 @@ from typing import Any
 
 import blinker
 from pyee import EventEmitter
-from timing import measure  # beside this file
+from timing import measure, verdict  # beside this file
 
 import eventbus
 from eventbus import EventBus, EventRegistry
@@ -233,11 +233,7 @@ def main() -> int:
                         f"{situation:<10} {count:>8}  {name:<48} {ns:>10.1f} {ratio:>6.2f} "
                         f"{mark:>7}"
                     )
-    if missed:
-        print("\nmissed targets:\n  " + "\n  ".join(missed))
-        return 1
-    print("\nall targets met")
-    return 0
+    return verdict(missed)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from timing import measure  # beside this file
+from timing import measure, verdict  # beside this file
 
 import eventbus
 from eventbus import EventBus, EventRegistry, SQLiteOutbox
@@ -533,11 +533,7 @@ def main() -> int:
         finally:
             postgres_drop(engine, prefix)
             engine.dispose()
-    if missed:
-        print("\nmissed targets:\n  " + "\n  ".join(missed))
-        return 1
-    print("\nall targets met")
-    return 0
+    return verdict(missed)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 
-__all__ = ["measure"]
+__all__ = ["measure", "verdict"]
 
 
 def measure(
@@ -42,3 +42,12 @@ def measure(
         if without_gc:
             gc.enable()
     return best
+
+
+def verdict(missed: list[str]) -> int:
+    """Print which targets this run missed; the exit code: 0 all met, 1 some missed."""
+    if missed:
+        print("\nmissed targets:\n  " + "\n  ".join(missed))
+        return 1
+    print("\nall targets met")
+    return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from latency_app import REGISTRY, Stamped  # beside this file: the worker process's app
-from timing import measure
+from timing import measure, verdict
 
 from eventbus import EventBus
 from eventbus.transports import transport_from_url
@@ -266,11 +266,7 @@ def main() -> int:
     for cleanup in cleanups:
         cleanup()
     engine.dispose()
-    if missed:
-        print("\nmissed targets:\n  " + "\n  ".join(missed))
-        return 1
-    print("\nall targets met")
-    return 0
+    return verdict(missed)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,12 @@ class OutboxStore(Protocol):
     ``bus.transaction`` drives the store's kind of connection), and for
     ``bus.atransaction``, ``async_transaction_control(resource)`` (an
     ``AsyncTransactionControl``, or None for a resource it does not know) with
-    ``async def awrite(resource, rows)``, the async ``write``.
+    ``async def awrite(resource, rows)``, the async ``write``; ``listen(wake)`` (commits
+    in other processes wake the relay; returns a function that stops listening);
+    ``is_contention(error)`` (a lock wait or deadlock of the store's driver, retried
+    without counting an attempt); ``schema_sql()`` and ``create_schema()`` (for
+    ``eventbus outbox init``). ``complete`` writes the inbox marks of ``processed`` even
+    when the fence deletes no row: those handlers did run.
     """
 
     batch: int

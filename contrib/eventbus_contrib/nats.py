@@ -453,6 +453,7 @@ class NATSTransport:
         ordered_per_key=True,
         consumer_groups=True,
         counts_deliveries=True,
+        new_groups_read_history=True,
         native_dead_letter=False,
         delayed_redelivery=False,  # NAK can take a delay, but Received.nack has none
     )

@@ -528,6 +528,7 @@ class RedisStreamsTransport:
         ordered_per_key=True,
         consumer_groups=True,
         counts_deliveries=True,
+        new_groups_read_history=True,
     )
     retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
 

@@ -40,6 +40,9 @@ class Capabilities:
     counts_deliveries: bool
     """``Received.delivery_count`` is the broker's count, so a message that keeps
     killing its consumer can be dead-lettered past a limit."""
+    new_groups_read_history: bool = False
+    """A group that subscribes for the first time reads what was published before it
+    existed (a Redis group made at id 0, a JetStream consumer delivering everything)."""
     native_dead_letter: bool = False
     """The broker itself moves messages past a delivery limit aside."""
     delayed_redelivery: bool = False

@@ -13,7 +13,6 @@ Run with ``-s`` to see the ledgers.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -21,10 +20,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
+import attrs
 import pytest
 
 from eventbus.errors import TransportError
 from eventbus.transports import Message
+from tests.fault.ledger import Ledger
 from tests.proxy import TCPProxy, tcp_proxy
 from tests.servers import require_broker
 
@@ -82,37 +83,22 @@ def direct(server: tuple[str, int], namespace: dict[str, str]) -> NATSTransport:
     return NATSTransport.from_url(server[0], ack_wait=ACK_WAIT, **namespace)
 
 
-class Ledger:
-    def __init__(self) -> None:
-        self.confirmed: set[int] = set()
-        self.failed_publishes = 0
-        self.deliveries: collections.Counter[int] = collections.Counter()
-        self.redeliveries: list[tuple[int, str, int]] = []
-        """(number, stream entry, delivery count) of each duplicate delivery."""
-
-    @property
-    def lost(self) -> set[int]:
-        return self.confirmed - set(self.deliveries)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(n - 1 for n in self.deliveries.values())
+@attrs.define
+class NATSLedger(Ledger[int]):
+    redeliveries: list[tuple[int, str, int]] = attrs.Factory(list)
+    """(number, stream entry, delivery count) of each duplicate delivery."""
 
     def show(self, title: str) -> None:
-        print(
-            f"\n{title}: confirmed {len(self.confirmed)}, received {len(self.deliveries)} "
-            f"distinct, duplicates {self.duplicates}, lost {len(self.lost)}, "
-            f"publishes that raised {self.failed_publishes}"
-        )
+        print(f"\n{self.report(title)}")
         if self.redeliveries:
             print(f"  duplicates (number, entry, delivery count): {self.redeliveries[:10]}")
 
 
-async def read_into(transport: NATSTransport, ledger: Ledger, group: str) -> None:
+async def read_into(transport: NATSTransport, ledger: NATSLedger, group: str) -> None:
     async for received in transport.subscribe([TOPIC], group=group):
         number = int(received.body)
-        ledger.deliveries[number] += 1
-        if ledger.deliveries[number] > 1:
+        ledger.received[number] += 1
+        if ledger.received[number] > 1:
             ledger.redeliveries.append((number, received.message_id, received.delivery_count))
         await received.ack()
 
@@ -162,7 +148,7 @@ async def cut_repeatedly(proxy: TCPProxy, cuts: int, every: float, pause: float)
 async def test_cutting_the_publisher_loses_no_confirmed_message(
     server: tuple[str, int], proxy: TCPProxy, namespace: dict[str, str]
 ) -> None:
-    ledger = Ledger()
+    ledger = NATSLedger()
     group = "g-publish"
     publisher = through(proxy, namespace, publish_timeout=1.0)
     reader = direct(server, namespace)
@@ -213,7 +199,7 @@ async def test_cutting_the_consumer_loses_nothing_and_it_resumes_by_itself(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="eventbus.nats")
-    ledger = Ledger()
+    ledger = NATSLedger()
     group = "g-consume"
     publisher = direct(server, namespace)
     consumer = through(proxy, namespace, batch=50)
@@ -226,7 +212,7 @@ async def test_cutting_the_consumer_loses_nothing_and_it_resumes_by_itself(
         publishing = asyncio.create_task(publish_slowly(publisher, ledger, total))
         await cut_repeatedly(proxy, cuts=6, every=0.4, pause=2.0)
         await publishing
-        await wait_for(lambda: len(ledger.deliveries) >= total, timeout=30)
+        await wait_for(lambda: len(ledger.received) >= total, timeout=30)
         # Every delivery was acked at last: nothing left pending at the broker.
         deadline = time.monotonic() + 4 * ACK_WAIT
         while True:
@@ -249,7 +235,7 @@ async def test_cutting_the_consumer_loses_nothing_and_it_resumes_by_itself(
     assert not any(PASSWORD in w for w in warnings)
 
 
-async def publish_slowly(publisher: NATSTransport, ledger: Ledger, total: int) -> None:
+async def publish_slowly(publisher: NATSTransport, ledger: NATSLedger, total: int) -> None:
     """Publish ``total`` messages in batches spread over the faults."""
     for start in range(0, total, 100):
         batch = [
@@ -263,7 +249,7 @@ async def publish_slowly(publisher: NATSTransport, ledger: Ledger, total: int) -
 async def test_publish_during_an_outage_raises_in_bounded_time_then_works_again(
     server: tuple[str, int], proxy: TCPProxy, namespace: dict[str, str]
 ) -> None:
-    ledger = Ledger()
+    ledger = NATSLedger()
     publisher = through(proxy, namespace, publish_timeout=1.0)
     reader = direct(server, namespace)
     await publisher.connect()

@@ -15,11 +15,9 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import attrs
 import pytest
 
 pytest.importorskip("aio_pika")
@@ -28,6 +26,7 @@ from eventbus_contrib.rabbitmq import RabbitMQTransport
 
 from eventbus.errors import TransportError
 from eventbus.transports import Message
+from tests.fault.ledger import Ledger
 from tests.proxy import TCPProxy, tcp_proxy
 from tests.servers import require_broker
 from tests.transports.test_rabbitmq import delete_from_broker
@@ -39,28 +38,6 @@ BATCHES = 40
 CUTS = 8
 CUT_EVERY = 0.25
 DEADLINE = 45.0
-
-
-@attrs.define
-class Ledger:
-    confirmed: set[bytes] = attrs.Factory(set)
-    received: Counter[bytes] = attrs.Factory(Counter)
-    failed_publishes: int = 0
-
-    @property
-    def lost(self) -> set[bytes]:
-        return self.confirmed - set(self.received)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(self.received.values()) - len(self.received)
-
-    def report(self, title: str) -> str:
-        return (
-            f"{title}: confirmed {len(self.confirmed)}, received {len(self.received)} "
-            f"distinct, duplicates {self.duplicates}, lost {len(self.lost)}, "
-            f"publishes that raised (and were retried) {self.failed_publishes}"
-        )
 
 
 def _through(url: str, proxy: TCPProxy) -> str:
@@ -76,7 +53,7 @@ def _batches(topic: str) -> list[list[Message]]:
     ]
 
 
-async def _publish_all(transport: RabbitMQTransport, topic: str, ledger: Ledger) -> None:
+async def _publish_all(transport: RabbitMQTransport, topic: str, ledger: Ledger[bytes]) -> None:
     """Publish every batch until it is confirmed, retrying the ones that raised."""
     for batch in _batches(topic):
         while True:
@@ -90,7 +67,9 @@ async def _publish_all(transport: RabbitMQTransport, topic: str, ledger: Ledger)
             break
 
 
-async def _consume(transport: RabbitMQTransport, topic: str, group: str, ledger: Ledger) -> None:
+async def _consume(
+    transport: RabbitMQTransport, topic: str, group: str, ledger: Ledger[bytes]
+) -> None:
     async for received in transport.subscribe([topic], group=group):
         ledger.received[received.body] += 1
         with contextlib.suppress(TransportError):  # its channel died: it comes again
@@ -103,7 +82,7 @@ async def _cutter(proxy: TCPProxy) -> None:
         proxy.cut()
 
 
-async def _until_all_received(ledger: Ledger, consuming: asyncio.Task[None]) -> None:
+async def _until_all_received(ledger: Ledger[bytes], consuming: asyncio.Task[None]) -> None:
     async with asyncio.timeout(DEADLINE):
         while ledger.lost or not ledger.confirmed:
             if consuming.done():
@@ -136,7 +115,7 @@ def names() -> Iterator[tuple[str, str, str]]:
 async def test_cuts_while_publishing_batches_lose_nothing(names: tuple[str, str, str]) -> None:
     url = require_broker("rabbitmq")
     exchange, topic, group = names
-    ledger = Ledger()
+    ledger: Ledger[bytes] = Ledger()
     consumer = RabbitMQTransport.from_url(url, exchange=exchange)
     await consumer.connect()
     await _subscribed(consumer, topic, group)
@@ -170,7 +149,7 @@ async def test_cuts_while_consuming_lose_nothing_and_it_resumes_by_itself(
 ) -> None:
     url = require_broker("rabbitmq")
     exchange, topic, group = names
-    ledger = Ledger()
+    ledger: Ledger[bytes] = Ledger()
     port = urlsplit(url).port or 5672
     with tcp_proxy(port) as proxy, caplog.at_level(logging.WARNING):
         consumer = RabbitMQTransport.from_url(
@@ -212,7 +191,7 @@ async def test_a_broker_that_is_down_for_seconds_is_waited_for(
     and the subscription takes them all once it is back, by itself."""
     url = require_broker("rabbitmq")
     exchange, topic, group = names
-    ledger = Ledger()
+    ledger: Ledger[bytes] = Ledger()
     port = urlsplit(url).port or 5672
     with tcp_proxy(port) as proxy, caplog.at_level(logging.WARNING):
         consumer = RabbitMQTransport.from_url(
@@ -252,7 +231,7 @@ async def test_a_subscription_started_while_the_broker_is_down_starts_when_it_is
 ) -> None:
     url = require_broker("rabbitmq")
     exchange, topic, group = names
-    ledger = Ledger()
+    ledger: Ledger[bytes] = Ledger()
     port = urlsplit(url).port or 5672
     with tcp_proxy(port) as proxy, caplog.at_level(logging.WARNING):
         proxy.pause()
@@ -305,7 +284,7 @@ async def test_a_silent_peer_is_noticed_by_heartbeats_and_publish_does_not_hang(
 ) -> None:
     url = require_broker("rabbitmq")
     exchange, topic, group = names
-    ledger = Ledger()
+    ledger: Ledger[bytes] = Ledger()
     proxy = FreezingProxy(urlsplit(url).port or 5672)
     proxy.start()
     try:

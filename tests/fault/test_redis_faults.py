@@ -30,6 +30,7 @@ import pytest
 
 from eventbus.errors import TransportError
 from eventbus.typing import Received
+from tests.fault.ledger import Ledger
 from tests.proxy import tcp_proxy
 from tests.servers import require_broker, unavailable
 from tests.transports.contract import message
@@ -46,28 +47,18 @@ SETTLE = 30.0
 
 
 @attrs.define
-class Ledger:
-    confirmed: set[bytes] = attrs.Factory(set)
-    received: list[bytes] = attrs.Factory(list)
-    failed_publishes: int = 0
+class RedisLedger(Ledger[bytes]):
     failed_acks: int = 0
     stuck: int = -1
     """Entries still pending in the group at the end (never acked, never redelivered)."""
 
-    def lost(self) -> set[bytes]:
-        return self.confirmed - set(self.received)
-
-    def report(self, name: str) -> str:
-        distinct = set(self.received)
-        return (
-            f"{name}: confirmed {len(self.confirmed)}, received {len(distinct)} distinct "
-            f"({len(self.received)} in all), duplicates {len(self.received) - len(distinct)}, "
-            f"lost {len(self.lost())}, publishes that raised {self.failed_publishes}, "
-            f"acks that raised {self.failed_acks}, stuck pending {self.stuck}"
+    def report(self, title: str, **more: object) -> str:
+        return super().report(
+            title, acks_that_raised=self.failed_acks, stuck_pending=self.stuck, **more
         )
 
 
-async def publish_all(transport: RedisStreamsTransport, topic: str, ledger: Ledger) -> None:
+async def publish_all(transport: RedisStreamsTransport, topic: str, ledger: RedisLedger) -> None:
     for batch in range(BATCHES):
         bodies = [f"{batch}:{i}".encode() for i in range(PER_BATCH)]
         messages = [message(topic, body, key=f"k{i % 3}") for i, body in enumerate(bodies)]
@@ -84,9 +75,11 @@ async def publish_all(transport: RedisStreamsTransport, topic: str, ledger: Ledg
         await asyncio.sleep(0.03)  # spread over the faults
 
 
-async def consume(transport: RedisStreamsTransport, topic: str, group: str, ledger: Ledger) -> None:
+async def consume(
+    transport: RedisStreamsTransport, topic: str, group: str, ledger: RedisLedger
+) -> None:
     async for received in transport.subscribe([topic], group=group):
-        ledger.received.append(received.body)
+        ledger.received[received.body] += 1
         try:
             await received.ack()
         except TransportError:
@@ -99,16 +92,16 @@ async def run_with_faults(
     faults: Callable[[], Awaitable[None]],
     name: str,
     server_port: int,
-) -> Ledger:
+) -> RedisLedger:
     topic = f"t{uuid.uuid4().hex[:10]}.fault"
     group = f"g{uuid.uuid4().hex[:10]}"
-    ledger = Ledger()
+    ledger = RedisLedger()
     reader = asyncio.create_task(consume(consumer, topic, group, ledger))
     try:
         await asyncio.sleep(0.3)
         await asyncio.gather(publish_all(publisher, topic, ledger), faults())
         deadline = time.monotonic() + SETTLE
-        while ledger.lost() and time.monotonic() < deadline:
+        while ledger.lost and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         client = redis.asyncio.Redis(port=server_port)
         try:
@@ -132,7 +125,7 @@ async def run_with_faults(
             await client.aclose()
     print(ledger.report(name))
     assert len(ledger.confirmed) == BATCHES * PER_BATCH
-    assert not ledger.lost(), sorted(ledger.lost())[:20]
+    assert not ledger.lost, sorted(ledger.lost)[:20]
     assert ledger.stuck == 0
     return ledger
 

@@ -344,6 +344,20 @@ class TransportContract:
                 assert received.body == b"early"
                 await received.ack()
 
+    async def test_a_group_made_after_publishing_reads_the_earlier_messages(self) -> None:
+        if not self.capabilities.new_groups_read_history:
+            pytest.skip("a new group of this transport starts with what comes next")
+        async with self.transport() as transport:
+            await transport.publish(
+                self.topic, *(message(self.topic, f"m{i}".encode()) for i in range(5))
+            )
+            for group in (self.group, self.group + "-late"):
+                async with self.consumer(transport, group=group) as consumer:
+                    got = await consumer.take(5)
+                    assert [r.body for r in got] == [f"m{i}".encode() for i in range(5)]
+                    for received in got:
+                        await received.ack()
+
     async def test_publish_after_close_raises(self) -> None:
         transport = await self.make()
         await transport.aclose()

@@ -145,18 +145,6 @@ class TestNATSTransport(TransportContract):
             finally:
                 await consumer.close()
 
-    async def test_a_group_made_after_publishing_reads_the_earlier_messages(self) -> None:
-        async with self.transport() as transport:
-            await transport.publish(
-                self.topic, *(message(self.topic, f"m{i}".encode()) for i in range(5))
-            )
-            for group in (self.group, self.group + "-late"):
-                async with self.consumer(transport, group=group) as consumer:
-                    got = await consumer.take(5)
-                    assert [r.body for r in got] == [f"m{i}".encode() for i in range(5)]
-                    for received in got:
-                        await received.ack()
-
     async def test_a_group_that_adds_a_topic_keeps_its_place_in_the_first(self) -> None:
         async with self.transport() as transport:
             async with self.consumer(transport) as consumer:

@@ -76,18 +76,6 @@ class TestRedisStreamsTransport(TransportContract):
 
     # -- what is specific to Redis -------------------------------------------------------
 
-    async def test_groups_made_after_the_publish_read_the_backlog(self) -> None:
-        async with self.transport() as transport:
-            await transport.publish(
-                self.topic, *(message(self.topic, f"m{i}".encode()) for i in range(5))
-            )
-            for group in (self.group, self.group + "-late"):
-                async with self.consumer(transport, group=group) as consumer:
-                    got = await consumer.take(5)
-                    assert [r.body for r in got] == [f"m{i}".encode() for i in range(5)]
-                    for received in got:
-                        await received.ack()
-
     async def test_a_dead_consumers_entries_are_taken_over_with_their_count(self) -> None:
         async with self.transport() as transport:
             first = await self.subscribed(transport)

@@ -7,7 +7,9 @@ Its handler appends, per event, the seconds since the publisher's commit to the 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 
 from eventbus import EventBus, EventRegistry, SQLiteOutbox, event
 
@@ -23,7 +25,11 @@ class Stamped:
 
 bus = EventBus(
     registry=REGISTRY,
-    outbox=SQLiteOutbox(os.environ.get("LATENCY_DATABASE", "latency.sqlite3")),
+    outbox=SQLiteOutbox(
+        os.environ.get(
+            "LATENCY_DATABASE", str(Path(tempfile.gettempdir()) / "eventbus-latency.sqlite3")
+        )
+    ),
     relay=False,
 )
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 import time
+from pathlib import Path
 
 from eventbus import EventBus, SQLiteOutbox
 from tests.transports.slow_events import REGISTRY, ReportRequested
 
-DATABASE = os.environ.get("SLOW_DATABASE", "slow.sqlite3")
+# Outside the checkout when a test forgets to set it: a stray database must not be committed.
+DATABASE = os.environ.get(
+    "SLOW_DATABASE", str(Path(tempfile.gettempdir()) / "eventbus-slow.sqlite3")
+)
 
 bus = EventBus(registry=REGISTRY, outbox=SQLiteOutbox(DATABASE))
 

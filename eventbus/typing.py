@@ -103,6 +103,10 @@ class OutboxStore(Protocol):
     the relay makes are fenced by its lease ``owner``. ``SQLiteOutbox`` is the embedded
     default; ``eventbus_contrib.sqlalchemy`` serves PostgreSQL, MariaDB and SQLite.
 
+    ``claim`` returns a row only while no earlier row of its (destination, key) is left
+    in any state, leased ones included: the relay claims the next batch while the one in
+    hand is still being delivered, and this rule is what keeps each key in order.
+
     Optional, looked up by name: ``transaction_control(resource)`` (how
     ``bus.transaction`` drives the store's kind of connection), and for
     ``bus.atransaction``, ``async_transaction_control(resource)`` (an

@@ -29,7 +29,9 @@ Per database:
 - PostgreSQL (>= 9.5): one statement, ``WITH c AS MATERIALIZED (SELECT ... FOR UPDATE
   SKIP LOCKED) UPDATE ... FROM c RETURNING``. Not ``WHERE id IN (SELECT ...)``: planned
   as a nested loop, that subquery runs again per outer row and leases far more than the
-  batch. The clock is ``clock_timestamp()`` (``now()`` is the transaction's start).
+  batch. The clock is ``clock_timestamp()`` (``now()`` is the transaction's start). The
+  claim's transaction sets ``enable_seqscan = off`` (``SET LOCAL``): with statistics the
+  planner would scan and sort the whole table for every claim.
 - MariaDB (>= 10.6) and MySQL (>= 8.0) have no ``UPDATE ... RETURNING``: one short
   transaction runs ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE ... WHERE id IN``.
   The relay's transactions run at READ COMMITTED, so a claim never takes gap locks that
@@ -587,6 +589,13 @@ class SQLAlchemyOutbox:
         statement = self._claims.get(batch)
         if statement is None:
             statement = self._claims[batch] = self._claim_statement(batch)
+        if self._kind == "postgresql":
+            # Once its statistics say most rows pass the filter, the planner prefers a
+            # sequential scan of the whole table and a sort (it cannot see that the
+            # first rows in id order are the claimable ones): measured on 4,000 rows and
+            # 1,000 keys, 14.9 ms a claim against 2.8 ms by the primary key, which stops
+            # at the batch's last row. SET LOCAL ends with this short transaction.
+            connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
         return connection.execute(statement, {"owner": owner, "lease": float(lease)}).all()
 
     def _claim_statement(self, batch: int) -> sa.Update:

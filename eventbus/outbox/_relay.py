@@ -7,6 +7,10 @@ key's events reach its handler in outbox order even across retries and relays. A
 in this process wakes it at once; polling every ``poll_interval`` is the safety net that
 makes it correct (a row committed by another process, a lease that ran out).
 
+The next batch is claimed while the one in hand is being finished (published, its
+async handlers run): the stages overlap, so a relay whose database and broker are across a
+network is bounded by the slower of them, not their sum. One batch is finished at a time.
+
 A batch makes one trip to a worker thread: claim, decode, the inbox check (answered by
 the claim itself where the store can), plain sync handlers for up to ``_INLINE_BUDGET``,
 and, when nothing is left, the completion. Only what needs the loop goes back to it:
@@ -180,31 +184,46 @@ class Relay:
                 return self._delivered
 
     async def run(self) -> None:
-        """Claim and deliver until stopped."""
+        """Claim and deliver until stopped.
+
+        Two stages overlap: while one batch is being finished on the loop (published to
+        the transport, its async handlers run, completed), the next is claimed and worked
+        on a worker thread, so throughput is bounded by the slower stage, not their sum.
+        Per-key order holds because a row is not claimable while an earlier row of its
+        key is left in any state (one in flight included). At most one batch is being
+        finished at a time.
+        """
         renewer = asyncio.create_task(self._renew_leases())
         listen = getattr(self._outbox, "listen", None)  # commits in other processes
         stop_listening = await self._bus._runtime.run_sync(listen, self.nudge) if listen else None
+        finishing: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
                 self._wake.clear()
                 self._cycle += 1
                 cycle = self._cycle
+                # One trip to a worker thread per batch: claim, decode, the inbox check,
+                # the plain sync handlers and (when they all succeeded) the completion.
                 try:
-                    # One trip to a worker thread per batch: claim, decode, the inbox check,
-                    # the plain sync handlers and (when they all succeeded) the completion.
                     batch = await self._bus._runtime.run_sync(self._claim_and_work)
-                    if batch is not None:
-                        self._delivered = True
-                        await self._finish(batch)
                 except Exception:
-                    # A database error while settling rows (a lock held too long, a
-                    # lost connection): the rows stay leased and come back when the
-                    # lease runs out. The relay itself must go on.
+                    # Working the batch failed outside any handler (settling it, say): its
+                    # rows stay leased and come back when the lease runs out.
                     self._delivered = True
                     logger.exception("the relay could not settle a batch; it goes on")
                     await asyncio.sleep(self._poll_interval)
                     continue
                 if batch is not None:
+                    self._delivered = True
+                    if finishing is not None:
+                        await finishing
+                    finishing = asyncio.create_task(self._finish_guarded(batch))
+                    continue
+                if finishing is not None:
+                    # Nothing claimable, but the batch in hand may unblock its keys'
+                    # next rows, or publish more: look again once it is finished.
+                    await finishing
+                    finishing = None
                     continue
                 self._quiet_cycle = cycle
                 self._quiet.set()
@@ -214,11 +233,30 @@ class Relay:
                 except TimeoutError:
                     pass
         finally:
+            if finishing is not None and not finishing.done():
+                # Stopping: the batch in hand is finished first (cancelled with us, if
+                # the runtime is shutting down hard).
+                try:
+                    await asyncio.shield(finishing)
+                except asyncio.CancelledError:
+                    finishing.cancel()
+                    raise
             renewer.cancel()
             if stop_listening is not None:
                 stop_listening()
             self._stopped = True
             self._quiet.set()  # nobody waits for a relay that has stopped
+
+    async def _finish_guarded(self, batch: _Batch) -> None:
+        """Finish a batch; a database error while settling it (a lock held too long, a
+        lost connection) leaves its rows leased, to come back when the lease runs out.
+        The relay itself must go on."""
+        try:
+            await self._finish(batch)
+        except Exception:
+            self._delivered = True
+            logger.exception("the relay could not settle a batch; it goes on")
+            await asyncio.sleep(self._poll_interval)
 
     def _claim_and_work(self) -> _Batch | None:
         """On a worker thread: claim a batch and do its thread work; None when nothing

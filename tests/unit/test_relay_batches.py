@@ -267,3 +267,69 @@ def test_a_delivery_whose_completion_fails_is_still_reported_handled(
     assert ran == [7, 7]
     assert reported == [7, 7]
     assert "could not settle a batch" in caplog.text
+
+
+def test_the_next_batch_is_claimed_while_one_is_being_finished(
+    make_bus: Callable[..., EventBus], path: Path
+) -> None:
+    # Batches of 50; the async handler of the first batch's first event only returns
+    # once the relay has claimed the second batch (or gives up after 5 s).
+    writer = make_bus(relay=False)
+    writer.subscribe(OrderPlaced, name="slowly", delivery="durable")(lambda _e: None)
+    publish(writer, path, range(100))
+    bus = make_bus()
+    outbox = bus.outbox
+    assert isinstance(outbox, SQLiteOutbox)
+    claimed: list[int] = []
+    claim = outbox.claim
+
+    def counting_claim(**options: object) -> list[object]:
+        rows = claim(**options)  # type: ignore[arg-type]
+        if rows:
+            claimed.append(len(rows))
+        return rows  # type: ignore[return-value]
+
+    outbox.claim = counting_claim  # type: ignore[assignment, method-assign]
+    overlapped: list[bool] = []
+
+    @bus.subscribe(name="slowly", delivery="durable")
+    async def slowly(event: OrderPlaced) -> None:
+        if event.number == 0:
+            deadline = time.monotonic() + 5
+            while len(claimed) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            overlapped.append(len(claimed) >= 2)
+
+    bus.start()
+    bus.drain(timeout=20)
+    assert overlapped == [True]
+    assert claimed == [50, 50]
+    assert outbox.status().pending == 0
+
+
+def test_per_key_order_holds_with_a_batch_in_hand_and_the_next_claimed(
+    make_bus: Callable[..., EventBus], path: Path
+) -> None:
+    # Three keys, 50 events each: every batch holds at most one row per key, and the next
+    # row of a key is not claimable while the row in hand is left, whichever stage it is in.
+    writer = make_bus(relay=False)
+    writer.subscribe(OrderPlaced, name="ordered", delivery="durable")(lambda _e: None)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        with writer.transaction(connection):
+            for number in range(150):
+                writer.publish(OrderPlaced(number=number), key=f"k{number % 3}")
+    finally:
+        connection.close()
+    bus = make_bus()
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    @bus.subscribe(name="ordered", delivery="durable")
+    async def ordered(event: OrderPlaced) -> None:
+        await asyncio.sleep(0.001 * (event.number % 5))  # uneven: stages overlap unevenly
+        seen[event.number % 3].append(event.number)
+
+    bus.start()
+    bus.drain(timeout=60)
+    for key, numbers in seen.items():
+        assert numbers == list(range(key, 150, 3))

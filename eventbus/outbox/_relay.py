@@ -277,21 +277,6 @@ class Relay:
             self._in_flight.difference_update(row.id for row in rows)
             raise
 
-    async def deliver(self, rows: list[ClaimedRow]) -> None:
-        """Deliver claimed rows (at most one per key), then settle them in one statement.
-
-        Per batch, not per row: one inbox read, handlers run concurrently (sync ones in
-        chunks on the worker threads), then one transaction completes the delivered rows
-        and writes their inbox marks.
-        """
-        self._in_flight.update(row.id for row in rows)
-        try:
-            batch = await self._bus._runtime.run_sync(self._work, rows)
-        except BaseException:
-            self._in_flight.difference_update(row.id for row in rows)
-            raise
-        await self._finish(batch)
-
     def _work(self, rows: list[ClaimedRow]) -> _Batch:
         """On a worker thread: prepare the rows, run the plain sync handlers, and complete
         the batch when nothing is left for the loop (the usual case)."""

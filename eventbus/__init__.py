@@ -9,12 +9,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._bus import EventBus
+from ._codec import JSONCodec
 from ._envelope import Envelope, uuid7
 from ._events import EventRegistry, EventType, default_registry, event, upcaster
 from ._handlers import Delivery, Handler
 from ._replay import ReplayResult
 from ._retry import RetryPolicy
-from ._serialization import JSONCodec
 from .deadletters import DeadLetter, MemoryDeadLetterStore, SQLiteDeadLetterStore
 from .errors import (
     AsyncHandlerError,

@@ -35,6 +35,7 @@ from . import hooks
 from ._bus_lifecycle import Lifecycle
 from ._bus_transactions import Transactions
 from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
+from ._codec import JSONCodec
 from ._config import load_settings
 from ._delivery import deliver
 from ._envelope import Envelope, check_headers, check_key
@@ -43,7 +44,6 @@ from ._handlers import Delivery, Handler, inspect_handler
 from ._retry import RetryPolicy
 from ._runtime import Runtime
 from ._scope import current_scope
-from ._serialization import JSONCodec
 from .deadletters import MemoryDeadLetterStore
 from .errors import (
     AsyncHandlerError,

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventbus._codec import JSONCodec
 from eventbus._envelope import Envelope, uuid7
 from eventbus._events import EventRegistry, event
-from eventbus._serialization import JSONCodec
 from eventbus.errors import (
     ConfigurationError,
     DecodeError,

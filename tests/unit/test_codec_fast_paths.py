@@ -15,7 +15,8 @@ spec = importlib.util.spec_from_file_location("tc", Path(__file__).with_name("te
 tc = importlib.util.module_from_spec(spec)
 sys.modules["tc"] = tc
 spec.loader.exec_module(tc)
-from eventbus._serialization import _time_text, _uuid_text  # noqa: E402 - after tc
+from eventbus._codec._envelope_fields import _time_text  # noqa: E402 - after tc
+from eventbus._codec._scalars import _uuid_text  # noqa: E402 - after tc
 
 CODEC = tc.CODEC
 S = settings(

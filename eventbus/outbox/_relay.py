@@ -191,7 +191,8 @@ class Relay:
         on a worker thread, so throughput is bounded by the slower stage, not their sum.
         Per-key order holds because a row is not claimable while an earlier row of its
         key is left in any state (one in flight included). At most one batch is being
-        finished at a time.
+        finished at a time, and only a full batch is followed by a claim at once: after a
+        short one, the next claim waits for its completion.
         """
         renewer = asyncio.create_task(self._renew_leases())
         listen = getattr(self._outbox, "listen", None)  # commits in other processes
@@ -218,6 +219,12 @@ class Relay:
                     if finishing is not None:
                         await finishing
                     finishing = asyncio.create_task(self._finish_guarded(batch))
+                    if len(batch.rows) < self._batch:
+                        # A short batch took all that was claimable: what comes next is
+                        # mostly the rows its completion unblocks (its keys' next rows),
+                        # so a claim before it is finished would scan for nothing.
+                        await finishing
+                        finishing = None
                     continue
                 if finishing is not None:
                     # Nothing claimable, but the batch in hand may unblock its keys'

@@ -1,6 +1,7 @@
 """How the relay works through a batch: the inbox checked in the claim, quick sync handlers
 on the claiming worker thread, slow ones spread over the worker threads, and a mixed batch
-(handled, failing, async, connection-taking) settled as one.
+(handled, failing, async, connection-taking) settled as one; and how batches overlap: the
+next claimed while a full one is finished, never after a short one, each key in order.
 
 Real buses on real SQLite outbox files; only the inline time budget is changed, to make a
 test independent of how busy the machine is.
@@ -304,6 +305,41 @@ def test_the_next_batch_is_claimed_while_one_is_being_finished(
     bus.drain(timeout=20)
     assert overlapped == [True]
     assert claimed == [50, 50]
+    assert outbox.status().pending == 0
+
+
+def test_after_a_short_batch_the_next_claim_waits_for_its_completion(
+    make_bus: Callable[..., EventBus], path: Path
+) -> None:
+    # 30 rows, batches of 50: the first claim takes all there is. Claiming again before
+    # its completion would find nothing but the rows it unblocks, at the price of a scan.
+    writer = make_bus(relay=False)
+    writer.subscribe(OrderPlaced, name="short", delivery="durable")(lambda _e: None)
+    publish(writer, path, range(30))
+    bus = make_bus()
+    outbox = bus.outbox
+    assert isinstance(outbox, SQLiteOutbox)
+    claims: list[int] = []
+    claim = outbox.claim
+
+    def counting_claim(**options: object) -> list[object]:
+        rows = claim(**options)  # type: ignore[arg-type]
+        claims.append(len(rows))
+        return rows  # type: ignore[return-value]
+
+    outbox.claim = counting_claim  # type: ignore[assignment, method-assign]
+    during: list[int] = []
+
+    @bus.subscribe(name="short", delivery="durable")
+    async def short(event: OrderPlaced) -> None:
+        if event.number == 0:
+            await asyncio.sleep(0.3)  # time enough for an early claim to show
+            during.append(len(claims))
+
+    bus.start()
+    bus.drain(timeout=20)
+    assert during == [1]
+    assert claims[0] == 30
     assert outbox.status().pending == 0
 
 

@@ -14,12 +14,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tenacity
 
 from eventbus import Envelope, EventBus, EventRegistry, RetryPolicy, event, hooks
-from eventbus.outbox import PendingRow, SQLiteOutbox
+from eventbus.outbox import ClaimedRow, PendingRow, SQLiteOutbox
 from eventbus.outbox import _relay as relay_module
 
 REGISTRY = EventRegistry()
@@ -270,6 +271,22 @@ def test_a_delivery_whose_completion_fails_is_still_reported_handled(
     assert "could not settle a batch" in caplog.text
 
 
+def claim_sizes(bus: EventBus) -> list[int]:
+    """The number of rows each claim of ``bus``'s relay returns, kept as they happen."""
+    outbox = bus.outbox
+    assert isinstance(outbox, SQLiteOutbox)
+    sizes: list[int] = []
+    claim = outbox.claim
+
+    def counting_claim(**options: Any) -> list[ClaimedRow]:
+        rows = claim(**options)
+        sizes.append(len(rows))
+        return rows
+
+    outbox.claim = counting_claim  # type: ignore[method-assign]
+    return sizes
+
+
 def test_the_next_batch_is_claimed_while_one_is_being_finished(
     make_bus: Callable[..., EventBus], path: Path
 ) -> None:
@@ -279,33 +296,23 @@ def test_the_next_batch_is_claimed_while_one_is_being_finished(
     writer.subscribe(OrderPlaced, name="slowly", delivery="durable")(lambda _e: None)
     publish(writer, path, range(100))
     bus = make_bus()
-    outbox = bus.outbox
-    assert isinstance(outbox, SQLiteOutbox)
-    claimed: list[int] = []
-    claim = outbox.claim
-
-    def counting_claim(**options: object) -> list[object]:
-        rows = claim(**options)  # type: ignore[arg-type]
-        if rows:
-            claimed.append(len(rows))
-        return rows  # type: ignore[return-value]
-
-    outbox.claim = counting_claim  # type: ignore[assignment, method-assign]
+    sizes = claim_sizes(bus)
     overlapped: list[bool] = []
 
     @bus.subscribe(name="slowly", delivery="durable")
     async def slowly(event: OrderPlaced) -> None:
         if event.number == 0:
             deadline = time.monotonic() + 5
-            while len(claimed) < 2 and time.monotonic() < deadline:
+            while len([size for size in sizes if size]) < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            overlapped.append(len(claimed) >= 2)
+            overlapped.append(len([size for size in sizes if size]) >= 2)
 
     bus.start()
     bus.drain(timeout=20)
     assert overlapped == [True]
-    assert claimed == [50, 50]
-    assert outbox.status().pending == 0
+    assert [size for size in sizes if size] == [50, 50]
+    assert bus.outbox is not None
+    assert bus.outbox.status().pending == 0
 
 
 def test_after_a_short_batch_the_next_claim_waits_for_its_completion(
@@ -317,17 +324,7 @@ def test_after_a_short_batch_the_next_claim_waits_for_its_completion(
     writer.subscribe(OrderPlaced, name="short", delivery="durable")(lambda _e: None)
     publish(writer, path, range(30))
     bus = make_bus()
-    outbox = bus.outbox
-    assert isinstance(outbox, SQLiteOutbox)
-    claims: list[int] = []
-    claim = outbox.claim
-
-    def counting_claim(**options: object) -> list[object]:
-        rows = claim(**options)  # type: ignore[arg-type]
-        claims.append(len(rows))
-        return rows  # type: ignore[return-value]
-
-    outbox.claim = counting_claim  # type: ignore[assignment, method-assign]
+    claims = claim_sizes(bus)
     during: list[int] = []
 
     @bus.subscribe(name="short", delivery="durable")
@@ -340,7 +337,8 @@ def test_after_a_short_batch_the_next_claim_waits_for_its_completion(
     bus.drain(timeout=20)
     assert during == [1]
     assert claims[0] == 30
-    assert outbox.status().pending == 0
+    assert bus.outbox is not None
+    assert bus.outbox.status().pending == 0
 
 
 def test_per_key_order_holds_with_a_batch_in_hand_and_the_next_claimed(

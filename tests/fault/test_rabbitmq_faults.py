@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -76,6 +76,31 @@ async def _consume(
             await received.ack()
 
 
+@contextlib.asynccontextmanager
+async def _consuming(
+    consumer: RabbitMQTransport, topic: str, group: str, ledger: Ledger[bytes]
+) -> AsyncIterator[asyncio.Task[None]]:
+    """``consumer`` takes ``topic`` into the ledger while the block runs; then it stops
+    and is closed."""
+    consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
+    try:
+        yield consuming
+    finally:
+        consuming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consuming
+        await consumer.aclose()
+
+
+async def _publish_confirmed(
+    publisher: RabbitMQTransport, topic: str, ledger: Ledger[bytes], tag: str, count: int
+) -> None:
+    """Publish ``count`` messages in one batch; once it returns, they are confirmed."""
+    messages = [Message(uuid.uuid4(), topic, None, f"{tag}{i}".encode()) for i in range(count)]
+    await publisher.publish(topic, *messages)
+    ledger.confirmed.update(m.body for m in messages)
+
+
 async def _cutter(proxy: TCPProxy) -> None:
     for _ in range(CUTS):
         await asyncio.sleep(CUT_EVERY)
@@ -119,25 +144,21 @@ async def test_cuts_while_publishing_batches_lose_nothing(names: tuple[str, str,
     consumer = RabbitMQTransport.from_url(url, exchange=exchange)
     await consumer.connect()
     await _subscribed(consumer, topic, group)
-    consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
     port = urlsplit(url).port or 5672
-    with tcp_proxy(port) as proxy:
-        publisher = RabbitMQTransport.from_url(
-            _through(url, proxy), exchange=exchange, reconnect_interval=0.2
-        )
-        await publisher.connect()
-        try:
-            cutting = asyncio.create_task(_cutter(proxy))
-            async with asyncio.timeout(DEADLINE):
-                await _publish_all(publisher, topic, ledger)
-            await cutting
-            await _until_all_received(ledger, consuming)
-        finally:
-            await publisher.aclose()
-            consuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consuming
-            await consumer.aclose()
+    async with _consuming(consumer, topic, group, ledger) as consuming:
+        with tcp_proxy(port) as proxy:
+            publisher = RabbitMQTransport.from_url(
+                _through(url, proxy), exchange=exchange, reconnect_interval=0.2
+            )
+            await publisher.connect()
+            try:
+                cutting = asyncio.create_task(_cutter(proxy))
+                async with asyncio.timeout(DEADLINE):
+                    await _publish_all(publisher, topic, ledger)
+                await cutting
+                await _until_all_received(ledger, consuming)
+            finally:
+                await publisher.aclose()
     print(ledger.report("cuts while publishing"), f"({proxy.connections} connections)")
     assert len(ledger.confirmed) == BATCH * BATCHES
     assert not ledger.lost
@@ -158,23 +179,17 @@ async def test_cuts_while_consuming_lose_nothing_and_it_resumes_by_itself(
         publisher = RabbitMQTransport.from_url(url, exchange=exchange)
         await publisher.connect()
         await _subscribed(publisher, topic, group)
-        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
         try:
-            cutting = asyncio.create_task(_cutter(proxy))
-            async with asyncio.timeout(DEADLINE):
-                await _publish_all(publisher, topic, ledger)
-            await cutting
-            await _until_all_received(ledger, consuming)
-            # After the last cut, the same subscription still takes new messages.
-            late = Message(uuid.uuid4(), topic, None, b"late")
-            await publisher.publish(topic, late)
-            ledger.confirmed.add(late.body)
-            await _until_all_received(ledger, consuming)
+            async with _consuming(consumer, topic, group, ledger) as consuming:
+                cutting = asyncio.create_task(_cutter(proxy))
+                async with asyncio.timeout(DEADLINE):
+                    await _publish_all(publisher, topic, ledger)
+                await cutting
+                await _until_all_received(ledger, consuming)
+                # After the last cut, the same subscription still takes new messages.
+                await _publish_confirmed(publisher, topic, ledger, "late", 1)
+                await _until_all_received(ledger, consuming)
         finally:
-            consuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consuming
-            await consumer.aclose()
             await publisher.aclose()
     print(ledger.report("cuts while consuming"), f"({proxy.connections} connections)")
     assert not ledger.lost
@@ -200,26 +215,20 @@ async def test_a_broker_that_is_down_for_seconds_is_waited_for(
         publisher = RabbitMQTransport.from_url(url, exchange=exchange)
         await publisher.connect()
         await _subscribed(publisher, topic, group)
-        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
         try:
-            first = [Message(uuid.uuid4(), topic, None, f"a{i}".encode()) for i in range(500)]
-            await publisher.publish(topic, *first)
-            ledger.confirmed.update(m.body for m in first)
-            await asyncio.sleep(0.05)
-            proxy.pause()
-            during = [Message(uuid.uuid4(), topic, None, f"b{i}".encode()) for i in range(500)]
-            await publisher.publish(topic, *during)
-            ledger.confirmed.update(m.body for m in during)
-            await asyncio.sleep(2.0)
-            assert ledger.lost, "the consumer was cut off: not everything can have arrived"
-            proxy.resume()
-            await _until_all_received(ledger, consuming)
+            async with _consuming(consumer, topic, group, ledger) as consuming:
+                try:
+                    await _publish_confirmed(publisher, topic, ledger, "a", 500)
+                    await asyncio.sleep(0.05)
+                    proxy.pause()
+                    await _publish_confirmed(publisher, topic, ledger, "b", 500)
+                    await asyncio.sleep(2.0)
+                    assert ledger.lost, "the consumer was cut off: not all can have arrived"
+                    proxy.resume()
+                    await _until_all_received(ledger, consuming)
+                finally:
+                    proxy.resume()  # before the consumer closes through it
         finally:
-            proxy.resume()
-            consuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consuming
-            await consumer.aclose()
             await publisher.aclose()
     print(ledger.report("broker down for 2 s"), f"({proxy.connections} connections)")
     assert not ledger.lost
@@ -239,21 +248,17 @@ async def test_a_subscription_started_while_the_broker_is_down_starts_when_it_is
         publisher = RabbitMQTransport.from_url(url, exchange=exchange)
         await publisher.connect()
         await _subscribed(publisher, topic, group)
-        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
         try:
-            sent = [Message(uuid.uuid4(), topic, None, f"m{i}".encode()) for i in range(100)]
-            await publisher.publish(topic, *sent)
-            ledger.confirmed.update(m.body for m in sent)
-            await asyncio.sleep(1.5)
-            assert not ledger.received
-            proxy.resume()
-            await _until_all_received(ledger, consuming)
+            async with _consuming(consumer, topic, group, ledger) as consuming:
+                try:
+                    await _publish_confirmed(publisher, topic, ledger, "m", 100)
+                    await asyncio.sleep(1.5)
+                    assert not ledger.received
+                    proxy.resume()
+                    await _until_all_received(ledger, consuming)
+                finally:
+                    proxy.resume()  # before the consumer closes through it
         finally:
-            proxy.resume()
-            consuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consuming
-            await consumer.aclose()
             await publisher.aclose()
     assert not ledger.lost
     assert "cannot start" in caplog.text  # the retries are logged, without the password
@@ -298,28 +303,23 @@ async def test_a_silent_peer_is_noticed_by_heartbeats_and_publish_does_not_hang(
         await publisher.connect()
         await silent.connect()
         await _subscribed(publisher, topic, group)
-        consuming = asyncio.create_task(_consume(consumer, topic, group, ledger))
         try:
-            first = [Message(uuid.uuid4(), topic, None, f"a{i}".encode()) for i in range(100)]
-            await publisher.publish(topic, *first)
-            ledger.confirmed.update(m.body for m in first)
-            await _until_all_received(ledger, consuming)
-            proxy.thawed.clear()
-            async with asyncio.timeout(5.0):  # raises by confirm_timeout, never hangs
-                with pytest.raises(TransportError):
-                    await silent.publish(topic, Message(uuid.uuid4(), topic, None, b"void"))
-            during = [Message(uuid.uuid4(), topic, None, f"b{i}".encode()) for i in range(100)]
-            await publisher.publish(topic, *during)
-            ledger.confirmed.update(m.body for m in during)
-            await asyncio.sleep(6.0)  # > 3 heartbeats: the consumer gave the dead link up
-            proxy.thawed.set()
-            await _until_all_received(ledger, consuming)
+            async with _consuming(consumer, topic, group, ledger) as consuming:
+                try:
+                    await _publish_confirmed(publisher, topic, ledger, "a", 100)
+                    await _until_all_received(ledger, consuming)
+                    proxy.thawed.clear()
+                    void = Message(uuid.uuid4(), topic, None, b"void")
+                    async with asyncio.timeout(5.0):  # raises by confirm_timeout, never hangs
+                        with pytest.raises(TransportError):
+                            await silent.publish(topic, void)
+                    await _publish_confirmed(publisher, topic, ledger, "b", 100)
+                    await asyncio.sleep(6.0)  # > 3 heartbeats: the consumer gave it up
+                    proxy.thawed.set()
+                    await _until_all_received(ledger, consuming)
+                finally:
+                    proxy.thawed.set()  # before the consumer closes through it
         finally:
-            proxy.thawed.set()
-            consuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consuming
-            await consumer.aclose()
             await silent.aclose()
             await publisher.aclose()
     finally:

@@ -663,6 +663,120 @@ def test_recursive_classes_round_trip() -> None:
     )
 
 
+# --- the wire format, byte for byte --------------------------------------------------------
+#
+# Written by the codec of 2026-12 (the standard library's json, compact, UTF-8): every
+# later codec must write these bytes for these envelopes, and read them back.
+
+ID = uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8057")
+OTHER_ID = uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8058")
+THIRD_ID = uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8059")
+NOON = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
+
+GOLDEN_ORDER = (
+    b'{"id":"01890a5d-ac96-774b-bcce-b302099a8057","name":"test.order","version":1,'
+    b'"occurred_at":"2024-05-01T12:30:00.123456+00:00","key":"order-1",'
+    b'"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","causation_id":null,'
+    b'"headers":{"traceparent":"00-abc","\xc3\xa9":"\xc3\xbc"},'
+    b'"data":{"order_id":"12345678-1234-5678-1234-567812345678",'
+    b'"customer":"Zo\xc3\xab \xe6\x9d\xb1\xe4\xba\xac \\"q\\" \\\\ \\n\\t\\u0001\x7f\xe2\x80\xa8",'
+    b'"total":"12.50","quantity":3,"weight":1e+16,'
+    b'"placed_at":"2024-05-01T12:30:00+02:00","placed_on":"2024-05-01","color":"red",'
+    b'"lines":[{"sku":"sku-0","qty":0,"price":{"amount":"0","currency":"EUR"}},'
+    b'{"sku":"sku-1","qty":1,"price":{"amount":"1","currency":"EUR"}},{"sku":"sku-2",'
+    b'"qty":2,"price":{"amount":"2","currency":"EUR"}}],"extra":null}}'
+)
+GOLDEN_EVERYTHING = (
+    b'{"id":"01890a5d-ac96-774b-bcce-b302099a8057","name":"test.everything",'
+    b'"version":1,"occurred_at":"2024-05-01T12:30:00-05:00","key":null,'
+    b'"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8058",'
+    b'"causation_id":"01890a5d-ac96-774b-bcce-b302099a8059","headers":{},'
+    b'"data":{"text":"tab\\there","count":1,"ratio":1.5e-07,"flag":true,"nothing":null,'
+    b'"amount":"1.000","at":"2024-01-01T01:02:03.004500-04:59:53","day":"2024-01-01",'
+    b'"ident":"00000000-0000-0000-0000-000000000001","color":"green","level":2,'
+    b'"mode":"slow","pair":[2,"two"],"perm":6,"money":{"amount":"9.99",'
+    b'"currency":"EUR"},"lines":[],"coords":[1e+22,-0.0],"numbers":[1,2],'
+    b'"by_str":{"a":1},"by_int":{"-1":"minus","10":"ten"},'
+    b'"by_uuid":{"00000000-0000-0000-0000-000000000002":false},"by_color":{"red":1},'
+    b'"by_level":{"1":"low"},"by_day":{"2024-02-29":"leap"},"by_amount":{"1.10":"a"},'
+    b'"ids":["00000000-0000-0000-0000-000000000001",'
+    b'"00000000-0000-0000-0000-000000000009","00000000-0000-0000-0000-000000000011"],'
+    b'"frozen":[-3,1,9,17],"maybe":1180591620717411303424,"either":"s","choice":3,'
+    b'"names":["x","y"],"prices":{"p":"0.1"},"anything":{"k":[1,null,2.5,1e-05,"x"],'
+    b'"n":{"deep":[true]}},"tree":{"value":1,"children":[{"value":2,"children":[]}]},'
+    b'"stamp":"2024-02-29T00:00:00+05:30"}}'
+)
+GOLDEN_SURROGATE = (
+    b'{"id":"01890a5d-ac96-774b-bcce-b302099a8057","name":"test.order","version":1,'
+    b'"occurred_at":"2024-05-01T12:30:00+00:00","key":null,'
+    b'"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8058","causation_id":null,'
+    b'"headers":{},"data":{"order_id":"12345678-1234-5678-1234-567812345678",'
+    b'"customer":"a\\ud800b Zo\\u00eb","total":"12.50","quantity":3,"weight":1.5,'
+    b'"placed_at":"2024-05-01T12:30:00+02:00","placed_on":"2024-05-01","color":"red",'
+    b'"lines":[],"extra":null}}'
+)
+GOLDEN_PRIVATE = (
+    b'{"id":"01890a5d-ac96-774b-bcce-b302099a8057","name":"test.private","version":1,'
+    b'"occurred_at":"2024-05-01T12:30:00+00:00","key":null,'
+    b'"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","causation_id":null,'
+    b'"headers":{},"data":{"_secret":"s","name":"bob","note":"none"}}'
+)
+
+
+def golden_envelopes() -> dict[bytes, Envelope]:
+    everything = next_everything(
+        ratio=1.5e-7,
+        coords=(1e22, -0.0),
+        at=datetime(2024, 1, 1, 1, 2, 3, 4500, tzinfo=timezone(-timedelta(hours=4, seconds=3593))),
+        ids={uuid.UUID(int=n) for n in (17, 9, 1)},
+        frozen=frozenset([17, 9, 1, -3]),
+        anything={"k": [1, None, 2.5, 1e-05, "x"], "n": {"deep": [True]}},
+        maybe=2**70,
+        stamp=datetime(2024, 2, 29, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        text="tab\there",
+    )
+    return {
+        GOLDEN_ORDER: envelope_of(
+            an_order(customer='Zo\u00eb \u6771\u4eac "q" \\ \n\t\x01\x7f\u2028', weight=1e16),
+            id=ID,
+            correlation_id=ID,
+            key="order-1",
+            headers={"traceparent": "00-abc", "\u00e9": "\u00fc"},
+            occurred_at=NOON.replace(microsecond=123456),
+        ),
+        GOLDEN_EVERYTHING: envelope_of(
+            everything,
+            id=ID,
+            correlation_id=OTHER_ID,
+            causation_id=THIRD_ID,
+            occurred_at=datetime(2024, 5, 1, 12, 30, tzinfo=timezone(timedelta(hours=-5))),
+        ),
+        # A lone surrogate has no UTF-8 form: the whole message is written as ASCII.
+        GOLDEN_SURROGATE: envelope_of(
+            an_order(customer="a\ud800b Zo\u00eb", lines=[]),
+            id=ID,
+            correlation_id=OTHER_ID,
+            occurred_at=NOON,
+        ),
+        GOLDEN_PRIVATE: envelope_of(
+            WithPrivate(secret="s", name="bob"), id=ID, correlation_id=ID, occurred_at=NOON
+        ),
+    }
+
+
+def test_the_wire_format_is_written_byte_for_byte() -> None:
+    for golden, envelope in golden_envelopes().items():
+        assert CODEC.encode(envelope) == golden
+
+
+def test_golden_messages_are_read_back_exactly() -> None:
+    for golden, envelope in golden_envelopes().items():
+        decoded = CODEC.decode(golden)
+        assert decoded == envelope
+        assert_same(decoded.event, envelope.event)
+        assert_same(decoded.occurred_at, envelope.occurred_at)
+
+
 # --- upcasting and unknown events ----------------------------------------------------------
 
 

@@ -941,14 +941,141 @@ def test_malformed_documents_are_refused(data: Any, words: tuple[str, ...]) -> N
     refused(data, *words)
 
 
-def test_missing_and_extra_envelope_keys_are_refused() -> None:
+def test_missing_envelope_keys_are_refused() -> None:
     document = order_document()
     del document["data"]
     refused(dumps(document), "missing key(s) 'data'")
 
-    document = order_document()
-    document["extra"] = 1
-    refused(dumps(document), "unexpected key(s) 'extra'")
+    del document["id"]
+    refused(dumps(document), "missing key(s) 'data', 'id'")
+
+
+# --- forward compatibility: unknown envelope keys, and the tolerant reader -----------------
+
+
+def test_an_unknown_envelope_key_is_ignored() -> None:
+    # A newer eventbus may add an envelope key: consumers that do not know it read on.
+    envelope = envelope_of(an_order(), key="k", headers={"a": "b"})
+    document = json.loads(CODEC.encode(envelope))
+    document["tenant"] = {"id": 7, "tags": ["x"]}
+
+    assert CODEC.decode(dumps(document)) == envelope
+    assert JSONCodec(REGISTRY, tolerant=True).decode(dumps(document)) == envelope
+
+
+@pytest.mark.parametrize(
+    ("raw_value", "words"),
+    [
+        (b"[" * 40 + b"1" + b"]" * 40, ("tenant[0][0]", "max_depth=32")),
+        (b"NaN", ("NaN", "strict JSON")),
+        (b'{"a":1,"a":2}', ("'a' twice",)),
+    ],
+    ids=["too deep", "NaN", "duplicate key"],
+)
+def test_an_unknown_envelope_key_is_still_held_to_the_limits(
+    raw_value: bytes, words: tuple[str, ...]
+) -> None:
+    raw = CODEC.encode(envelope_of(an_order()))
+
+    refused(raw[:-1] + b',"tenant":' + raw_value + b"}", *words)
+
+
+@event("test.rolling", registry=REGISTRY)
+class Shipped:
+    order_id: str
+    parcel: Money
+    carrier: str | None = None
+
+
+NEWER = EventRegistry()
+
+
+@attrs.frozen
+class NewerMoney:
+    amount: Decimal
+    currency: str
+    rate: float = 1.0  # added by the newer producer
+
+
+@event("test.rolling", registry=NEWER)
+class NewerShipped:
+    order_id: str
+    parcel: NewerMoney
+    carrier: str | None = None
+    tracking: str | None = None  # added by the newer producer, same version
+
+
+def newer_message(**fields: Any) -> bytes:
+    producer = JSONCodec(NEWER)
+    shipped = NewerShipped(
+        order_id="o-1", parcel=NewerMoney(Decimal("9.50"), "EUR", 1.25), **fields
+    )
+    info = NEWER.info(NewerShipped)
+    return producer.encode(
+        Envelope(
+            id=uuid7(),
+            name=info.name,
+            version=info.version,
+            occurred_at=datetime.now(UTC),
+            event=shipped,
+            correlation_id=uuid7(),
+        )
+    )
+
+
+def test_an_unknown_event_field_is_refused_naming_the_tolerant_reader() -> None:
+    error = refused(
+        newer_message(tracking="T-1"),
+        "data.parcel.rate",
+        "unknown field: Money has no field 'rate'",
+        "JSONCodec(tolerant=True)",
+    )
+    assert "newer producer" in str(error)
+
+
+def test_a_tolerant_codec_reads_events_of_a_newer_producer() -> None:
+    tolerant = JSONCodec(REGISTRY, tolerant=True)
+
+    decoded = tolerant.decode(newer_message(tracking="T-1", carrier="dhl"))
+
+    assert decoded.event == Shipped(
+        order_id="o-1", parcel=Money(Decimal("9.50"), "EUR"), carrier="dhl"
+    )
+    # What it writes again is the event it knows: the unknown fields are not carried on.
+    assert "tracking" not in tolerant.encode_event(decoded.event)
+    parcel = {"amount": "1", "currency": "EUR", "x": [1]}
+    assert tolerant.decode_event("test.rolling", 1, {"order_id": "o", "parcel": parcel}) == (
+        Shipped(order_id="o", parcel=Money(Decimal(1), "EUR"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"order_id": 5, "tracking": "T"}, ("data.order_id", "expected a JSON string")),
+        ({"tracking": "T"}, ("data.order_id", "required field of Shipped is missing")),
+        ({"order_id": "o", "tracking": [[[[1]]]]}, ("data.tracking", "max_depth=4")),
+        ({"order_id": "o", "tracking": math.nan}, ("data.tracking", "finite")),
+    ],
+    ids=["mistyped", "missing", "unknown and too deep", "unknown and NaN"],
+)
+def test_a_tolerant_codec_still_refuses_wrong_and_missing_fields(
+    data: dict[str, Any], words: tuple[str, ...]
+) -> None:
+    tolerant = JSONCodec(REGISTRY, tolerant=True, max_depth=4)
+    data = {"parcel": {"amount": "1", "currency": "EUR"}, **data}
+
+    with pytest.raises(DecodeError) as info:
+        tolerant.decode_event("test.rolling", 1, data)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_a_tolerant_codec_still_refuses_a_newer_version() -> None:
+    tolerant = JSONCodec(REGISTRY, tolerant=True)
+
+    with pytest.raises(UnknownEventError, match="newer"):
+        tolerant.decode(upcast_document(3, {"full_name": "Ada", "age": 36, "extra": 1}))
 
 
 @pytest.mark.parametrize(
@@ -1166,6 +1293,20 @@ def test_limits_must_be_positive_ints(value: Any) -> None:
         JSONCodec(REGISTRY, max_size=value)
     with pytest.raises(ConfigurationError, match="max_depth"):
         JSONCodec(REGISTRY, max_depth=value)
+
+
+@pytest.mark.parametrize("value", [1, 0, None, "yes"])
+def test_tolerant_must_be_a_bool(value: Any) -> None:
+    with pytest.raises(ConfigurationError, match="tolerant must be True or False"):
+        JSONCodec(REGISTRY, tolerant=value)
+
+
+def test_the_codec_says_its_settings() -> None:
+    codec = JSONCodec(REGISTRY, max_size=10, max_depth=3, tolerant=True)
+
+    assert (codec.max_size, codec.max_depth, codec.tolerant) == (10, 3, True)
+    assert repr(codec) == "JSONCodec(max_size=10, max_depth=3, tolerant=True)"
+    assert CODEC.tolerant is False
 
 
 def test_the_registry_must_be_an_event_registry() -> None:

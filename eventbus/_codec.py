@@ -196,18 +196,16 @@ def _reference(data: bytes | bytearray | memoryview | str) -> Any:
 
 def _write(wire: _Wire) -> bytes:
     try:
-        return _fast_write(wire)
-    except UnicodeEncodeError:
-        # A lone surrogate (from "\ud800" in a received message) has no UTF-8 form: the
-        # whole message in ASCII with escapes, as json.dumps writes it then.
-        document = msgspec.structs.asdict(wire)
         try:
+            return _fast_write(wire)
+        except UnicodeEncodeError:
+            # A lone surrogate (from "\ud800" in a received message) has no UTF-8 form:
+            # the whole message in ASCII with escapes, as json.dumps writes it then.
+            document = msgspec.structs.asdict(wire)
             text = json.dumps(
                 document, allow_nan=False, separators=(",", ":"), default=_json_default
             )
             return text.encode()
-        except (TypeError, ValueError) as exc:
-            raise EncodeError(f"cannot write the message as JSON: {exc}") from None
     except (TypeError, ValueError) as exc:  # ValueError: an int over the str-digit limit
         raise EncodeError(f"cannot write the message as JSON: {exc}") from None
 
@@ -393,7 +391,10 @@ def _encode_uuid(value: Any, _depth: int) -> Any:
 
 def _parse_uuid(text: str) -> uuid.UUID:
     """The canonical form (8-4-4-4-12 hex digits) or 32 hex digits, either case."""
-    return msgspec.convert(text, uuid.UUID)  # ValidationError is a ValueError
+    try:
+        return msgspec.convert(text, uuid.UUID)
+    except msgspec.ValidationError:  # a ValueError only from msgspec 0.21 on
+        raise ValueError(text) from None
 
 
 _decode_datetime = _text(_parse_aware, 64, "an ISO 8601 datetime string", "an ISO 8601 datetime")
@@ -409,10 +410,18 @@ _SCALARS: dict[object, _Type] = {
     ),
     float: _Type(_encode_float, _decode_float, lambda v: isinstance(v, float), "float"),
     bool: _Type(
-        _exact(bool, "bool"), _exact(bool, "true or false"), lambda v: isinstance(v, bool), "bool"
+        _exact(bool, "bool"),
+        _exact(bool, "true or false"),
+        lambda v: isinstance(v, bool),
+        "bool",
+        bool,
     ),
     type(None): _Type(
-        _exact(type(None), "None"), _exact(type(None), "None"), lambda v: v is None, "None"
+        _exact(type(None), "None"),
+        _exact(type(None), "None"),
+        lambda v: v is None,
+        "None",
+        type(None),
     ),
     Decimal: _Type(
         _encode_decimal,

@@ -61,8 +61,12 @@ _SUPPORTED = (
 )
 
 
-class _Wire(msgspec.Struct):
-    """The envelope as it is written, in its key order; every value is checked here."""
+class _Wire(msgspec.Struct, gc=False):
+    """The envelope as it is written, in its key order; every value is checked here.
+
+    Not tracked by the garbage collector (a little faster to make): nothing it holds
+    ever refers back to it.
+    """
 
     id: Any
     name: Any
@@ -1121,29 +1125,16 @@ class _Compiler:
 
 # --- the envelope --------------------------------------------------------------------------
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# (days, seconds) since the epoch and the isoformat of that second without its offset:
-# formatting the date and time of day costs a quarter of an encode, and changes once a
-# second. Replaced as a whole, so a reader always sees a consistent triple.
-_last_second: tuple[int, int, str] = (0, 0, "1970-01-01T00:00:00")
-
 
 def _time_text(value: object) -> str:
-    """Envelope.occurred_at as value.isoformat() writes it; the text of a UTC second is
-    kept, as the next envelope is most likely stamped in the same second."""
-    global _last_second  # noqa: PLW0603 - one cache for the process
-    if type(value) is not datetime or value.tzinfo is not UTC:
-        if isinstance(value, datetime) and value.utcoffset() is not None:
-            return value.isoformat()  # another offset, or a subclass that formats itself
-        raise EncodeError(f"Envelope.occurred_at must be an aware datetime, got {_show(value)}")
-    delta = value - _EPOCH
-    days, seconds = delta.days, delta.seconds
-    cached_days, cached_seconds, text = _last_second
-    if seconds != cached_seconds or days != cached_days:
-        text = value.replace(microsecond=0, tzinfo=None).isoformat()
-        _last_second = (days, seconds, text)
-    micro = delta.microseconds
-    return f"{text}.{micro:06d}+00:00" if micro else f"{text}+00:00"
+    """Envelope.occurred_at as value.isoformat() writes it."""
+    if type(value) is datetime and value.tzinfo is UTC:
+        # msgspec writes a UTC time as isoformat() does, but for "Z" in place of
+        # "+00:00", in a third of the time: the usual envelope time costs that much less.
+        return _fast_write(value)[1:-2].decode() + "+00:00"
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return value.isoformat()  # another offset, or a subclass that formats itself
+    raise EncodeError(f"Envelope.occurred_at must be an aware datetime, got {_show(value)}")
 
 
 def _envelope_uuid(value: object, field: str) -> object:

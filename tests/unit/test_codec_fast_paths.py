@@ -246,9 +246,10 @@ OFFSETS = st.integers(min_value=-86399, max_value=86399).map(
 @S
 @given(st.datetimes(timezones=st.just(UTC) | OFFSETS))
 def test_the_envelope_time_is_its_isoformat(moment):
+    # A UTC time is written by msgspec, any other by isoformat(): the same text.
     assert _codec._time_text(moment) == moment.isoformat()
-    twice = _codec._time_text(moment)  # from the cache of that second, the second time
-    assert twice == moment.isoformat()
+    whole = moment.replace(microsecond=0)
+    assert _codec._time_text(whole) == whole.isoformat()
 
 
 def test_a_naive_envelope_time_is_refused():

@@ -35,7 +35,9 @@ from tests.servers import (
     RUN_VARIABLE,
     database_connect_args,
     database_url,
+    forget_run,
     fresh_name,
+    run_named_anything,
     run_prefix,
     unavailable,
 )
@@ -186,9 +188,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """After every test and fixture (on every worker), fail the run if the servers hold
     anything named with this run's id. Runs once, on the controller."""
     config = session.config
-    if _is_xdist_worker(config) or config.option.collectonly or not session.testscollected:
-        return
+    if _is_xdist_worker(config) or not run_named_anything():
+        return  # a worker, or a run that named nothing on a server: nothing to look for
     found = leftovers.find(run_prefix())
+    forget_run()
     config.stash[_LEFT] = found
     if found and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

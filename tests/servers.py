@@ -21,8 +21,10 @@ import contextlib
 import functools
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Coroutine, Iterable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,6 +40,7 @@ __all__ = [
     "broker_url",
     "database_connect_args",
     "database_url",
+    "forget_run",
     "fresh_name",
     "in_ci",
     "namespace",
@@ -48,6 +51,7 @@ __all__ = [
     "require_broker",
     "run_coroutine",
     "run_id",
+    "run_named_anything",
     "run_prefix",
     "unavailable",
     "via_port",
@@ -90,12 +94,29 @@ def run_prefix() -> str:
     return f"eb{run_id()}"
 
 
+def run_named_anything() -> bool:
+    """Whether any process of this run asked for a name (``fresh_name``) so far."""
+    return _used_marker().exists()
+
+
+def forget_run() -> None:
+    """Remove the marker ``run_named_anything`` reads (the run is over)."""
+    _used_marker().unlink(missing_ok=True)
+
+
+def _used_marker() -> Path:
+    return Path(tempfile.gettempdir()) / f"eventbus-test-run-{run_id()}"
+
+
 def fresh_name() -> str:
     """A name no other test (of this run or another) uses: ``eb``, the run id, 8 hex.
 
     Valid as a SQL identifier prefix, a Redis key prefix, a RabbitMQ exchange or queue
     prefix and a NATS subject prefix; ``.upper()`` of it is a JetStream stream name.
     """
+    marker = _used_marker()
+    if not marker.exists():  # the run named something: its end looks for what is left
+        marker.touch()
     return f"{run_prefix()}{uuid.uuid4().hex[:8]}"
 
 

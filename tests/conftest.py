@@ -207,7 +207,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(line, red=True)
         terminalreporter.write_line(
             "every test removes what it made, also when it fails: find the test by the name; "
-            "python -m tests.leftovers --remove " + run_prefix() + " cleans up"
+            f"python -m tests.leftovers {run_prefix()} --remove-run cleans up"
         )
     elif found.unchecked:
         terminalreporter.write_line(

@@ -9,6 +9,7 @@ By hand, for what older runs left::
     python -m tests.leftovers --snapshot old.json    # list, and keep the list
     python -m tests.leftovers --remove old.json      # 10 minutes later: remove what is
                                                      # still there and was in old.json
+    python -m tests.leftovers eb1a2b3c --remove-run  # all of run eb1a2b3c (it has ended)
 
 Other runs use the servers at the same time, and a name of a running test looks just like
 a forgotten one: removal takes only what outlived a snapshot by ten minutes, longer than
@@ -259,10 +260,23 @@ def main(argv: list[str] | None = None) -> int:
         help="remove what is found AND was in SNAPSHOT, written at least 10 minutes ago "
         "(other runs use the servers now: only what outlived every test is removed)",
     )
+    parser.add_argument(
+        "--remove-run",
+        action="store_true",
+        help="remove everything of the run PREFIX names (eb and its six hex digits), "
+        "which has ended",
+    )
     args = parser.parse_args(argv)
+    if args.remove_run and not re.fullmatch(r"eb[0-9a-f]{6}", args.prefix or ""):
+        parser.error("--remove-run takes the prefix of one run: eb and six hex digits")
     found = find(args.prefix)
     for line in found.lines():
         print(line)
+    if not found:
+        print("nothing left")
+    if args.remove_run and found:
+        remove(found)
+        print("removed")
     if args.snapshot:
         Path(args.snapshot).write_text(json.dumps({"at": time.time(), "names": found.names}))
     if args.remove:

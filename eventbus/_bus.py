@@ -60,6 +60,7 @@ from .transports._link import FORWARD, TransportLink
 from .transports._resolve import transport_from_url
 
 if TYPE_CHECKING:
+    from ._events import EventInstance
     from .typing import Codec, DeadLetterStore, OutboxStore, Transport
 
 __all__ = ["EventBus"]
@@ -562,23 +563,27 @@ class EventBus(Transactions, Lifecycle):
 
         def publish(
             self,
-            event: object,
+            event: EventInstance,
             /,
             *,
             key: str | None = None,
             headers: Mapping[str, str] | None = None,
         ) -> None:
-            """Publish ``event`` from sync code."""
+            """Publish ``event`` from sync code.
+
+            Type checkers accept only event instances (``EventInstance``); the run-time
+            check of the class (registered, declared itself) happens on its first publish.
+            """
 
         async def apublish(
             self,
-            event: object,
+            event: EventInstance,
             /,
             *,
             key: str | None = None,
             headers: Mapping[str, str] | None = None,
         ) -> None:
-            """Publish ``event`` from async code."""
+            """Publish ``event`` from async code; accepts what ``publish`` does."""
 
     else:
         publish = _publish

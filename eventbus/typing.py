@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
+from ._events import EventInstance
+
 if TYPE_CHECKING:
     import uuid
     from collections.abc import AsyncIterator, Iterable, Sequence
@@ -15,7 +17,14 @@ if TYPE_CHECKING:
     from .outbox import ClaimedRow, OutboxStatus, PendingRow
     from .transports import Capabilities, Message
 
-__all__ = ["Codec", "DeadLetterStore", "OutboxStore", "Received", "Transport"]
+__all__ = [
+    "Codec",
+    "DeadLetterStore",
+    "EventInstance",
+    "OutboxStore",
+    "Received",
+    "Transport",
+]
 
 
 @runtime_checkable

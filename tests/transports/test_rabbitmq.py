@@ -1,9 +1,10 @@
 """The RabbitMQ transport passes the transport contract, on classic and on quorum queues;
 plus what is RabbitMQ's own: returns, persistence, options, a cut in the middle of a batch.
 
-Each test gets its own exchange (a uuid), so its queues and bindings never meet another
-test's; its exchange and queues are deleted when it ends (durable quorum queues left
-behind would each keep a Raft member alive on the shared broker).
+Each test gets its own exchange (a fresh name of this run's, see tests/servers.py), so its
+queues and bindings never meet another test's; its exchange and queues are deleted when it
+ends, also when it fails (durable quorum queues left behind would each keep a Raft member
+alive on the shared broker).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,22 +30,8 @@ from eventbus.errors import ConfigurationError, MessageRejectedError, TransportE
 from eventbus.transports import transport_from_url
 from eventbus.typing import Transport
 from tests.proxy import tcp_proxy
-from tests.servers import require_broker
+from tests.servers import fresh_name, remove_rabbitmq, require_broker
 from tests.transports.contract import WAIT, Consumer, TransportContract, message
-
-
-async def delete_from_broker(url: str, exchange: str, queues: Sequence[str]) -> None:
-    """Remove what a test declared (deleting what does not exist is not an error)."""
-    import aio_pika
-
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel()
-        for queue in queues:
-            await channel.queue_delete(queue)
-        await channel.exchange_delete(exchange)
-    finally:
-        await connection.close()
 
 
 def _with_port(url: str, port: int) -> str:
@@ -61,11 +48,14 @@ class TestRabbitMQTransport(TransportContract):
     @pytest.fixture(autouse=True)
     def _exchange(self) -> Iterator[None]:
         self.url = require_broker("rabbitmq")
-        self.exchange = f"eb{uuid.uuid4().hex[:12]}"
+        self.exchange = fresh_name()
+        self.queues: list[str] = []  # a test that names its queues otherwise adds them
         yield
-        groups = (self.group, f"{self.group}-2")
-        queues = [f"{self.exchange}.{g}{suffix}" for g in groups for suffix in ("", ".dead-letter")]
-        asyncio.run(delete_from_broker(self.url, self.exchange, queues))
+        # The groups the contract makes: its own, a second one, one made late.
+        groups = (self.group, f"{self.group}-2", f"{self.group}-late")
+        queues = [f"{self.exchange}.{g}" for g in groups] + self.queues
+        queues += [f"{queue}.dead-letter" for queue in queues]
+        remove_rabbitmq(self.url, exchanges=[self.exchange], queues=queues)
 
     async def make(self, **options: Any) -> Transport:
         options.setdefault("exchange", self.exchange)
@@ -119,7 +109,8 @@ class TestRabbitMQTransport(TransportContract):
     async def test_the_group_queue_is_durable_and_named_from_the_prefix(self) -> None:
         import aio_pika
 
-        prefix = f"app{uuid.uuid4().hex[:8]}"
+        prefix = fresh_name()
+        self.queues.append(f"{prefix}.{self.group}")
         async with self.transport(queue_prefix=prefix) as transport:
             consumer = await self.subscribed(transport)
             await consumer.close()
@@ -134,7 +125,6 @@ class TestRabbitMQTransport(TransportContract):
                 durable=True,
                 arguments={"x-queue-type": "quorum"} if self.quorum else None,
             )
-            await queue.delete(if_unused=False, if_empty=False)
         finally:
             await connection.close()
 
@@ -341,7 +331,7 @@ async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_pub
     before it is sent, and the same transport goes on."""
     url = require_broker("rabbitmq")
     topic = f"t{uuid.uuid4().hex[:10]}.placed"
-    exchange = f"eb{uuid.uuid4().hex[:12]}"
+    exchange = fresh_name()
     transport = RabbitMQTransport.from_url(url, exchange=exchange)
     consumer = Consumer(transport, [topic], "g")
     big = b"x" * (128 * 1024 * 1024 + 1)
@@ -368,4 +358,4 @@ async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_pub
     finally:
         await consumer.close()
         await transport.aclose()
-        await delete_from_broker(url, exchange, [f"{exchange}.g"])
+        remove_rabbitmq(url, exchanges=[exchange], queues=[f"{exchange}.g"])

@@ -5,7 +5,8 @@ server refuses it and every layer has a failure to report) and at a port where n
 listens; it publishes, the relay and the worker fail and retry for a while, and the test
 reads everything they wrote: every log record at every level, the outbox rows' last
 errors, the dead letters, the reprs. (A server that asks for no password, as NATS here,
-takes the wrong one: that case then checks the logs of a working connection.)
+takes the wrong one: that case then checks the logs of a working connection, in a
+namespace of the test's own that is removed at the end.)
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from eventbus import EventBus, EventRegistry, SQLiteOutbox, event
-from tests.servers import require_broker
+from tests.servers import BrokerNamespace, broker_namespace
 
 CANARY = "canary-Pw-7319"
 REGISTRY = EventRegistry()
@@ -37,17 +39,25 @@ def _with_password(url: str, *, port: int | None = None) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats"])
+@pytest.fixture(params=["redis", "rabbitmq", "nats"])
+def space(request: pytest.FixtureRequest) -> Iterator[BrokerNamespace]:
+    with broker_namespace(request.param) as made:
+        yield made
+
+
 @pytest.mark.parametrize("where", ["refused by the server", "nothing listening"])
 def test_the_password_stays_secret(
-    kind: str, where: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    space: BrokerNamespace, where: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    base = require_broker(kind)
-    url = _with_password(base, port=1 if where == "nothing listening" else None)
+    url = _with_password(space.url, port=1 if where == "nothing listening" else None)
     caplog.set_level(logging.DEBUG)
     outbox = SQLiteOutbox(tmp_path / "app.db", poll_interval=0.1)
     bus = EventBus(
-        registry=REGISTRY, outbox=outbox, transport_url=url, group="g", shutdown_timeout=0.5
+        registry=REGISTRY,
+        outbox=outbox,
+        transport_url=url,
+        group=space.group(),
+        shutdown_timeout=0.5,
     )
 
     @bus.subscribe(delivery="durable", name="billing.charge")

@@ -13,13 +13,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from eventbus import EventBus, SQLiteOutbox
-from tests.servers import namespaced_url
+from tests.servers import broker_namespace
 from tests.transports.slow_events import REGISTRY, ReportRequested
 
 FAST_REDELIVERY = {
@@ -57,8 +56,11 @@ def _wait_for(check: object, timeout: float = 30.0) -> None:
 
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats"])
 def test_sigterm_finishes_the_message_in_hand_and_acks_it(kind: str, tmp_path: Path) -> None:
-    url = namespaced_url(kind) + FAST_REDELIVERY[kind]
-    group = f"g{uuid.uuid4().hex[:8]}"
+    with broker_namespace(kind) as space:  # removed from the broker at the end
+        _finish_on_sigterm(space.url + FAST_REDELIVERY[kind], space.group(), tmp_path)
+
+
+def _finish_on_sigterm(url: str, group: str, tmp_path: Path) -> None:
     database = tmp_path / "worker.sqlite3"
     env = {
         **os.environ,

@@ -1,10 +1,12 @@
 """The RabbitMQ transport, on aio-pika: ``pip install "eventbus[rabbitmq]"``.
 
-URLs: ``amqp://user:password@host:5672/vhost`` and ``amqps://...`` (TLS; aio-pika's own
-query parameters such as ``cafile``, ``certfile``, ``keyfile`` or ``name`` pass through).
-An empty path (or ``/``) is the default vhost ``/``. Options of ``from_url(url,
-**options)``, keywords only (``heartbeat`` or ``reconnect_interval`` in the URL query is
-refused, so each setting has one place)::
+URLs: ``amqp://user:password@host:5672/vhost`` and ``amqps://...`` (TLS). An empty path
+(or ``/``) is the default vhost ``/``. Options of ``from_url(url, **options)``, as keywords
+or in the URL's query (``?exchange=shop&quorum=true``; keywords win). Other query
+parameters are aio-pika's own and pass through: ``cafile``, ``capath``, ``cadata``,
+``certfile``, ``keyfile``, ``no_verify_ssl``, ``timeout``, ``name``, ``auth``,
+``interleave``, ``happy_eyeballs_delay``; any other name is refused
+(``ConfigurationError``, with "did you mean"), since aio-pika would ignore it::
 
     exchange="eventbus"          the durable topic exchange every topic is published to
     queue_prefix=None            queue name = f"{queue_prefix or exchange}.{group}"
@@ -130,19 +132,25 @@ _DEFAULTS: dict[str, Any] = {
     "reconnect_interval": 1.0,
 }
 
-_OPTIONS = frozenset(
+_CLIENT_QUERY = frozenset(
     {
-        "exchange",
-        "queue_prefix",
-        "prefetch",
-        "heartbeat",
-        "quorum",
-        "delivery_limit",
-        "single_active_consumer",
-        "confirm_timeout",
-        "reconnect_interval",
+        # aiormq: TLS, the connection's timeout and name, the auth mechanism
+        "cafile",
+        "capath",
+        "cadata",
+        "keyfile",
+        "certfile",
+        "no_verify_ssl",
+        "timeout",
+        "name",
+        "auth",
+        # aio-pika: connecting to several addresses
+        "interleave",
+        "happy_eyeballs_delay",
     }
 )
+"""The query parameters aio-pika (10.x) and aiormq read; eventbus sets ``heartbeat``,
+``reconnect_interval`` and ``fail_fast`` itself."""
 
 
 def _describe(error: BaseException) -> str:
@@ -428,16 +436,19 @@ class RabbitMQTransport:
 
     @classmethod
     def from_url(cls, url: str, /, **options: Any) -> Self:
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"RabbitMQTransport has no option {', '.join(sorted(unknown))}; its options "
-                f"are {', '.join(sorted(_OPTIONS))}"
-            )
         # The transport's own options may ride in the query string too
-        # (amqp://host/?exchange=shop&quorum=true); keyword arguments win.
+        # (amqp://host/?exchange=shop&quorum=true); keyword arguments win. Other query
+        # parameters must be aio-pika's: it ignores names it does not know, so a misspelt
+        # ?exchange= would publish to the default exchange without a word.
         defaults = {**_DEFAULTS, "quorum": issubclass(cls, RabbitMQQuorumTransport)}
-        url, options = url_options(url, defaults, options)
+        url, options = url_options(
+            url,
+            defaults,
+            options,
+            client_options=_CLIENT_QUERY,
+            transport="RabbitMQTransport",
+            client="aio-pika",
+        )
         # Capabilities are per class (a ClassVar), so quorum queues, which count
         # deliveries, get a class of their own.
         target: type[RabbitMQTransport] = (

@@ -63,6 +63,9 @@ class TransportLink:
         self._lock: asyncio.Lock | None = None
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[object] | None = None
+        self._connecting = False
+        """Whether the worker is still trying to connect (it holds no message yet)."""
+        self._stopping = False
 
     async def ready(self) -> Transport:
         """The transport, connected (once, whoever asks first)."""
@@ -90,18 +93,28 @@ class TransportLink:
         worker = self.worker
         assert worker is not None
         self._worker_task = asyncio.current_task()
-        for attempt in itertools.count():
-            try:
-                await self.ready()
-                break
-            except Exception as error:
-                delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
-                logger.warning(
-                    "cannot connect the worker's transport (%s); trying again in %.1f s",
-                    bounded(redact(f"{type(error).__name__}: {error}"), 500),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        self._connecting = True
+        try:
+            for attempt in itertools.count():
+                try:
+                    await self.ready()
+                    break
+                except Exception as error:
+                    if self._stopping:
+                        return
+                    delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
+                    logger.warning(
+                        "cannot connect the worker's transport (%s); trying again in %.1f s",
+                        bounded(redact(f"{type(error).__name__}: {error}"), 500),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            if self._stopping:
+                return  # stopped before the broker could be reached: nothing was in hand
+            raise
+        finally:
+            self._connecting = False
         await worker.run()
 
     async def forward(
@@ -198,11 +211,15 @@ class TransportLink:
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop the worker, let the messages in hand finish and be acknowledged (up to
-        ``timeout``), then close the transport."""
+        ``timeout``), then close the transport. A worker still waiting to reach its
+        broker holds nothing: its wait (or its attempt) ends at once."""
+        self._stopping = True
         if self.worker is not None:
             self.worker.stop()
         task = self._worker_task
         if task is not None and not task.done() and task is not asyncio.current_task():
+            if self._connecting:
+                task.cancel()
             await asyncio.wait([task], timeout=timeout)
         await self.transport.aclose()
 

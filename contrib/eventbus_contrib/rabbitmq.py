@@ -97,6 +97,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustExchange,
+    AbstractRobustQueue,
 )
 from pamqp.commands import Basic
 
@@ -291,15 +292,7 @@ class _Subscription:
                 channel.close_callbacks.add(self._on_channel_lost)
                 channel.reopen_callbacks.add(self._on_channel_back)
                 await channel.set_qos(prefetch_count=self._transport._prefetch)
-                exchange = await self._transport._declare_exchange(channel)
-                queue = await channel.declare_queue(
-                    self.queue_name,
-                    durable=True,
-                    arguments=self._transport._queue_arguments(self.queue_name),
-                )
-                await self._transport._declare_dead_letter_queue(channel, self.queue_name)
-                for topic in self.topics:
-                    await queue.bind(exchange, routing_key=topic)
+                queue = await self._transport._declare_group(channel, self.queue_name, self.topics)
                 # Robust: after a reconnect aio-pika consumes again with this callback.
                 await queue.consume(self._on_message)
         except aiormq.exceptions.ChannelPreconditionFailed as error:
@@ -308,13 +301,7 @@ class _Subscription:
             failure = _describe(error)
         if refused is not None:
             await self._discard_channel()
-            raise ConfigurationError(
-                f"RabbitMQ refused the queue {self.queue_name!r} or the exchange "
-                f"{self._transport.exchange!r} ({refused}): they exist with other "
-                "arguments (quorum, single_active_consumer, delivery_limit, or another "
-                "exchange type). Use another queue_prefix (or exchange), or delete the old "
-                "queue once it is drained"
-            )
+            raise self._transport._refusal(self.queue_name, refused)
         if failure is not None:
             raise TransportError(f"RabbitMQ subscription setup failed: {failure}")
 
@@ -497,6 +484,61 @@ class RabbitMQTransport:
             await channel.declare_queue(
                 f"{queue}.dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
             )
+
+    async def _declare_group(
+        self, channel: AbstractRobustChannel, queue_name: str, topics: Sequence[str]
+    ) -> AbstractRobustQueue:
+        """The exchange, the group's queue (and its dead-letter queue) and the bindings."""
+        exchange = await self._declare_exchange(channel)
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments=self._queue_arguments(queue_name)
+        )
+        await self._declare_dead_letter_queue(channel, queue_name)
+        for topic in topics:
+            await queue.bind(exchange, routing_key=topic)
+        return queue
+
+    def _refusal(self, queue_name: str, refused: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"RabbitMQ refused the queue {queue_name!r} or the exchange {self.exchange!r} "
+            f"({refused}): they exist with other arguments (quorum, single_active_consumer, "
+            "delivery_limit, or another exchange type). Use another queue_prefix (or "
+            "exchange), or delete the old queue once it is drained"
+        )
+
+    async def declare(self, topics: Sequence[str], /, *, group: str) -> None:
+        """Make ``group``'s queue and its bindings to ``topics`` exist, without consuming.
+
+        From then on the broker keeps what is published to those topics for the group,
+        while a message published before any queue is bound is returned unroutable. A
+        bus's worker calls this before its relay sends anything (``Transport`` lists it
+        as optional)."""
+        self._check_open()
+        if isinstance(topics, str) or not topics:
+            raise ConfigurationError(f"declare takes a sequence of topics, got {topics!r}")
+        wanted = tuple(dict.fromkeys(_check_name("topic", topic) for topic in topics))
+        queue_name = self._queue_name(group)
+        connection = await self._ensure_connection()
+        failure: str | None = None
+        refused: str | None = None
+        channel: AbstractRobustChannel | None = None
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                channel = await connection.channel(publisher_confirms=False)
+                await self._declare_group(channel, queue_name, wanted)
+        except aiormq.exceptions.ChannelPreconditionFailed as error:
+            refused = _describe(error)
+        except Exception as error:  # aiormq fails a dead channel's calls with bare Exception
+            failure = _describe(error)
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CONNECT_TIMEOUT):
+                        await channel.close()
+        if refused is not None:
+            raise self._refusal(queue_name, refused)
+        if failure is not None:
+            raise TransportError(f"RabbitMQ could not declare the queue {queue_name!r}: {failure}")
 
     # -- connection ----------------------------------------------------------------------
 

@@ -69,8 +69,8 @@ class TransportLink:
         """Whether the worker is still connecting or declaring (it holds no message yet)."""
         self._stopping = False
         self._declared = asyncio.Event()
-        """Set once this bus's worker has declared its subscription (or gave up, or
-        stopped): until then the relay holds its first publish (see ``forward``)."""
+        """Set once this bus's worker has declared its subscription (or could not reach
+        the broker, or stopped): until then the relay holds its first publish."""
 
     async def ready(self) -> Transport:
         """The transport, connected (once, whoever asks first)."""
@@ -107,6 +107,9 @@ class TransportLink:
                 except Exception as error:
                     if self._stopping:
                         return
+                    # The broker is out of reach: the relay need not wait for a
+                    # declaration that is not coming soon (what it publishes is kept).
+                    self._declared.set()
                     delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
                     logger.warning(
                         "cannot connect the worker's transport (%s); trying again in %.1f s",

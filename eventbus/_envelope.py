@@ -94,8 +94,9 @@ _SHOWN = 60
 
 
 def _printable(text: str) -> bool:
-    """Whether ``text`` has no control character; ``isprintable()`` answers the usual
-    text in a few nanoseconds, the regex only what it refuses for other reasons."""
+    """Whether ``text`` has no control character. ``isprintable()`` answers the usual
+    text in a few nanoseconds; the regex looks only at text it refuses, which may be
+    refused for other reasons (a non-ASCII space, a joiner)."""
     return text.isprintable() or _CONTROL.search(text) is None
 
 
@@ -183,11 +184,10 @@ def _checked_headers(headers: object, *, printable: bool) -> Mapping[str, str]:
                 f"(name and value: {len(name) + len(value)})"
             )
         if printable and not (_printable(name) and _printable(value)):
-            where = "name" if not _printable(name) else "value"
+            where, text = ("name", name) if not _printable(name) else ("value", value)
             raise ConfigurationError(
                 f"header {_show(name)} must not contain control characters, got its "
-                f"{where} {_show(name if where == 'name' else value)} with "
-                f"{_control_at(name if where == 'name' else value)}; remove or encode them"
+                f"{where} {_show(text)} with {_control_at(text)}; remove or encode them"
             )
         copy[name] = value
     return MappingProxyType(copy)

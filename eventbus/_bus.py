@@ -36,7 +36,7 @@ from ._bus_lifecycle import Lifecycle
 from ._bus_transactions import Transactions
 from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
 from ._codec import JSONCodec
-from ._config import load_settings
+from ._config import load_settings, transport_from_settings
 from ._delivery import deliver
 from ._envelope import Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
@@ -57,7 +57,6 @@ from .errors import (
 )
 from .outbox import PendingRow, Relay
 from .transports._link import FORWARD, TransportLink
-from .transports._resolve import transport_from_url
 
 if TYPE_CHECKING:
     from ._events import EventInstance
@@ -241,8 +240,8 @@ class EventBus(Transactions, Lifecycle):
             raise ConfigurationError("give transport_url or transport, not both")
         settings = load_settings(arguments)
         self._worker = settings.worker
-        if transport is None and settings.transport_url is not None:
-            transport = transport_from_url(settings.transport_url)
+        if transport is None:
+            transport = transport_from_settings(settings)
         if transport is None:
             return None
         return TransportLink(

@@ -32,6 +32,10 @@ handler never swallows it by accident::
     ├── RetryLater(delay)                     try again after ``delay`` seconds
     ├── RejectEvent(reason)                   give up now: straight to the dead letters
     └── SkipEvent                             nothing to do: count the event as handled
+
+Warnings, for what is not refused but deserves a word (filter them by category)::
+
+    ConfigurationWarning(UserWarning)         an EVENTBUS_* variable that is no setting
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "AsyncHandlerError",
     "BusClosedError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "DeadLetterNotFoundError",
     "DeadLetterStoreError",
     "DecodeError",
@@ -71,6 +76,12 @@ class EventBusError(Exception):
 
 class ConfigurationError(EventBusError, ValueError):
     """An event, a handler or the bus itself is declared wrongly."""
+
+
+class ConfigurationWarning(UserWarning):
+    """A setting eventbus cannot place: an ``EVENTBUS_*`` environment variable that is not
+    a setting and not like one (it is ignored). ``EVENTBUS_IGNORE`` names those that
+    belong to other tools; or filter the category."""
 
 
 class DuplicateHandlerError(ConfigurationError):

@@ -205,7 +205,10 @@ class Transport(Protocol):
 
     Optional, looked up by name: ``redelivery_timeout`` (seconds), for transports that
     hand an unacknowledged message to another consumer after a while; then ``Received``
-    offers ``touch()``.
+    offers ``touch()``. ``async def declare(topics, /, *, group)``, for transports that
+    keep a message only for groups that exist when it is published (RabbitMQ): make the
+    group's subscription exist without consuming; a bus's worker calls it before the
+    bus's relay publishes anything.
     """
 
     capabilities: ClassVar[Capabilities]

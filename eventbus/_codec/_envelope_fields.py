@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .._envelope import Envelope, check_key
+from .._envelope import Envelope, check_key, check_received_headers, check_received_key
 from ..errors import ConfigurationError, DecodeError, EncodeError
 from ._scalars import _decode_datetime, _decode_uuid
 from ._wire import Converter, _segment, _show, _WireError
@@ -146,12 +146,12 @@ def _decode_envelope_key(value: object) -> str | None:
             f"cannot decode envelope: key: expected a string or null, got {_show(value)}"
         )
     try:
-        return check_key(value)
+        return check_received_key(value)
     except ConfigurationError as exc:
         raise DecodeError(f"cannot decode envelope: key: {exc}") from None
 
 
-def _decode_headers(value: object) -> dict[str, str]:
+def _decode_headers(value: object) -> Mapping[str, str]:
     if type(value) is not dict:
         raise DecodeError(
             f"cannot decode envelope: headers: expected an object, got {_show(value)}"
@@ -162,5 +162,9 @@ def _decode_headers(value: object) -> dict[str, str]:
                 f"cannot decode envelope: headers{_segment(name)}: expected a string, "
                 f"got {_show(item)}"
             )
-    # Count and length limits are the Envelope's own (check_headers), applied on construction.
-    return value
+    # The count and length limits, as a read-only copy (which Envelope's converter, with
+    # check_headers' control-character rule for what is published, then leaves alone).
+    try:
+        return check_received_headers(value)
+    except ConfigurationError as exc:
+        raise DecodeError(f"cannot decode envelope: {exc}") from None

@@ -34,7 +34,13 @@ from datetime import datetime
 from json.encoder import encode_basestring as _quote
 from typing import Any, ClassVar
 
-from .._envelope import _MAX_KEY_LENGTH, EMPTY_HEADERS, Envelope, check_headers, check_key
+from .._envelope import (
+    _MAX_KEY_LENGTH,
+    EMPTY_HEADERS,
+    Envelope,
+    check_received_headers,
+    check_received_key,
+)
 from .._events import EventRegistry, EventType, default_registry
 from ..errors import ConfigurationError, DecodeError, EncodeError, EventBusError
 from ._classes import _ClassPlan
@@ -172,7 +178,8 @@ class JSONCodec:
         key = envelope.key
         if key is None:
             key_text = "null"
-        elif type(key) is str and 0 < len(key) <= _MAX_KEY_LENGTH:  # check_key's test
+        elif type(key) is str and 0 < len(key) <= _MAX_KEY_LENGTH and key.isprintable():
+            # check_key's test, or the general path decides (and explains a refusal)
             key_text = _quote(key)
         else:
             raise _Unusual
@@ -327,8 +334,8 @@ class JSONCodec:
             return None
         try:
             if key is not None:
-                check_key(key)
-            checked_headers = check_headers(headers) if headers else EMPTY_HEADERS
+                check_received_key(key)
+            checked_headers = check_received_headers(headers) if headers else EMPTY_HEADERS
         except ConfigurationError:
             return None
         info = self._registry.by_name(name)

@@ -40,6 +40,8 @@ FORWARD = "@transport"
 '@'); also the handler name of dead letters for messages the broker refused for good."""
 
 _MAX_RETRY_DELAY = 30.0
+_DECLARE_WAIT = 10.0
+"""Seconds the relay waits, at most, for its bus's worker to declare its subscription."""
 
 
 def retry_delay(attempts: int) -> float:
@@ -63,6 +65,12 @@ class TransportLink:
         self._lock: asyncio.Lock | None = None
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[object] | None = None
+        self._connecting = False
+        """Whether the worker is still connecting or declaring (it holds no message yet)."""
+        self._stopping = False
+        self._declared = asyncio.Event()
+        """Set once this bus's worker has declared its subscription (or could not reach
+        the broker, or stopped): until then the relay holds its first publish."""
 
     async def ready(self) -> Transport:
         """The transport, connected (once, whoever asks first)."""
@@ -90,19 +98,64 @@ class TransportLink:
         worker = self.worker
         assert worker is not None
         self._worker_task = asyncio.current_task()
-        for attempt in itertools.count():
-            try:
-                await self.ready()
-                break
-            except Exception as error:
-                delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
-                logger.warning(
-                    "cannot connect the worker's transport (%s); trying again in %.1f s",
-                    bounded(redact(f"{type(error).__name__}: {error}"), 500),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        self._connecting = True
+        try:
+            for attempt in itertools.count():
+                try:
+                    await self.ready()
+                    break
+                except Exception as error:
+                    if self._stopping:
+                        return
+                    # The broker is out of reach: the relay need not wait for a
+                    # declaration that is not coming soon (what it publishes is kept).
+                    self._declared.set()
+                    delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
+                    logger.warning(
+                        "cannot connect the worker's transport (%s); trying again in %.1f s",
+                        bounded(redact(f"{type(error).__name__}: {error}"), 500),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+            await self._declare(worker)
+        except asyncio.CancelledError:
+            if self._stopping:
+                return  # stopped before the broker could be reached: nothing was in hand
+            raise
+        finally:
+            self._connecting = False
+            self._declared.set()
         await worker.run()
+
+    async def _declare(self, worker: Worker) -> None:
+        """Make the worker's subscription exist at the broker before it consumes, on a
+        transport that can (``declare``, optional): a RabbitMQ group's queue, without
+        which the relay's first messages would come back unroutable."""
+        declare = getattr(self.transport, "declare", None)
+        topics = worker.topics()
+        if declare is None or not topics:
+            return
+        try:
+            await declare(topics, group=self.group)
+        except Exception as error:
+            # The subscription declares again, with its own retries; the relay's rows
+            # that come back meanwhile are kept and retried.
+            logger.warning(
+                "could not declare the worker's subscription ahead of the relay (%s)",
+                bounded(redact(f"{type(error).__name__}: {error}"), 500),
+            )
+
+    async def _worker_declared(self) -> None:
+        """A bus that runs a worker publishes only once the worker has declared its
+        subscription, waiting at most ``_DECLARE_WAIT`` (then it publishes anyway: what
+        the broker returns is kept and retried)."""
+        if self.worker is None or self._declared.is_set():
+            return
+        try:
+            async with asyncio.timeout(_DECLARE_WAIT):
+                await self._declared.wait()
+        except TimeoutError:
+            self._declared.set()  # waited enough: from now on, publish at once
 
     async def forward(
         self, outbox: OutboxStore, owner: str, rows: list[ClaimedRow]
@@ -114,6 +167,7 @@ class TransportLink:
             by_topic.setdefault(row.name, []).append(row)
         sent: list[ClaimedRow] = []
         done: list[int] = []
+        await self._worker_declared()
         try:
             transport = await self.ready()
         except Exception as error:
@@ -198,11 +252,16 @@ class TransportLink:
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop the worker, let the messages in hand finish and be acknowledged (up to
-        ``timeout``), then close the transport."""
+        ``timeout``), then close the transport. A worker still waiting to reach its
+        broker holds nothing: its wait (or its attempt) ends at once."""
+        self._stopping = True
+        self._declared.set()
         if self.worker is not None:
             self.worker.stop()
         task = self._worker_task
         if task is not None and not task.done() and task is not asyncio.current_task():
+            if self._connecting:
+                task.cancel()
             await asyncio.wait([task], timeout=timeout)
         await self.transport.aclose()
 

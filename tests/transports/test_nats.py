@@ -266,7 +266,7 @@ def test_options_come_from_keywords_and_the_query_keywords_winning() -> None:
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"streams": "X"}, "does not take streams"),
+        ({"streams": "X"}, r"no option 'streams' \(did you mean 'stream'\?\)"),
         ({"stream": "a.b"}, "stream name"),
         ({"prefix": "a.*"}, "subject prefix"),
         ({"ack_wait": 0}, "ack_wait"),

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +29,7 @@ from eventbus_contrib.rabbitmq import (
     RabbitMQTransport,
 )
 
+from eventbus import EventBus, EventRegistry, SQLiteOutbox, event
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import transport_from_url
 from eventbus.typing import Transport
@@ -248,13 +252,15 @@ class TestRabbitMQTransport(TransportContract):
         assert "exchange" not in repr(transport).split(" exchange=")[0]
 
     def test_from_url_refuses_bad_options_with_the_fix(self) -> None:
-        with pytest.raises(ConfigurationError, match="no option prefetch_count"):
+        with pytest.raises(
+            ConfigurationError, match=r"no option 'prefetch_count' \(did you mean 'prefetch'\?\)"
+        ):
             RabbitMQTransport.from_url(self.url, prefetch_count=5)
         with pytest.raises(ConfigurationError, match="prefetch must be a positive"):
             RabbitMQTransport.from_url(self.url, prefetch=0)
         with pytest.raises(ConfigurationError, match="quorum=True"):
             RabbitMQTransport.from_url(self.url, delivery_limit=5)
-        with pytest.raises(ConfigurationError, match="fail_fast as a RabbitMQTransport option"):
+        with pytest.raises(ConfigurationError, match="unknown option 'fail_fast'"):
             RabbitMQTransport.from_url(self.url + "?fail_fast=1")
         with pytest.raises(ConfigurationError, match=r"prefetch=.* must be a whole number"):
             RabbitMQTransport.from_url(self.url + "?prefetch=many")
@@ -359,3 +365,59 @@ async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_pub
         await consumer.close()
         await transport.aclose()
         remove_rabbitmq(url, exchanges=[exchange], queues=[f"{exchange}.g"])
+
+
+# -- a bus's own worker and relay on a fresh broker ----------------------------------------
+
+FRESH = EventRegistry()
+
+
+@event("rabbit.fresh_group_order", registry=FRESH)
+class FreshOrder:
+    order_id: str
+
+
+@pytest.fixture
+def fresh_namespace() -> Iterator[tuple[str, str, str]]:
+    """A RabbitMQ URL with an exchange nobody declared yet, and a group of this test:
+    (url, exchange, group); the queue and the exchange are deleted afterwards."""
+    url = require_broker("rabbitmq")
+    exchange = fresh_name()
+    group = f"g{uuid.uuid4().hex[:8]}"
+    yield f"{url}?exchange={exchange}", exchange, group
+    remove_rabbitmq(url, exchanges=[exchange], queues=[f"{exchange}.{group}"])
+
+
+def test_the_worker_declares_its_queue_before_its_own_relay_publishes(
+    fresh_namespace: tuple[str, str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh start with rows waiting in the outbox: the relay's first publish used to
+    reach the exchange before the worker had declared its queue, so the broker returned
+    it ("returned unroutable ... start a worker for it") and it waited for a retry."""
+    url, _exchange, group = fresh_namespace
+    outbox = SQLiteOutbox(tmp_path / "outbox.sqlite3", poll_interval=0.05)
+    bus = EventBus(registry=FRESH, outbox=outbox, transport_url=url, group=group)
+    handled: list[str] = []
+
+    @bus.subscribe(delivery="durable", name="orders.ship")
+    def ship(order: FreshOrder) -> None:
+        handled.append(order.order_id)
+
+    caplog.set_level(logging.WARNING, logger="eventbus")
+    connection = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    try:
+        # The commit starts the bus: its worker and its relay, at once.
+        with bus.transaction(connection):
+            for number in range(5):
+                bus.publish(FreshOrder(order_id=f"o-{number}"))
+        deadline = time.monotonic() + 30
+        while len(handled) < 5:
+            assert time.monotonic() < deadline, (handled, caplog.text)
+            time.sleep(0.05)
+    finally:
+        connection.close()
+        bus.close()
+        outbox.close()
+    assert sorted(handled) == [f"o-{number}" for number in range(5)]
+    assert "unroutable" not in caplog.text
+    assert "did not confirm" not in caplog.text

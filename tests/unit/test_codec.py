@@ -407,11 +407,17 @@ def test_encode_event_and_decode_event_round_trip(original: Everything) -> None:
     assert_same(CODEC.decode_event("test.everything", 1, json.loads(json.dumps(data))), original)
 
 
+# Keys and headers are text without control characters (check_key and check_headers).
+PRINTABLE = st.characters(exclude_categories=("Cc", "Cs"))
+
+
 @PROPERTY
 @given(
-    key=st.none() | st.text(min_size=1, max_size=50),
+    key=st.none() | st.text(PRINTABLE, min_size=1, max_size=50),
     causation=st.none() | st.uuids(),
-    headers=st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=20), max_size=5),
+    headers=st.dictionaries(
+        st.text(PRINTABLE, min_size=1, max_size=20), st.text(PRINTABLE, max_size=20), max_size=5
+    ),
     occurred_at=AWARE,
     ids=st.tuples(st.uuids(), st.uuids()),
 )
@@ -1057,3 +1063,30 @@ def test_limits_must_be_positive_ints(value: Any) -> None:
 def test_the_registry_must_be_an_event_registry() -> None:
     with pytest.raises(ConfigurationError, match="EventRegistry"):
         JSONCodec({})  # type: ignore[arg-type]
+
+
+def test_control_characters_in_a_key_or_header_are_not_encoded() -> None:
+    with pytest.raises(EncodeError, match="key: key must not contain control characters"):
+        CODEC.encode(envelope_of(an_order(), key="order\n1"))
+    with pytest.raises(ConfigurationError, match="must not contain control characters"):
+        envelope_of(an_order(), headers={"traceparent": "00\r\nX: 1"})
+
+
+def test_a_key_or_header_with_control_characters_on_the_wire_still_decodes() -> None:
+    # Published before keys and headers were checked for control characters: decoded
+    # (on the fast path and the general one), not turned into a dead letter.
+    wire = json.loads(CODEC.encode(envelope_of(an_order(), key="k", headers={"h": "v"})))
+    wire["key"] = "order\n1"
+    wire["headers"] = {"traceparent": "00\r\n1"}
+    raw = json.dumps(wire).encode()
+    for decoded in (CODEC.decode(raw), CODEC._decode_general(CODEC._parse(raw))):
+        assert decoded.key == "order\n1"
+        assert dict(decoded.headers) == {"traceparent": "00\r\n1"}
+    # The limits still hold on the wire.
+    wire["key"] = "k" * 1025
+    with pytest.raises(DecodeError, match="1025 characters"):
+        CODEC.decode(json.dumps(wire).encode())
+    wire["key"] = "k"
+    wire["headers"] = {f"h{i}": "v" for i in range(65)}
+    with pytest.raises(DecodeError, match="at most 64 headers"):
+        CODEC._decode_general(CODEC._parse(json.dumps(wire).encode()))

@@ -73,7 +73,9 @@ def same_decode(raw):
 @given(
     tc.EVERYTHING,
     st.none() | st.text(max_size=5),
-    st.dictionaries(st.text(min_size=1, max_size=3), st.text(max_size=3), max_size=3),
+    st.dictionaries(
+        st.text(tc.PRINTABLE, min_size=1, max_size=3), st.text(tc.PRINTABLE, max_size=3), max_size=3
+    ),
     tc.AWARE,
     st.none() | st.uuids(),
 )

@@ -13,6 +13,7 @@ from ._codec import JSONCodec
 from ._envelope import Envelope, uuid7
 from ._events import EventRegistry, EventType, default_registry, event, upcaster
 from ._handlers import Delivery, Handler
+from ._redact import RedactingFilter, describe_error, redact
 from ._replay import ReplayResult
 from ._retry import RetryPolicy
 from .deadletters import DeadLetter, MemoryDeadLetterStore, SQLiteDeadLetterStore
@@ -74,6 +75,7 @@ __all__ = [
     "MissingDependencyError",
     "NotAnEventError",
     "OutboxStatus",
+    "RedactingFilter",
     "RejectEvent",
     "ReplayInProgressError",
     "ReplayResult",
@@ -88,7 +90,9 @@ __all__ = [
     "UnknownTransportError",
     "__version__",
     "default_registry",
+    "describe_error",
     "event",
+    "redact",
     "upcaster",
     "uuid7",
 ]

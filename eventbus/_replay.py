@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import uuid
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from ._delivery import Outcome, attempt
+from ._redact import masked_logger
 from .errors import ConfigurationError, ReplayInProgressError
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ReplayResult", "replay_letter"]
 
-logger = logging.getLogger("eventbus.replay")
+logger = masked_logger("eventbus.replay")
 
 
 @attrs.frozen

@@ -41,6 +41,7 @@ from ._cli_app import (
 from ._cli_dlq import add_dlq
 from ._cli_outbox import add_outbox
 from ._cli_worker import add_worker
+from ._redact import redact
 
 __all__ = ["load_bus", "main"]
 
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except UsageError as exc:
-        print(f"eventbus: {exc}", file=sys.stderr)
+        print(f"eventbus: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("eventbus: interrupted", file=sys.stderr)
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(exc, EventBusError):
             raise
-        print(f"eventbus: {exc}", file=sys.stderr)
+        print(f"eventbus: {redact(str(exc))}", file=sys.stderr)
         return EXIT_PROBLEM
     return code
 

@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from eventbus import RedactingFilter, redact
 from eventbus._handlers import register_resource_type
 from eventbus.errors import ConfigurationError, MissingDependencyError, OutboxError
 from eventbus.outbox import ClaimedRow, OutboxStatus, PendingRow
@@ -103,6 +104,7 @@ __all__ = ["SQLAlchemyOutbox", "outbox_tables"]
 register_resource_type(Session)
 
 logger = logging.getLogger("eventbus.sqlalchemy")
+logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core
 
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _KEY_INDEX_PREFIX: Final = 255
@@ -703,7 +705,7 @@ class SQLAlchemyOutbox:
                     available_at=self._now + float(delay),
                     lease_owner=None,
                     lease_until=None,
-                    last_error=error[:_ERROR_LENGTH],
+                    last_error=redact(error)[:_ERROR_LENGTH],
                 )
             )
             return int(result.rowcount) == 1

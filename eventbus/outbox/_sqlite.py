@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._redact import redact
 from ..errors import ConfigurationError, OutboxError
 from ._rows import ClaimedRow, OutboxStatus, PendingRow
 
@@ -270,13 +271,14 @@ class SQLiteOutbox:
     def reschedule(
         self, row_id: int, *, owner: str, attempts: int, delay: float, error: str
     ) -> bool:
-        """Put a failed row back, available again in ``delay`` seconds (fenced)."""
+        """Put a failed row back, available again in ``delay`` seconds (fenced); ``error``
+        is kept masked (``eventbus.redact``) and cut to 2,000 characters."""
         with self._transaction("reschedule an outbox row") as connection:
             cursor = connection.execute(
                 f"UPDATE eventbus_outbox SET attempts = ?, available_at = {_NOW} + ?, "
                 "lease_owner = NULL, lease_until = NULL, last_error = ? "
                 "WHERE id = ? AND lease_owner = ?",
-                (attempts, delay, error[:2000], row_id, owner),
+                (attempts, delay, redact(error)[:2000], row_id, owner),
             )
             return cursor.rowcount == 1
 

@@ -44,6 +44,7 @@ from .._redact import describe_error, masked_logger
 from ..deadletters import DeadLetter
 from ..errors import SerializationError, SkipEvent, UnknownEventError
 from ..transports._link import FORWARD
+from ._rows import first_failure
 
 if TYPE_CHECKING:
     from .._bus import EventBus
@@ -511,7 +512,7 @@ class Relay:
                     envelope,
                     error,
                     attempts=attempt,
-                    first_failed_at=None,
+                    first_failed_at=first_failure(row),
                     payload=row.payload,
                 )
             except Exception as store_error:
@@ -553,7 +554,7 @@ class Relay:
             handler=row.destination,
             error=error,
             attempts=row.attempts + 1,
-            first_failed_at=None,
+            first_failed_at=first_failure(row),
         )
         try:
             await bury(self._bus, letter)

@@ -20,6 +20,7 @@ from .._delivery import bury
 from .._redact import describe_error, masked_logger
 from ..deadletters import DeadLetter
 from ..errors import MessageRejectedError
+from ..outbox._rows import first_failure
 from ._message import Message
 from ._worker import Worker
 
@@ -187,7 +188,7 @@ class TransportLink:
             handler=FORWARD,
             error=error,
             attempts=row.attempts + 1,
-            first_failed_at=None,
+            first_failed_at=first_failure(row),
         )
         try:
             await bury(self._bus, letter)

@@ -3,6 +3,7 @@
     eventbus catalog --app myapp.events:bus [--json]    the events and who handles them
     eventbus dlq list [filters] [--limit N] [--json]    the dead letters, oldest first
     eventbus dlq show ID [--json]                       one dead letter in full
+    eventbus dlq export ID [--raw]                      one dead letter whole (--raw: its bytes)
     eventbus dlq replay (IDS... | --all | filters) [--json]
     eventbus dlq purge (IDS... | --all | filters) [--yes] [--json]
     eventbus relay                                      deliver the outbox, until SIGTERM

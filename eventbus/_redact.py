@@ -24,8 +24,11 @@ __all__ = ["RedactingFilter", "bounded", "describe_error", "masked_logger", "red
 
 # scheme://user:password@host -> scheme://user:***@host, and ?password=... in query strings.
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?P<at>@)")
+# A value ends at the next parameter, a space or a quote (a valid URL escapes quotes, and
+# texts quote URLs: the quote that closes one in a repr is not the secret's).
 _QUERY_SECRET = re.compile(
-    r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&;\s]+", re.IGNORECASE
+    r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&;\s'\"]+",
+    re.IGNORECASE,
 )
 
 MAX_ERROR_TEXT = 2_000

@@ -276,11 +276,12 @@ async def bury(
         )
     else:
         logger.error(
-            "%s gave up on %s (envelope %s) after %d attempts: %s: %s; kept as dead letter %s",
+            "%s gave up on %s (envelope %s) after %d attempt%s: %s: %s; kept as dead letter %s",
             letter.handler,
             letter.event_name,
             letter.envelope_id,
             letter.attempts,
+            "" if letter.attempts == 1 else "s",
             letter.error_type,
             letter.message,
             letter.id,

@@ -23,6 +23,7 @@ Misuse errors also subclass the builtin a caller would already catch, so
     ├── OutboxError                           the outbox store failed
     ├── DeadLetterStoreError                  the dead-letter store failed
     │   └── DeadLetterNotFoundError(LookupError)  no dead letter has that id
+    ├── DeadLetterNotReplayableError(ValueError)  no handler can take that letter (raw bytes)
     └── ReplayInProgressError(RuntimeError)   another replay holds that dead letter
 
 Handler control flow lives on its own branch, so ``except EventBusError`` in a
@@ -46,6 +47,7 @@ __all__ = [
     "ConfigurationError",
     "ConfigurationWarning",
     "DeadLetterNotFoundError",
+    "DeadLetterNotReplayableError",
     "DeadLetterStoreError",
     "DecodeError",
     "DeliveryUnavailableError",
@@ -163,6 +165,12 @@ class DeadLetterStoreError(EventBusError):
 
 class DeadLetterNotFoundError(DeadLetterStoreError, LookupError):
     """No dead letter has that id (it may have been replayed or purged)."""
+
+
+class DeadLetterNotReplayableError(EventBusError, ValueError):
+    """This dead letter was written for bytes no handler can take (``@worker``: a message
+    that could not be decoded or kept killing its consumer; ``@transport``: a message the
+    broker refused for good). It can be shown, exported and purged, not replayed."""
 
 
 class ReplayInProgressError(EventBusError, RuntimeError):

@@ -115,6 +115,10 @@ class OutboxStore(Protocol):
     ``claim`` returns a row only while no earlier row of its (destination, key) is left
     in any state, leased ones included: the relay claims the next batch while the one in
     hand is still being delivered, and this rule is what keeps each key in order.
+    ``reschedule`` stamps the row's first failure (returned by later claims as
+    ``ClaimedRow.first_failed_at``) and later reschedules keep it: the row's dead letter
+    says when it first failed (a store that keeps none returns None, and the letter says
+    the time it is written). The ``error`` it stores is masked with ``eventbus.redact``.
 
     Optional, looked up by name: ``transaction_control(resource)`` (how
     ``bus.transaction`` drives the store's kind of connection), and for

@@ -98,7 +98,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from eventbus._redact import redact
+from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import Capabilities, Message, url_options
 
@@ -113,6 +113,7 @@ if TYPE_CHECKING:
 __all__ = ["NATSTransport"]
 
 logger = logging.getLogger("eventbus.nats")
+logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core
 
 _WORDS = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")

@@ -101,13 +101,14 @@ from aio_pika.abc import (
 )
 from pamqp.commands import Basic
 
-from eventbus._redact import redact
+from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import Capabilities, Message, url_options
 
 __all__ = ["MessageTooLargeError", "RabbitMQQuorumTransport", "RabbitMQTransport"]
 
 logger = logging.getLogger("eventbus.rabbitmq")
+logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _MAX_NAME_BYTES = 255

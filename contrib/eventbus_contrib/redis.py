@@ -89,7 +89,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, cast
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from eventbus._redact import redact
+from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MissingDependencyError, TransportError
 from eventbus.transports import Capabilities, Message, url_options
 
@@ -110,6 +110,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisStreamsTransport"]
 
 logger = logging.getLogger("eventbus.redis")
+logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core
 
 _TOPIC: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _QUERY_OPTIONS: Final = frozenset(

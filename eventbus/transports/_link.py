@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import random
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from .. import hooks
-from .._envelope import uuid7
-from .._redact import bounded, redact
+from .._delivery import bury
+from .._redact import describe_error, masked_logger
 from ..deadletters import DeadLetter
 from ..errors import MessageRejectedError
+from ..outbox._rows import first_failure
 from ._message import Message
 from ._worker import Worker
 
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORWARD", "TransportLink"]
 
-logger = logging.getLogger("eventbus.transport")
+logger = masked_logger("eventbus.transport")
 
 FORWARD = "@transport"
 """The outbox destination of rows bound for the transport (handler names cannot start with
@@ -113,7 +112,7 @@ class TransportLink:
                     delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
                     logger.warning(
                         "cannot connect the worker's transport (%s); trying again in %.1f s",
-                        bounded(redact(f"{type(error).__name__}: {error}"), 500),
+                        describe_error(error, limit=500),
                         delay,
                     )
                     await asyncio.sleep(delay)
@@ -142,7 +141,7 @@ class TransportLink:
             # that come back meanwhile are kept and retried.
             logger.warning(
                 "could not declare the worker's subscription ahead of the relay (%s)",
-                bounded(redact(f"{type(error).__name__}: {error}"), 500),
+                describe_error(error, limit=500),
             )
 
     async def _worker_declared(self) -> None:
@@ -207,8 +206,10 @@ class TransportLink:
             try:
                 await transport.publish(row.name, _message(row))
             except MessageRejectedError as error:
-                await self._bury(row, error)
-                done.append(row.id)
+                if await self._bury(row, error):
+                    done.append(row.id)
+                else:  # the letter could not be stored: the row stays, for a later try
+                    await self._reschedule(outbox, owner, [row], error)
             except Exception as error:
                 await self._reschedule(outbox, owner, [row], error)
             else:
@@ -217,7 +218,7 @@ class TransportLink:
     async def _reschedule(
         self, outbox: OutboxStore, owner: str, rows: list[ClaimedRow], error: BaseException
     ) -> None:
-        text = bounded(redact(f"{type(error).__name__}: {error}"), 2000)
+        text = describe_error(error)
         logger.warning(
             "the transport did not confirm %d outbox rows (%s); they are kept and retried",
             len(rows),
@@ -232,23 +233,22 @@ class TransportLink:
                 )
             )
 
-    async def _bury(self, row: ClaimedRow, error: BaseException) -> None:
-        now = datetime.now(UTC)
-        letter = DeadLetter(
-            id=uuid7(),
+    async def _bury(self, row: ClaimedRow, error: MessageRejectedError) -> bool:
+        """Keep a row the broker refused for good as a dead letter; whether it was kept."""
+        letter = DeadLetter.raw(
+            payload=row.payload,
             envelope_id=row.envelope_id,
             event_name=row.name,
             handler=FORWARD,
-            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
-            message=bounded(redact(str(error)), 2000),
-            traceback="",
+            error=error,
             attempts=row.attempts + 1,
-            first_failed_at=now,
-            last_failed_at=now,
-            payload=row.payload,
+            first_failed_at=first_failure(row),
         )
-        logger.error("the broker refused outbox row %d (%s) for good: %s", row.id, row.name, error)
-        await self._bus._runtime.run_sync(self._bus.dead_letters.add, letter)
+        try:
+            await bury(self._bus, letter)
+        except Exception:  # logged by bury()
+            return False
+        return True
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop the worker, let the messages in hand finish and be acknowledged (up to

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Coroutine
 from typing import Any, assert_type
 
@@ -155,3 +156,8 @@ def seen(sender: EventBus, **kwargs: Any) -> None: ...
 info = registry.info(OrderPlaced)
 assert_type(info.name, str)
 assert_type(info.version, int)
+
+# Masking secrets is public: stores, transports and applications use the same.
+assert_type(eventbus.redact("postgresql://app:pw@db/app"), str)
+assert_type(eventbus.describe_error(ValueError("x")), str)
+assert_type(eventbus.RedactingFilter().filter(logging.makeLogRecord({})), bool)

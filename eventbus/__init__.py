@@ -13,6 +13,7 @@ from ._codec import JSONCodec
 from ._envelope import Envelope, uuid7
 from ._events import EventRegistry, EventType, default_registry, event, upcaster
 from ._handlers import Delivery, Handler
+from ._redact import RedactingFilter, describe_error, redact
 from ._replay import ReplayResult
 from ._retry import RetryPolicy
 from .deadletters import DeadLetter, MemoryDeadLetterStore, SQLiteDeadLetterStore
@@ -20,7 +21,9 @@ from .errors import (
     AsyncHandlerError,
     BusClosedError,
     ConfigurationError,
+    ConfigurationWarning,
     DeadLetterNotFoundError,
+    DeadLetterNotReplayableError,
     DeadLetterStoreError,
     DecodeError,
     DeliveryUnavailableError,
@@ -52,8 +55,10 @@ __all__ = [
     "AsyncHandlerError",
     "BusClosedError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "DeadLetter",
     "DeadLetterNotFoundError",
+    "DeadLetterNotReplayableError",
     "DeadLetterStoreError",
     "DecodeError",
     "Delivery",
@@ -74,6 +79,7 @@ __all__ = [
     "MissingDependencyError",
     "NotAnEventError",
     "OutboxStatus",
+    "RedactingFilter",
     "RejectEvent",
     "ReplayInProgressError",
     "ReplayResult",
@@ -88,7 +94,9 @@ __all__ = [
     "UnknownTransportError",
     "__version__",
     "default_registry",
+    "describe_error",
     "event",
+    "redact",
     "upcaster",
     "uuid7",
 ]

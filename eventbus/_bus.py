@@ -36,7 +36,7 @@ from ._bus_lifecycle import Lifecycle
 from ._bus_transactions import Transactions
 from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
 from ._codec import JSONCodec
-from ._config import load_settings
+from ._config import load_settings, transport_from_settings
 from ._delivery import deliver
 from ._envelope import Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
@@ -57,9 +57,9 @@ from .errors import (
 )
 from .outbox import PendingRow, Relay
 from .transports._link import FORWARD, TransportLink
-from .transports._resolve import transport_from_url
 
 if TYPE_CHECKING:
+    from ._events import EventInstance
     from .typing import Codec, DeadLetterStore, OutboxStore, Transport
 
 __all__ = ["EventBus"]
@@ -240,8 +240,8 @@ class EventBus(Transactions, Lifecycle):
             raise ConfigurationError("give transport_url or transport, not both")
         settings = load_settings(arguments)
         self._worker = settings.worker
-        if transport is None and settings.transport_url is not None:
-            transport = transport_from_url(settings.transport_url)
+        if transport is None:
+            transport = transport_from_settings(settings)
         if transport is None:
             return None
         return TransportLink(
@@ -562,23 +562,27 @@ class EventBus(Transactions, Lifecycle):
 
         def publish(
             self,
-            event: object,
+            event: EventInstance,
             /,
             *,
             key: str | None = None,
             headers: Mapping[str, str] | None = None,
         ) -> None:
-            """Publish ``event`` from sync code."""
+            """Publish ``event`` from sync code.
+
+            Type checkers accept only event instances (``EventInstance``); the run-time
+            check of the class (registered, declared itself) happens on its first publish.
+            """
 
         async def apublish(
             self,
-            event: object,
+            event: EventInstance,
             /,
             *,
             key: str | None = None,
             headers: Mapping[str, str] | None = None,
         ) -> None:
-            """Publish ``event`` from async code."""
+            """Publish ``event`` from async code; accepts what ``publish`` does."""
 
     else:
         publish = _publish

@@ -1,8 +1,15 @@
-"""``eventbus dlq``: list, show, replay and purge the dead letters."""
+"""``eventbus dlq``: list, show, export, replay and purge the dead letters.
+
+Every command shows every letter the bus itself wrote, whatever its bytes: a payload is
+read leniently and bounded (``deadletters._peek``), never decoded into event classes, and
+one that cannot be shown (not JSON, nested too deep) is said so, with ``export --raw``
+to get its bytes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
 import json
@@ -24,9 +31,12 @@ from ._cli_app import (
     app_options,
     load_bus,
 )
+from ._redact import describe_error
 from .deadletters import DeadLetter, MemoryDeadLetterStore
+from .deadletters._peek import Peeked, peek
 from .errors import (
     DeadLetterNotFoundError,
+    DeadLetterNotReplayableError,
     DeadLetterStoreError,
     EventBusError,
     ReplayInProgressError,
@@ -40,6 +50,8 @@ _MEMORY_WARNING = (
     "configure EventBus(dead_letters=SQLiteDeadLetterStore(path))"
 )
 _ERROR_WIDTH = 60
+_REASON_WIDTH = 500
+"""Characters of a failed replay's reason printed on its line (``dlq show`` has it all)."""
 _T = TypeVar("_T")
 
 _Target = tuple[uuid.UUID, DeadLetter | None]
@@ -97,14 +109,6 @@ def _selected(bus: EventBus, args: argparse.Namespace, filters: dict[str, Any]) 
     return targets
 
 
-def _envelope_json(letter: DeadLetter) -> Any:
-    """The envelope as JSON, read without the codec: listing needs no event class."""
-    try:
-        return json.loads(letter.payload)
-    except ValueError:  # not JSON (another codec), or not UTF-8
-        return None
-
-
 def _letter_json(letter: DeadLetter, *, traceback: bool) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": str(letter.id),
@@ -119,8 +123,20 @@ def _letter_json(letter: DeadLetter, *, traceback: bool) -> dict[str, Any]:
     }
     if traceback:
         row["traceback"] = letter.traceback
-    row["envelope"] = _envelope_json(letter)
+    # The envelope as JSON, read without the codec (listing needs no event class), or
+    # null and why not (not JSON, nested too deep to show).
+    peeked = peek(letter.payload)
+    row["envelope"] = peeked.document
+    if peeked.why_not is not None:
+        row["envelope_not_shown"] = _not_shown(letter, peeked)
     return row
+
+
+def _not_shown(letter: DeadLetter, peeked: Peeked) -> str:
+    return (
+        f"{peeked.why_not}; `eventbus dlq export {letter.id} --raw > message.bin` writes "
+        f"its {len(letter.payload)} bytes"
+    )
 
 
 def _iso(moment: datetime) -> str:
@@ -207,14 +223,42 @@ def _dlq_show(args: argparse.Namespace) -> int:
         ]
         for name, value in fields:
             print(f"{name + ':':<14}{_indented(value, 14)}")
-        envelope = row["envelope"]
         print("envelope:")
-        if envelope is None:
-            print(f"  (not JSON: {len(letter.payload)} bytes written by another codec)")
+        if "envelope_not_shown" in row:
+            print(f"  (not shown: {row['envelope_not_shown']})")
         else:
-            print(_indented(json.dumps(envelope, indent=2, ensure_ascii=False), 2, first=True))
+            text = json.dumps(row["envelope"], indent=2, ensure_ascii=False)
+            print(_indented(text, 2, first=True))
         print("traceback:")
         print(_indented(letter.traceback.rstrip("\n"), 2, first=True))
+        return EXIT_OK
+
+
+def _dlq_export(args: argparse.Namespace) -> int:
+    """The letter whole, as JSON with its bytes in base64; or (``--raw``) its bytes."""
+    if args.raw and sys.stdout.isatty():
+        raise UsageError(
+            "--raw writes the letter's bytes as they are: redirect them to a file "
+            f"(eventbus dlq export {args.id} --raw > message.bin)"
+        )
+    with _dlq_bus(args) as bus:
+        try:
+            letter = bus.dead_letters.get(args.id)
+        except DeadLetterNotFoundError:
+            print(
+                f"eventbus: no dead letter has the id {args.id} "
+                "(it may have been replayed or purged)",
+                file=sys.stderr,
+            )
+            return EXIT_PROBLEM
+        if args.raw:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(letter.payload)
+            sys.stdout.buffer.flush()
+            return EXIT_OK
+        row = _letter_json(letter, traceback=True)
+        row["payload_base64"] = base64.b64encode(letter.payload).decode("ascii")
+        print(json.dumps(row, indent=2))
         return EXIT_OK
 
 
@@ -309,10 +353,12 @@ def _replay_one(bus: EventBus, letter_id: uuid.UUID, letter: DeadLetter | None) 
             pass  # gone since it was listed: replayed or purged by someone else
         except ReplayInProgressError:
             outcome, error = "skipped", "being replayed elsewhere right now"
+        except DeadLetterNotReplayableError as exc:  # raw bytes: no handler can take them
+            outcome, error = "not replayable", str(exc)
         except DeadLetterStoreError:
             raise
         except EventBusError as exc:  # its handler is gone, its event cannot be decoded, ...
-            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+            outcome, error = "failed", describe_error(exc)
         else:
             outcome, attempts, error = replayed.outcome, replayed.attempts, replayed.error
             handler = replayed.handler
@@ -332,15 +378,35 @@ def _progress(result: dict[str, Any]) -> str:
 
 
 def _summary(results: list[dict[str, Any]]) -> str:
-    counts = dict.fromkeys(("replayed", "failed", "skipped", "missing"), 0)
+    """One line of counts, then one line per letter that was not resolved, with why."""
+    counts = dict.fromkeys(
+        ("replayed", "already_handled", "failed", "not replayable", "skipped", "missing"), 0
+    )
     for result in results:
         counts[result["outcome"]] += 1
     parts = [f"replayed {counts['replayed']}", f"failed {counts['failed']}"]
+    if counts["already_handled"]:
+        parts.append(
+            f"already handled {counts['already_handled']} (the handler's inbox says its "
+            "effects were committed before: nothing ran, the letter is gone)"
+        )
+    if counts["not replayable"]:
+        parts.append(f"not replayable {counts['not replayable']}")
     if counts["skipped"]:
         parts.append(f"skipped {counts['skipped']} (being replayed elsewhere)")
     if counts["missing"]:
         parts.append(f"missing {counts['missing']} (no such letter any more)")
-    return ", ".join(parts)
+    lines = [", ".join(parts)]
+    for result in results:
+        if result["outcome"] in ("failed", "not replayable"):
+            handler = f" ({result['handler']})" if result["handler"] else ""
+            reason = result["error"] or ""
+            # A failure's reason is cut (dlq show has it whole); not-replayable says what
+            # can be done, and is bounded already.
+            width = _REASON_WIDTH if result["outcome"] == "failed" else len(reason)
+            reason = _cut(reason, max(width, 1))
+            lines.append(f"  {result['letter_id']}{handler} {result['outcome']}: {reason}")
+    return "\n".join(lines)
 
 
 def _dlq_purge(args: argparse.Namespace) -> int:
@@ -435,7 +501,7 @@ def add_dlq(commands: Any) -> None:
     selector.add_argument("ids", nargs="*", metavar="ID", type=_letter_id, help="dead letter ids")
     selector.add_argument("--all", action="store_true", help="every dead letter")
 
-    dlq = commands.add_parser("dlq", help="list, show, replay and purge the dead letters")
+    dlq = commands.add_parser("dlq", help="list, show, export, replay and purge the dead letters")
     actions = dlq.add_subparsers(dest="dlq_command", required=True, parser_class=Parser)
     listing = actions.add_parser(
         "list", parents=[app, filters], help="the dead letters, oldest failure first"
@@ -447,6 +513,16 @@ def add_dlq(commands: Any) -> None:
     show = actions.add_parser("show", parents=[app], help="one dead letter, traceback included")
     show.add_argument("id", metavar="ID", type=_letter_id, help="the dead letter's id")
     show.set_defaults(run=_dlq_show)
+    export = actions.add_parser(
+        "export",
+        parents=[app],
+        help="one dead letter whole, as JSON with its bytes in base64 (or --raw: the bytes)",
+    )
+    export.add_argument("id", metavar="ID", type=_letter_id, help="the dead letter's id")
+    export.add_argument(
+        "--raw", action="store_true", help="write the letter's bytes as they are (to a file)"
+    )
+    export.set_defaults(run=_dlq_export)
     replay = actions.add_parser(
         "replay",
         parents=[app, selector],

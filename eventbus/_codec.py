@@ -40,7 +40,13 @@ from typing import Any, ClassVar, Literal, NamedTuple, Union
 import attrs
 import msgspec
 
-from ._envelope import EMPTY_HEADERS, Envelope, check_headers, check_key
+from ._envelope import (
+    EMPTY_HEADERS,
+    Envelope,
+    check_key,
+    check_received_headers,
+    check_received_key,
+)
 from ._events import EventRegistry, EventType, default_registry
 from .errors import ConfigurationError, DecodeError, EncodeError, EventBusError
 
@@ -1166,7 +1172,10 @@ def _decode_headers(value: object) -> cabc.Mapping[str, str]:
                 f"got {_show(item)}"
             )
     try:
-        return check_headers(value)  # the Envelope's own limits; it takes the copy as it is
+        # The count and length limits, as a read-only copy, which Envelope then takes as
+        # it is: control characters are refused where headers enter, not on the wire, so
+        # a message published before that rule still decodes.
+        return check_received_headers(value)
     except ConfigurationError as exc:
         raise DecodeError(f"cannot decode envelope: {exc}") from None
 
@@ -1330,7 +1339,7 @@ class JSONCodec:
                 f"cannot decode envelope: key: expected a string or null, got {_show(key)}"
             )
         try:
-            check_key(key)
+            check_received_key(key)
         except ConfigurationError as exc:
             raise DecodeError(f"cannot decode envelope: key: {exc}") from None
         correlation_id = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from ._redact import bounded
 from .errors import ConfigurationError
 
 __all__ = ["Envelope", "uuid7"]
@@ -83,34 +85,109 @@ def _next_after(previous: int) -> int:
     return (ms << 80) | (0x7 << 76) | (0b10 << 62)
 
 
+# Control characters (C0, DEL, C1): a key travels in broker headers (RabbitMQ's
+# eventbus-key), in stream fields and in log lines, where a newline or a NUL ends or
+# forges a record. Other non-printable characters (non-ASCII spaces, joiners) are text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SHOWN = 60
+"""Characters of a refused key or header that an error message shows."""
+
+
+def _printable(text: str) -> bool:
+    """Whether ``text`` has no control character. ``isprintable()`` answers the usual
+    text in a few nanoseconds; the regex looks only at text it refuses, which may be
+    refused for other reasons (a non-ASCII space, a joiner)."""
+    return text.isprintable() or _CONTROL.search(text) is None
+
+
+def _show(value: object) -> str:
+    """``value`` for an error message: its repr (escaping control characters), cut."""
+    if type(value) is str and len(value) > _SHOWN:
+        return f"a str of {len(value)} characters starting {value[:_SHOWN]!r}"
+    return bounded(repr(value), _SHOWN + 40)
+
+
+def _control_at(text: str) -> str:
+    match = _CONTROL.search(text)
+    assert match is not None
+    return f"U+{ord(match.group()):04X} at index {match.start()}"
+
+
 def check_key(key: object) -> str | None:
-    """Validate an ordering key given to publish."""
+    """Validate an ordering key given to publish (or encoded): a non-empty str of at most
+    1024 characters, none of them a control character."""
+    # isprintable() inline answers the usual key in a few nanoseconds (publish's hot path).
+    if key is None or (
+        type(key) is str
+        and 0 < len(key) <= _MAX_KEY_LENGTH
+        and (key.isprintable() or _CONTROL.search(key) is None)
+    ):
+        return key
+    raise ConfigurationError(_key_problem(key))
+
+
+def check_received_key(key: object) -> str | None:
+    """Validate a key read from the wire: the type and length only.
+
+    Control characters are refused where keys enter (``check_key``), not here, so a
+    message published before that rule still decodes instead of becoming a dead letter.
+    """
     if key is None or (type(key) is str and 0 < len(key) <= _MAX_KEY_LENGTH):
         return key
-    raise ConfigurationError(
+    raise ConfigurationError(_key_problem(key))
+
+
+def _key_problem(key: object) -> str:
+    if type(key) is str and 0 < len(key) <= _MAX_KEY_LENGTH:
+        return (
+            f"key must not contain control characters (it travels in broker headers and "
+            f"log lines), got {_show(key)} with {_control_at(key)}; remove or encode them"
+        )
+    return (
         f"key must be a non-empty str of at most {_MAX_KEY_LENGTH} characters "
-        f"(the ordering key, e.g. an order id), got {key!r}"
+        f"(the ordering key, e.g. an order id), got {_show(key)}"
     )
 
 
 def check_headers(headers: object) -> Mapping[str, str]:
-    """Validate headers given to publish; returns a read-only copy."""
+    """Validate headers given to publish; returns a read-only copy.
+
+    At most 64, each a non-empty name and a value, both str, together at most 4096
+    characters, without control characters (they are meant for trace context, which
+    travels on as protocol headers)."""
+    return _checked_headers(headers, printable=True)
+
+
+def check_received_headers(headers: object) -> Mapping[str, str]:
+    """Validate headers read from the wire: the limits of ``check_headers`` without the
+    control-character rule (see ``check_received_key``)."""
+    return _checked_headers(headers, printable=False)
+
+
+def _checked_headers(headers: object, *, printable: bool) -> Mapping[str, str]:
     if headers is None:
         return EMPTY_HEADERS
     if not isinstance(headers, Mapping):
-        raise ConfigurationError(f"headers must be a mapping of str to str, got {headers!r}")
+        raise ConfigurationError(f"headers must be a mapping of str to str, got {_show(headers)}")
     if len(headers) > _MAX_HEADERS:
         raise ConfigurationError(f"at most {_MAX_HEADERS} headers, got {len(headers)}")
     copy: dict[str, str] = {}
     for name, value in headers.items():
         if type(name) is not str or type(value) is not str or not name:
             raise ConfigurationError(
-                f"headers map non-empty str to str, got {name!r}: {value!r}; "
+                f"headers map non-empty str to str, got {_show(name)}: {_show(value)}; "
                 "convert values with str() before publishing"
             )
         if len(name) + len(value) > _MAX_HEADER_LENGTH:
             raise ConfigurationError(
-                f"header {name!r} is longer than {_MAX_HEADER_LENGTH} characters"
+                f"header {_show(name)} is longer than {_MAX_HEADER_LENGTH} characters "
+                f"(name and value: {len(name) + len(value)})"
+            )
+        if printable and not (_printable(name) and _printable(value)):
+            where, text = ("name", name) if not _printable(name) else ("value", value)
+            raise ConfigurationError(
+                f"header {_show(name)} must not contain control characters, got its "
+                f"{where} {_show(text)} with {_control_at(text)}; remove or encode them"
             )
         copy[name] = value
     return MappingProxyType(copy)

@@ -11,14 +11,21 @@ import dataclasses
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar, cast, dataclass_transform
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar, cast, dataclass_transform
 
 import attr
 import attrs
 
 from .errors import ConfigurationError, DuplicateEventError, UnknownEventError
 
-__all__ = ["EventRegistry", "EventType", "default_registry", "event", "upcaster"]
+__all__ = [
+    "EventInstance",
+    "EventRegistry",
+    "EventType",
+    "default_registry",
+    "event",
+    "upcaster",
+]
 
 T = TypeVar("T")
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -28,6 +35,28 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 # are wildcards or separators).
 _NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _MAX_NAME_LENGTH = 200
+
+
+class _AttrsEvent(Protocol):
+    """An instance of an attrs class: what ``@event`` makes at run time, and what mypy's
+    attrs plugin sees on a class declared with ``@attrs.frozen``."""
+
+    __attrs_attrs__: ClassVar[Any]
+
+
+class _DataclassEvent(Protocol):
+    """An instance of a dataclass, or of a class made by a ``dataclass_transform``
+    decorator such as ``@event``: type checkers (mypy and pyright) give those classes
+    ``__dataclass_fields__``, so a class declared with ``@event`` satisfies this one."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+EventInstance: TypeAlias = _AttrsEvent | _DataclassEvent
+"""What ``publish`` accepts, for type checkers: an instance of a class declared with
+``@event``, or of a frozen attrs class or dataclass registered as it is. ``object()``, a
+dict, or an event *class* are refused by the type check; which classes are registered
+and frozen is only known at run time, where ``publish`` checks it."""
 
 
 @attrs.frozen(slots=True)

@@ -15,18 +15,18 @@ import atexit
 import contextlib
 import contextvars
 import functools
-import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from ._redact import masked_logger
 from .errors import ConfigurationError
 
 __all__ = ["Runtime"]
 
-logger = logging.getLogger("eventbus.runtime")
+logger = masked_logger("eventbus.runtime")
 
 T = TypeVar("T")
 Sleep = Callable[[float], object]

@@ -3,6 +3,7 @@
     eventbus catalog --app myapp.events:bus [--json]    the events and who handles them
     eventbus dlq list [filters] [--limit N] [--json]    the dead letters, oldest first
     eventbus dlq show ID [--json]                       one dead letter in full
+    eventbus dlq export ID [--raw]                      one dead letter whole (--raw: its bytes)
     eventbus dlq replay (IDS... | --all | filters) [--json]
     eventbus dlq purge (IDS... | --all | filters) [--yes] [--json]
     eventbus relay                                      deliver the outbox, until SIGTERM
@@ -41,6 +42,7 @@ from ._cli_app import (
 from ._cli_dlq import add_dlq
 from ._cli_outbox import add_outbox
 from ._cli_worker import add_worker
+from ._redact import redact
 
 __all__ = ["load_bus", "main"]
 
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except UsageError as exc:
-        print(f"eventbus: {exc}", file=sys.stderr)
+        print(f"eventbus: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("eventbus: interrupted", file=sys.stderr)
@@ -117,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(exc, EventBusError):
             raise
-        print(f"eventbus: {exc}", file=sys.stderr)
+        print(f"eventbus: {redact(str(exc))}", file=sys.stderr)
         return EXIT_PROBLEM
     return code
 

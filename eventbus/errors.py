@@ -23,6 +23,7 @@ Misuse errors also subclass the builtin a caller would already catch, so
     ├── OutboxError                           the outbox store failed
     ├── DeadLetterStoreError                  the dead-letter store failed
     │   └── DeadLetterNotFoundError(LookupError)  no dead letter has that id
+    ├── DeadLetterNotReplayableError(ValueError)  no handler can take that letter (raw bytes)
     └── ReplayInProgressError(RuntimeError)   another replay holds that dead letter
 
 Handler control flow lives on its own branch, so ``except EventBusError`` in a
@@ -32,6 +33,10 @@ handler never swallows it by accident::
     ├── RetryLater(delay)                     try again after ``delay`` seconds
     ├── RejectEvent(reason)                   give up now: straight to the dead letters
     └── SkipEvent                             nothing to do: count the event as handled
+
+Warnings, for what is not refused but deserves a word (filter them by category)::
+
+    ConfigurationWarning(UserWarning)         an EVENTBUS_* variable that is no setting
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ __all__ = [
     "AsyncHandlerError",
     "BusClosedError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "DeadLetterNotFoundError",
+    "DeadLetterNotReplayableError",
     "DeadLetterStoreError",
     "DecodeError",
     "DeliveryUnavailableError",
@@ -71,6 +78,12 @@ class EventBusError(Exception):
 
 class ConfigurationError(EventBusError, ValueError):
     """An event, a handler or the bus itself is declared wrongly."""
+
+
+class ConfigurationWarning(UserWarning):
+    """A setting eventbus cannot place: an ``EVENTBUS_*`` environment variable that is not
+    a setting and not like one (it is ignored). ``EVENTBUS_IGNORE`` names those that
+    belong to other tools; or filter the category."""
 
 
 class DuplicateHandlerError(ConfigurationError):
@@ -152,6 +165,12 @@ class DeadLetterStoreError(EventBusError):
 
 class DeadLetterNotFoundError(DeadLetterStoreError, LookupError):
     """No dead letter has that id (it may have been replayed or purged)."""
+
+
+class DeadLetterNotReplayableError(EventBusError, ValueError):
+    """This dead letter was written for bytes no handler can take (``@worker``: a message
+    that could not be decoded or kept killing its consumer; ``@transport``: a message the
+    broker refused for good). It can be shown, exported and purged, not replayed."""
 
 
 class ReplayInProgressError(EventBusError, RuntimeError):

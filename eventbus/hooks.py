@@ -30,7 +30,6 @@ signal                    keyword arguments                           sent
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -38,6 +37,8 @@ from typing import Any, Protocol, TypeVar
 
 from blinker import ANY, NamedSignal
 from blinker._utilities import make_id
+
+from ._redact import masked_logger as _masked_logger
 
 __all__ = [
     "event_dead_lettered",
@@ -48,7 +49,7 @@ __all__ = [
     "outbox_relayed",
 ]
 
-logger = logging.getLogger("eventbus.hooks")
+logger = _masked_logger("eventbus.hooks")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
+from ._events import EventInstance
+
 if TYPE_CHECKING:
     import uuid
     from collections.abc import AsyncIterator, Iterable, Sequence
@@ -15,7 +17,14 @@ if TYPE_CHECKING:
     from .outbox import ClaimedRow, OutboxStatus, PendingRow
     from .transports import Capabilities, Message
 
-__all__ = ["Codec", "DeadLetterStore", "OutboxStore", "Received", "Transport"]
+__all__ = [
+    "Codec",
+    "DeadLetterStore",
+    "EventInstance",
+    "OutboxStore",
+    "Received",
+    "Transport",
+]
 
 
 @runtime_checkable
@@ -106,6 +115,10 @@ class OutboxStore(Protocol):
     ``claim`` returns a row only while no earlier row of its (destination, key) is left
     in any state, leased ones included: the relay claims the next batch while the one in
     hand is still being delivered, and this rule is what keeps each key in order.
+    ``reschedule`` stamps the row's first failure (returned by later claims as
+    ``ClaimedRow.first_failed_at``) and later reschedules keep it: the row's dead letter
+    says when it first failed (a store that keeps none returns None, and the letter says
+    the time it is written). The ``error`` it stores is masked with ``eventbus.redact``.
 
     Optional, looked up by name: ``transaction_control(resource)`` (how
     ``bus.transaction`` drives the store's kind of connection), and for
@@ -196,7 +209,10 @@ class Transport(Protocol):
 
     Optional, looked up by name: ``redelivery_timeout`` (seconds), for transports that
     hand an unacknowledged message to another consumer after a while; then ``Received``
-    offers ``touch()``.
+    offers ``touch()``. ``async def declare(topics, /, *, group)``, for transports that
+    keep a message only for groups that exist when it is published (RabbitMQ): make the
+    group's subscription exist without consuming; a bus's worker calls it before the
+    bus's relay publishes anything.
     """
 
     capabilities: ClassVar[Capabilities]

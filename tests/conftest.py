@@ -1,43 +1,50 @@
-"""Shared fixtures for tests that need a database server (or a SQLite file).
+"""Shared fixtures for tests that need a database server (or a SQLite file), and the
+check that a run leaves nothing behind on the shared servers.
 
 ``backend`` is parametrised over ``sqlite``, ``postgresql`` and ``mariadb``: a test that
 asks for ``engine`` (or ``backend``) runs once per database. Servers are reached on
 loopback only; one that does not answer skips its tests with the reason, unless the
 environment variable ``CI`` is ``"true"``, where it fails them. Each test gets a fresh
-table ``prefix`` (uuid), so nothing leaks between tests; tables with that prefix are
-dropped at teardown anyway.
+table ``prefix`` (this run's, see tests/servers.py), and its tables are dropped at
+teardown.
 
 ``EVENTBUS_TEST_POSTGRESQL_URL`` and ``EVENTBUS_TEST_MARIADB_URL`` point the tests at
 other servers. Libraries (SQLAlchemy, drivers) are imported inside the fixtures: tests
 that use none of them never import them.
+
+Every test removes what it made on a server, also when it fails. When the run ends (on
+the xdist controller, after every worker), anything on the servers whose name carries this
+run's id fails the run, listed in the summary (``tests/leftovers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 
+from tests import leftovers
+from tests.servers import (
+    RUN_VARIABLE,
+    database_connect_args,
+    database_url,
+    forget_run,
+    fresh_name,
+    run_named_anything,
+    run_prefix,
+    unavailable,
+)
+
 if TYPE_CHECKING:
     import sqlalchemy
 
-# Loopback only. PostgreSQL accepts (trust) the user postgres, or root on some setups.
-SERVER_URLS: dict[str, tuple[str, ...]] = {
-    "postgresql": (
-        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-        "postgresql+psycopg://root@127.0.0.1:5432/test",
-        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-    ),
-    "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test",),
-}
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 # One more kind, "sqlite3", is not in the default: a SQLite file for the stdlib
 # ``SQLiteOutbox``, which the outbox contract suite (tests/contract/conftest.py) asks for.
@@ -61,53 +68,6 @@ class Backend:
     """A commit can wake relays in other processes (PostgreSQL LISTEN/NOTIFY)."""
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI") == "true"
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if _in_ci():
-        pytest.fail(f"{reason} (CI=true: servers are required)")
-    pytest.skip(reason)
-
-
-def _urls(kind: str) -> tuple[str, ...]:
-    """Where to look for ``kind``: ``EVENTBUS_TEST_POSTGRESQL_URL`` (or ``..._MARIADB_URL``)
-    if set, else the loopback defaults."""
-    given = os.environ.get(f"EVENTBUS_TEST_{kind.upper()}_URL")
-    return (given,) if given else SERVER_URLS[kind]
-
-
-@functools.cache
-def _probe(kind: str) -> tuple[str | None, str]:
-    """The first URL of ``kind`` that answers, or None and why none did (cached)."""
-    import sqlalchemy as sa
-
-    errors: list[str] = []
-    for url in _urls(kind):
-        engine = sa.create_engine(url, connect_args=_connect_args(kind))
-        try:
-            with engine.connect() as connection:
-                connection.exec_driver_sql("SELECT 1")
-        except Exception as error:  # any failure means: not usable here
-            errors.append(
-                f"{engine.url.render_as_string(hide_password=True)}: {str(error).splitlines()[0]}"
-            )
-        else:
-            return url, ""
-        finally:
-            engine.dispose()
-    return None, "; ".join(errors)
-
-
-def _connect_args(kind: str) -> dict[str, Any]:
-    if kind == "postgresql":
-        return {"connect_timeout": 3}
-    if kind == "mariadb":
-        return {"connect_timeout": 3}
-    return {}
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """One of the databases; servers that do not answer skip (fail under CI=true)."""
@@ -122,7 +82,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     try:
         import sqlalchemy  # noqa: F401
     except ImportError:
-        _unavailable("SQLAlchemy is not installed (pip install 'eventbus[sqlalchemy]')")
+        unavailable("SQLAlchemy is not installed (pip install 'eventbus[sqlalchemy]')")
     if kind == "sqlite":
         return Backend(
             "sqlite",
@@ -134,10 +94,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     try:
         __import__(driver)
     except ImportError:
-        _unavailable(f"the {driver} driver is not installed")
-    url, why = _probe(kind)
+        unavailable(f"the {driver} driver is not installed")
+    url, why = database_url(kind)
     if url is None:
-        _unavailable(f"{kind} is not reachable: {why}")
+        unavailable(f"{kind} is not reachable: {why}")
     return Backend(
         kind,
         url,
@@ -149,8 +109,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 @pytest.fixture
 def prefix() -> str:
-    """Fresh table names for this test: ``{prefix}_outbox``, ``{prefix}_inbox``, ..."""
-    return f"eb{uuid.uuid4().hex[:12]}"
+    """Fresh table names for this test: ``{prefix}_outbox``, ``{prefix}_inbox``, ...
+    (``eb``, this run's id, hex: see tests/servers.py)."""
+    return fresh_name()
 
 
 @pytest.fixture
@@ -162,7 +123,7 @@ def make_engine(backend: Backend, prefix: str) -> Iterator[Callable[..., sqlalch
     made: list[sa.Engine] = []
 
     def make(**options: Any) -> sa.Engine:
-        options.setdefault("connect_args", _connect_args(backend.name))
+        options.setdefault("connect_args", database_connect_args(backend.name))
         if backend.name != "sqlite":
             options.setdefault("pool_size", 10)
             options.setdefault("max_overflow", 20)
@@ -187,7 +148,7 @@ def _drop_tables(backend: Backend, prefix: str) -> None:
         return  # the file lives under tmp_path
     import sqlalchemy as sa
 
-    engine = sa.create_engine(backend.url, connect_args=_connect_args(backend.name))
+    engine = sa.create_engine(backend.url, connect_args=database_connect_args(backend.name))
     try:
         names = [n for n in sa.inspect(engine).get_table_names() if n.startswith(prefix)]
         if names:
@@ -196,6 +157,62 @@ def _drop_tables(backend: Backend, prefix: str) -> None:
             metadata.drop_all(engine)
     finally:
         engine.dispose()
+
+
+# -- this run's names, and what it left behind ------------------------------------------
+
+_LEFT = pytest.StashKey[leftovers.Found]()
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the run its id (tests/servers.py): made here on the controller, and handed
+    to xdist workers through ``workerinput`` (their environment may not be ours)."""
+    if _is_xdist_worker(config):
+        os.environ[RUN_VARIABLE] = config.workerinput[RUN_VARIABLE]  # type: ignore[attr-defined]
+    else:
+        os.environ[RUN_VARIABLE] = uuid.uuid4().hex[:6]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, on the controller: every worker gets this run's id."""
+    node.workerinput[RUN_VARIABLE] = os.environ[RUN_VARIABLE]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every test and fixture (on every worker), fail the run if the servers hold
+    anything named with this run's id. Runs once, on the controller."""
+    config = session.config
+    if _is_xdist_worker(config) or not run_named_anything():
+        return  # a worker, or a run that named nothing on a server: nothing to look for
+    found = leftovers.find(run_prefix())
+    forget_run()
+    config.stash[_LEFT] = found
+    if found and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    found = config.stash.get(_LEFT, None)
+    if found is None:
+        return
+    if found:
+        terminalreporter.write_sep("=", f"left on the servers by this run ({run_prefix()})")
+        for line in found.lines():
+            terminalreporter.write_line(line, red=True)
+        terminalreporter.write_line(
+            "every test removes what it made, also when it fails: find the test by the name; "
+            f"python -m tests.leftovers {run_prefix()} --remove-run cleans up"
+        )
+    elif found.unchecked:
+        terminalreporter.write_line(
+            "servers not checked for leftovers: " + "; ".join(found.lines()), yellow=True
+        )
 
 
 ASYNC_TEST_TIMEOUT = 120.0

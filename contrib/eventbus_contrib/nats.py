@@ -82,7 +82,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 import nats
@@ -98,9 +98,9 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from eventbus._redact import redact
+from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
-from eventbus.transports import Capabilities, Message
+from eventbus.transports import Capabilities, Message, url_options
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -113,6 +113,7 @@ if TYPE_CHECKING:
 __all__ = ["NATSTransport"]
 
 logger = logging.getLogger("eventbus.nats")
+logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core
 
 _WORDS = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -149,17 +150,11 @@ class _Options:
     publish_timeout: float = 5.0
 
 
-_OPTION_NAMES = tuple(a.name for a in attrs.fields(_Options))
+_DEFAULTS: dict[str, Any] = {a.name: a.default for a in attrs.fields(_Options)}
 
 
 def _options(given: dict[str, Any]) -> _Options:
-    """Checked options, from keywords or (as strings) from the URL's query."""
-    unknown = sorted(set(given) - set(_OPTION_NAMES))
-    if unknown:
-        raise ConfigurationError(
-            f"NATSTransport does not take {', '.join(unknown)}; its options are "
-            f"{', '.join(_OPTION_NAMES)}"
-        )
+    """Checked options (``url_options`` refused unknown names and typed the query's)."""
     values: dict[str, Any] = {}
     for name, value in given.items():
         values[name] = _convert(name, value)
@@ -232,11 +227,21 @@ class _Endpoint:
         return f"{self.scheme}://{auth}{','.join(self.hosts)}"
 
 
-def _endpoint(url: str) -> tuple[_Endpoint, dict[str, str]]:
+def _without_credentials(url: str) -> str:
+    """``url`` for an error: a bare user part is a token here, which ``redact`` (made for
+    ``user:password@``) would keep."""
+    parts = urlsplit(url)
+    auth = "***@" if "@" in parts.netloc else ""
+    return redact(urlunsplit(parts._replace(netloc=auth + parts.netloc.rpartition("@")[2])))
+
+
+def _endpoint(url: str) -> _Endpoint:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("nats", "tls"):
-        raise ConfigurationError(f"NATSTransport takes nats:// or tls:// URLs, got {redact(url)!r}")
+        raise ConfigurationError(
+            f"NATSTransport takes nats:// or tls:// URLs, got {_without_credentials(url)!r}"
+        )
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     hosts = tuple(h.strip() for h in hostlist.split(",") if h.strip())
     if not hosts:
@@ -251,10 +256,10 @@ def _endpoint(url: str) -> tuple[_Endpoint, dict[str, str]]:
             token = unquote(name)
     if parts.path not in ("", "/"):
         raise ConfigurationError(
-            f"a NATS URL has no path (streams and prefixes are options), got {redact(url)!r}"
+            "a NATS URL has no path (streams and prefixes are options), got "
+            f"{_without_credentials(url)!r}"
         )
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    return _Endpoint(scheme, hosts, user, password, token), query
+    return _Endpoint(scheme, hosts, user, password, token)
 
 
 def _durable(group: str, topic: str) -> str:
@@ -475,8 +480,13 @@ class NATSTransport:
 
     @classmethod
     def from_url(cls, url: str, /, **options: Any) -> Self:
-        endpoint, query = _endpoint(url)
-        return cls(endpoint, _options({**query, **options}))
+        if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("nats", "tls"):
+            _endpoint(url)  # refuses it, saying why
+        # nats-py reads no query parameters: every name in the query must be an option.
+        rest, chosen = url_options(
+            url, _DEFAULTS, options, client_options=(), transport="NATSTransport"
+        )
+        return cls(_endpoint(rest), _options(chosen))
 
     @property
     def redelivery_timeout(self) -> float:

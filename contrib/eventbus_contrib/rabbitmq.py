@@ -1,10 +1,12 @@
 """The RabbitMQ transport, on aio-pika: ``pip install "eventbus[rabbitmq]"``.
 
-URLs: ``amqp://user:password@host:5672/vhost`` and ``amqps://...`` (TLS; aio-pika's own
-query parameters such as ``cafile``, ``certfile``, ``keyfile`` or ``name`` pass through).
-An empty path (or ``/``) is the default vhost ``/``. Options of ``from_url(url,
-**options)``, keywords only (``heartbeat`` or ``reconnect_interval`` in the URL query is
-refused, so each setting has one place)::
+URLs: ``amqp://user:password@host:5672/vhost`` and ``amqps://...`` (TLS). An empty path
+(or ``/``) is the default vhost ``/``. Options of ``from_url(url, **options)``, as keywords
+or in the URL's query (``?exchange=shop&quorum=true``; keywords win). Other query
+parameters are aio-pika's own and pass through: ``cafile``, ``capath``, ``cadata``,
+``certfile``, ``keyfile``, ``no_verify_ssl``, ``timeout``, ``name``, ``auth``,
+``interleave``, ``happy_eyeballs_delay``; any other name is refused
+(``ConfigurationError``, with "did you mean"), since aio-pika would ignore it::
 
     exchange="eventbus"          the durable topic exchange every topic is published to
     queue_prefix=None            queue name = f"{queue_prefix or exchange}.{group}"
@@ -95,16 +97,18 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustExchange,
+    AbstractRobustQueue,
 )
 from pamqp.commands import Basic
 
-from eventbus._redact import redact
+from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import Capabilities, Message, url_options
 
 __all__ = ["MessageTooLargeError", "RabbitMQQuorumTransport", "RabbitMQTransport"]
 
 logger = logging.getLogger("eventbus.rabbitmq")
+logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _MAX_NAME_BYTES = 255
@@ -130,19 +134,25 @@ _DEFAULTS: dict[str, Any] = {
     "reconnect_interval": 1.0,
 }
 
-_OPTIONS = frozenset(
+_CLIENT_QUERY = frozenset(
     {
-        "exchange",
-        "queue_prefix",
-        "prefetch",
-        "heartbeat",
-        "quorum",
-        "delivery_limit",
-        "single_active_consumer",
-        "confirm_timeout",
-        "reconnect_interval",
+        # aiormq: TLS, the connection's timeout and name, the auth mechanism
+        "cafile",
+        "capath",
+        "cadata",
+        "keyfile",
+        "certfile",
+        "no_verify_ssl",
+        "timeout",
+        "name",
+        "auth",
+        # aio-pika: connecting to several addresses
+        "interleave",
+        "happy_eyeballs_delay",
     }
 )
+"""The query parameters aio-pika (10.x) and aiormq read; eventbus sets ``heartbeat``,
+``reconnect_interval`` and ``fail_fast`` itself."""
 
 
 def _describe(error: BaseException) -> str:
@@ -283,15 +293,7 @@ class _Subscription:
                 channel.close_callbacks.add(self._on_channel_lost)
                 channel.reopen_callbacks.add(self._on_channel_back)
                 await channel.set_qos(prefetch_count=self._transport._prefetch)
-                exchange = await self._transport._declare_exchange(channel)
-                queue = await channel.declare_queue(
-                    self.queue_name,
-                    durable=True,
-                    arguments=self._transport._queue_arguments(self.queue_name),
-                )
-                await self._transport._declare_dead_letter_queue(channel, self.queue_name)
-                for topic in self.topics:
-                    await queue.bind(exchange, routing_key=topic)
+                queue = await self._transport._declare_group(channel, self.queue_name, self.topics)
                 # Robust: after a reconnect aio-pika consumes again with this callback.
                 await queue.consume(self._on_message)
         except aiormq.exceptions.ChannelPreconditionFailed as error:
@@ -300,13 +302,7 @@ class _Subscription:
             failure = _describe(error)
         if refused is not None:
             await self._discard_channel()
-            raise ConfigurationError(
-                f"RabbitMQ refused the queue {self.queue_name!r} or the exchange "
-                f"{self._transport.exchange!r} ({refused}): they exist with other "
-                "arguments (quorum, single_active_consumer, delivery_limit, or another "
-                "exchange type). Use another queue_prefix (or exchange), or delete the old "
-                "queue once it is drained"
-            )
+            raise self._transport._refusal(self.queue_name, refused)
         if failure is not None:
             raise TransportError(f"RabbitMQ subscription setup failed: {failure}")
 
@@ -428,16 +424,19 @@ class RabbitMQTransport:
 
     @classmethod
     def from_url(cls, url: str, /, **options: Any) -> Self:
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"RabbitMQTransport has no option {', '.join(sorted(unknown))}; its options "
-                f"are {', '.join(sorted(_OPTIONS))}"
-            )
         # The transport's own options may ride in the query string too
-        # (amqp://host/?exchange=shop&quorum=true); keyword arguments win.
+        # (amqp://host/?exchange=shop&quorum=true); keyword arguments win. Other query
+        # parameters must be aio-pika's: it ignores names it does not know, so a misspelt
+        # ?exchange= would publish to the default exchange without a word.
         defaults = {**_DEFAULTS, "quorum": issubclass(cls, RabbitMQQuorumTransport)}
-        url, options = url_options(url, defaults, options)
+        url, options = url_options(
+            url,
+            defaults,
+            options,
+            client_options=_CLIENT_QUERY,
+            transport="RabbitMQTransport",
+            client="aio-pika",
+        )
         # Capabilities are per class (a ClassVar), so quorum queues, which count
         # deliveries, get a class of their own.
         target: type[RabbitMQTransport] = (
@@ -486,6 +485,61 @@ class RabbitMQTransport:
             await channel.declare_queue(
                 f"{queue}.dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
             )
+
+    async def _declare_group(
+        self, channel: AbstractRobustChannel, queue_name: str, topics: Sequence[str]
+    ) -> AbstractRobustQueue:
+        """The exchange, the group's queue (and its dead-letter queue) and the bindings."""
+        exchange = await self._declare_exchange(channel)
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments=self._queue_arguments(queue_name)
+        )
+        await self._declare_dead_letter_queue(channel, queue_name)
+        for topic in topics:
+            await queue.bind(exchange, routing_key=topic)
+        return queue
+
+    def _refusal(self, queue_name: str, refused: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"RabbitMQ refused the queue {queue_name!r} or the exchange {self.exchange!r} "
+            f"({refused}): they exist with other arguments (quorum, single_active_consumer, "
+            "delivery_limit, or another exchange type). Use another queue_prefix (or "
+            "exchange), or delete the old queue once it is drained"
+        )
+
+    async def declare(self, topics: Sequence[str], /, *, group: str) -> None:
+        """Make ``group``'s queue and its bindings to ``topics`` exist, without consuming.
+
+        From then on the broker keeps what is published to those topics for the group,
+        while a message published before any queue is bound is returned unroutable. A
+        bus's worker calls this before its relay sends anything (``Transport`` lists it
+        as optional)."""
+        self._check_open()
+        if isinstance(topics, str) or not topics:
+            raise ConfigurationError(f"declare takes a sequence of topics, got {topics!r}")
+        wanted = tuple(dict.fromkeys(_check_name("topic", topic) for topic in topics))
+        queue_name = self._queue_name(group)
+        connection = await self._ensure_connection()
+        failure: str | None = None
+        refused: str | None = None
+        channel: AbstractRobustChannel | None = None
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                channel = await connection.channel(publisher_confirms=False)
+                await self._declare_group(channel, queue_name, wanted)
+        except aiormq.exceptions.ChannelPreconditionFailed as error:
+            refused = _describe(error)
+        except Exception as error:  # aiormq fails a dead channel's calls with bare Exception
+            failure = _describe(error)
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CONNECT_TIMEOUT):
+                        await channel.close()
+        if refused is not None:
+            raise self._refusal(queue_name, refused)
+        if failure is not None:
+            raise TransportError(f"RabbitMQ could not declare the queue {queue_name!r}: {failure}")
 
     # -- connection ----------------------------------------------------------------------
 

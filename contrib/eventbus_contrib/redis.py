@@ -87,9 +87,9 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from eventbus._redact import redact
+from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MissingDependencyError, TransportError
 from eventbus.transports import Capabilities, Message, url_options
 
@@ -110,6 +110,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisStreamsTransport"]
 
 logger = logging.getLogger("eventbus.redis")
+logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core
 
 _TOPIC: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _QUERY_OPTIONS: Final = frozenset(
@@ -126,7 +127,7 @@ _QUERY_OPTIONS: Final = frozenset(
 _TLS_QUERY_OPTIONS: Final = frozenset(
     {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
 )
-_OPTIONS: Final = ("prefix", "claim_idle", "block", "batch", "maxlen")
+_DATABASE_PATH: Final = re.compile(r"(?:/\d+)?/?")
 _DEFAULTS: Final[dict[str, Any]] = {
     "prefix": "eventbus:",
     "claim_idle": 60.0,
@@ -520,6 +521,20 @@ def _streams(reply: Any) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, byte
     return [(stream, entries) for stream, entries in reply]
 
 
+def _redis_url(url: object) -> SplitResult:
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme.lower() not in ("redis", "rediss"):
+        raise ConfigurationError(
+            f"RedisStreamsTransport takes redis:// or rediss:// URLs, got {redact(repr(url))}"
+        )
+    return parts
+
+
+def _client_options(parts: SplitResult) -> frozenset[str]:
+    """The query parameters redis-py reads (and eventbus lets through) for this URL."""
+    return _QUERY_OPTIONS | (_TLS_QUERY_OPTIONS if parts.scheme.lower() == "rediss" else set())
+
+
 class RedisStreamsTransport:
     """``redis://`` / ``rediss://``: a stream per topic, a consumer group per group."""
 
@@ -542,11 +557,7 @@ class RedisStreamsTransport:
         batch: int = 100,
         maxlen: int | None = None,
     ) -> None:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme.lower() not in ("redis", "rediss"):
-            raise ConfigurationError(
-                f"RedisStreamsTransport takes redis:// or rediss:// URLs, got {redact(repr(url))}"
-            )
+        parts = _redis_url(url)
         if not isinstance(prefix, str):
             raise ConfigurationError(
                 f"RedisStreamsTransport prefix must be a string, got {prefix!r}"
@@ -556,15 +567,21 @@ class RedisStreamsTransport:
         self.block = _positive("block", block)
         self.batch = int(_positive("batch", batch, integer=True))
         self.maxlen = None if maxlen is None else int(_positive("maxlen", maxlen, integer=True))
-        allowed = _QUERY_OPTIONS | (
-            _TLS_QUERY_OPTIONS if parts.scheme.lower() == "rediss" else set()
-        )
-        query = dict(parse_qsl(parts.query))
-        unknown = sorted(set(query) - allowed)
+        allowed = _client_options(parts)
+        unknown = sorted({name for name, _ in parse_qsl(parts.query)} - allowed)
         if unknown:
+            # from_url takes the transport's own options from the query; this does not.
             raise ConfigurationError(
-                f"the Redis URL {redact(url)!r} has options this transport does not take: "
-                f"{', '.join(unknown)}; it takes {', '.join(sorted(allowed))}"
+                f"the Redis URL {redact(url)!r} has options redis-py does not take: "
+                f"{', '.join(unknown)}; it takes {', '.join(sorted(allowed))} (this "
+                f"constructor takes {', '.join(_DEFAULTS)} as keyword arguments, "
+                "RedisStreamsTransport.from_url from the query too)"
+            )
+        if not _DATABASE_PATH.fullmatch(parts.path):
+            # redis-py reads a path that is not a number as database 0, without a word.
+            raise ConfigurationError(
+                f"the Redis URL {redact(url)!r} has the path {parts.path!r}: the path is "
+                "the database number (redis://host:6379/0); leave it out for database 0"
             )
         try:
             parsed = parse_url(url)
@@ -589,13 +606,14 @@ class RedisStreamsTransport:
     def from_url(cls, url: str, /, **options: Any) -> Self:
         """``url`` may carry the transport's own options in its query string too
         (``redis://host:6379/0?prefix=shop:&claim_idle=30``); keyword arguments win."""
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"RedisStreamsTransport takes the options {', '.join(_OPTIONS)}; "
-                f"got {', '.join(unknown)}"
-            )
-        rest, chosen = url_options(url, _DEFAULTS, options)
+        rest, chosen = url_options(
+            url,
+            _DEFAULTS,
+            options,
+            client_options=_client_options(_redis_url(url)),
+            transport="RedisStreamsTransport",
+            client="redis-py",
+        )
         return cls(rest, **chosen)
 
     def __repr__(self) -> str:

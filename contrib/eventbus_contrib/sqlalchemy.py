@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from eventbus import RedactingFilter, redact
 from eventbus._handlers import register_resource_type
 from eventbus.errors import ConfigurationError, MissingDependencyError, OutboxError
 from eventbus.outbox import ClaimedRow, OutboxStatus, PendingRow
@@ -103,6 +104,7 @@ __all__ = ["SQLAlchemyOutbox", "outbox_tables"]
 register_resource_type(Session)
 
 logger = logging.getLogger("eventbus.sqlalchemy")
+logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core
 
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _KEY_INDEX_PREFIX: Final = 255
@@ -117,6 +119,11 @@ database's bound-parameter limit and MariaDB's default ``max_allowed_packet`` (1
 
 _ERROR_LENGTH: Final = 2000
 
+_ADDED_COLUMNS: Final = ("first_failed_at",)
+"""Columns of the outbox added after its first release: a store that creates the schema
+adds those an existing table lacks; one that may not (``create=False``) refuses to start,
+giving the statements to run."""
+
 _FILLFACTOR: Final = 50
 """Percent of each PostgreSQL outbox page filled by INSERTs (see _fillfactor_sql)."""
 
@@ -129,6 +136,7 @@ _CLAIMED: Final = (
     "payload",
     "attempts",
     "created_at",
+    "first_failed_at",
 )
 
 _IMMEDIATE: Final = "eventbus_begin_immediate"
@@ -164,6 +172,10 @@ def outbox_tables(metadata: sa.MetaData, *, prefix: str = "eventbus") -> tuple[s
     PostgreSQL, also run ``ALTER TABLE {prefix}_outbox SET (fillfactor = 50)`` in the
     migration (the store does it for tables it creates; ``schema_sql()`` includes it): it
     halves what the relay's claims cost.
+
+    Tables of an earlier release lack ``first_failed_at`` (a nullable double): Alembic's
+    autogenerate adds it, ``SQLAlchemyOutbox.migration_sql()`` gives the statement, and a
+    store opened with ``create=True`` adds it itself.
     """
     if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
         raise ConfigurationError(
@@ -206,6 +218,7 @@ def outbox_tables(metadata: sa.MetaData, *, prefix: str = "eventbus") -> tuple[s
         sa.Column("lease_owner", sa.String(200), nullable=True),
         sa.Column("lease_until", sa.Double(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("first_failed_at", sa.Double(), nullable=True),
         sqlite_autoincrement=True,
         **mysql_options,
     )
@@ -353,6 +366,8 @@ class SQLAlchemyOutbox:
                     connection.exec_driver_sql("PRAGMA journal_mode = WAL")
         if create:
             self._create()
+        else:
+            self._check_columns()
 
     def create_schema(self) -> None:
         """Create the outbox and inbox tables if they do not exist."""
@@ -373,6 +388,44 @@ class SQLAlchemyOutbox:
         if self._kind == "postgresql":
             statements.append(self._fillfactor_sql())
         return "".join(f"{statement};\n" for statement in statements)
+
+    def migration_sql(self) -> str:
+        """The statements that bring an outbox table of an earlier release up to date on
+        this engine's database (for applications that manage their own migrations)."""
+        return "".join(f"{statement};\n" for statement in self._add_column_sql(_ADDED_COLUMNS))
+
+    def _add_column_sql(self, names: Iterable[str]) -> list[str]:
+        dialect = self._engine.dialect
+        columns = [self.outbox.c[name] for name in names]
+        return [
+            f"ALTER TABLE {self.outbox.name} ADD COLUMN {column.name} "
+            f"{column.type.compile(dialect=dialect)} NULL"
+            for column in columns
+        ]
+
+    def _missing_columns(self, connection: Connection) -> list[str]:
+        """The added columns an existing outbox table lacks (none if there is no table)."""
+        inspector = sa.inspect(connection)
+        if not inspector.has_table(self.outbox.name):
+            return []
+        found = {column["name"] for column in inspector.get_columns(self.outbox.name)}
+        return [name for name in _ADDED_COLUMNS if name not in found]
+
+    def _add_missing_columns(self, connection: Connection) -> None:
+        for statement in self._add_column_sql(self._missing_columns(connection)):
+            connection.exec_driver_sql(statement)
+
+    def _check_columns(self) -> None:
+        """With ``create=False``: refuse an outbox table of an earlier release."""
+        with self._guard("read the outbox schema"), self._engine.connect() as connection:
+            missing = self._missing_columns(connection)
+        if missing:
+            raise OutboxError(
+                f"the outbox table {self.outbox.name} on {self._url} lacks the column(s) "
+                f"{', '.join(missing)}, which this version of eventbus needs. Add them with "
+                f"your migrations: {' '.join(self.migration_sql().split())} (or open "
+                "SQLAlchemyOutbox with create=True, which adds them)"
+            )
 
     def _create(self) -> None:
         """Create the tables unless they exist, also when processes start together.
@@ -395,11 +448,16 @@ class SQLAlchemyOutbox:
                 self.outbox.metadata.create_all(connection, tables=[self.outbox, self.inbox])
                 if new:  # a table the application made keeps its own storage settings
                     connection.exec_driver_sql(self._fillfactor_sql())
+                # A table of an earlier release gets the columns added since (under the
+                # advisory lock on PostgreSQL, the write lock on SQLite).
+                self._add_missing_columns(connection)
         except OutboxError:
             with self._writer.connect() as connection:
                 inspector = sa.inspect(connection)
                 if not all(inspector.has_table(t.name) for t in (self.outbox, self.inbox)):
                     raise
+                if self._missing_columns(connection):
+                    raise  # not a creation that raced another process's: a real failure
 
     def _fillfactor_sql(self) -> str:
         """PostgreSQL: leave half of each outbox page free. The relay updates every row
@@ -541,7 +599,8 @@ class SQLAlchemyOutbox:
                 payload=bytes(row[5]),
                 attempts=int(row[6]),
                 created_at=float(row[7]),
-                seen=bool(row[8]) if seen else None,
+                first_failed_at=None if row[8] is None else float(row[8]),
+                seen=bool(row[9]) if seen else None,
             )
             for row in found
         ]
@@ -703,7 +762,9 @@ class SQLAlchemyOutbox:
                     available_at=self._now + float(delay),
                     lease_owner=None,
                     lease_until=None,
-                    last_error=error[:_ERROR_LENGTH],
+                    last_error=redact(error)[:_ERROR_LENGTH],
+                    # The first failure's time, stamped once and kept by later reschedules.
+                    first_failed_at=sa.func.coalesce(table.c.first_failed_at, self._now),
                 )
             )
             return int(result.rowcount) == 1

@@ -28,22 +28,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import socket
 import sqlite3
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import attrs
 
 from .. import hooks
 from .._causation import current_frame
-from .._delivery import Attempted, Outcome, after_failure, call_in_transaction, dead_letter
+from .._delivery import after_failure, bury, dead_letter, run_handler
+from .._redact import describe_error, masked_logger
+from ..deadletters import DeadLetter
 from ..errors import SerializationError, SkipEvent, UnknownEventError
 from ..transports._link import FORWARD
+from ._rows import first_failure
 
 if TYPE_CHECKING:
     from .._bus import EventBus
@@ -83,6 +84,8 @@ class _Batch:
     """Why the worker thread could not complete the batch."""
     forward: list[ClaimedRow] = attrs.Factory(list)
     """Rows bound for the transport: published, then completed, on the loop."""
+    undecodable: list[tuple[ClaimedRow, Exception]] = attrs.Factory(list)
+    """Rows whose bytes are not an envelope: buried (as raw dead letters) on the loop."""
 
 
 def _contention(error: BaseException, outbox: object) -> bool:
@@ -123,9 +126,11 @@ def _marks(handled: list[_Item]) -> list[tuple[str, uuid.UUID]]:
     return [(i.handler.name, i.envelope.id) for i in handled if not i.handler.wants_connection]
 
 
-logger = logging.getLogger("eventbus.relay")
+logger = masked_logger("eventbus.relay")
 
 _MISSING_HANDLER_DELAY = 60.0
+_STORE_RETRY_DELAY = 60.0
+"""Seconds before a row whose dead letter could not be stored is tried again."""
 
 _INLINE_BUDGET = 0.005
 """Seconds of plain sync handlers the claiming worker thread runs itself, one after
@@ -293,9 +298,9 @@ class Relay:
             forward = [row for row in rows if row.destination == FORWARD]
             if forward:
                 local = [row for row in rows if row.destination != FORWARD]
-        items, finished = self._prepare(local)
+        items, finished, undecodable = self._prepare(local)
         fresh = self._unseen(items, finished)
-        batch = _Batch(rows, finished, forward=forward)
+        batch = _Batch(rows, finished, forward=forward, undecodable=undecodable)
         plain = [i for i in fresh if not i.handler.is_async and not i.handler.wants_connection]
         batch.left = [i for i in fresh if i.handler.is_async or i.handler.wants_connection]
         deadline = time.perf_counter() + _INLINE_BUDGET
@@ -310,7 +315,7 @@ class Relay:
                 finished.append(item.row.id)
             else:
                 batch.failed.append((item, error))
-        if not batch.left and not batch.failed and finished:
+        if not batch.left and not batch.failed and not batch.undecodable and finished:
             try:
                 batch.completed = self._outbox.complete(
                     finished, owner=self.owner, processed=_marks(batch.handled)
@@ -342,6 +347,9 @@ class Relay:
             if batch.forward and link is not None:
                 await self._forward(link, batch.forward)
             finished = batch.finished
+            for row, why in batch.undecodable:
+                if await self._bury_undecodable(row, why):
+                    finished.append(row.id)
             outcomes: list[tuple[_Item, Exception | None]] = list(batch.failed)
             if batch.left:
                 outcomes.extend(await self._run_all(batch.left))
@@ -399,18 +407,21 @@ class Relay:
         if envelopes:
             hooks._send(hooks.outbox_relayed, self._bus, envelopes=tuple(envelopes))
 
-    def _prepare(self, rows: list[ClaimedRow]) -> tuple[list[_Item], list[int]]:
-        """Decode rows and find their handlers; bury what cannot be decoded (worker thread)."""
+    def _prepare(
+        self, rows: list[ClaimedRow]
+    ) -> tuple[list[_Item], list[int], list[tuple[ClaimedRow, Exception]]]:
+        """Decode rows and find their handlers (worker thread); returns the items, the
+        rows finished already, and the rows that cannot be decoded (to bury)."""
         decode = self._bus.codec.decode
         handlers = self._bus._handlers
         items: list[_Item] = []
         finished: list[int] = []
+        undecodable: list[tuple[ClaimedRow, Exception]] = []
         for row in rows:
             try:
                 envelope = decode(row.payload)
             except (SerializationError, UnknownEventError) as error:
-                self._bury_undecodable(row, error)
-                finished.append(row.id)
+                undecodable.append((row, error))
                 continue
             handler = handlers.get(row.destination)
             if handler is None or handler.delivery != "durable":
@@ -428,7 +439,7 @@ class Relay:
                 )
                 continue
             items.append(_Item(row, envelope, handler))
-        return items, finished
+        return items, finished, undecodable
 
     async def _run_all(self, items: list[_Item]) -> list[tuple[_Item, Exception | None]]:
         """Run every item's handler; returns each item with its error (or None)."""
@@ -467,15 +478,10 @@ class Relay:
         return None
 
     async def _run_one(self, item: _Item) -> Exception | None:
+        """Run an async or connection-taking handler through the pipeline's own step (a
+        duplicate found by the inbox counts as handled); returns its error (or None)."""
         try:
-            if item.handler.wants_connection:
-                await self._bus._runtime.run_sync(
-                    call_in_transaction, self._bus, item.handler, item.envelope
-                )
-            else:
-                from .._delivery import _call  # noqa: PLC0415 - shares the pipeline's call
-
-                await _call(self._bus, item.handler, item.envelope)
+            await run_handler(self._bus, item.handler, item.envelope)
         except Exception as error:
             return error
         return None
@@ -493,17 +499,32 @@ class Relay:
                 handler=handler.name,
                 error=error,
             )
-            error_text = f"{type(error).__name__}: {error}"
-            await self._reschedule(row, error_text, 0.1, count_attempt=False)
+            await self._reschedule(row, describe_error(error), 0.1, count_attempt=False)
             return False
         attempt = row.attempts + 1
         elapsed = max(0.0, time.time() - row.created_at)
         delay = after_failure(self._bus, handler, envelope, error, attempt=attempt, elapsed=elapsed)
         if delay is None:
-            result = Attempted(Outcome.FAILED, attempt, error, None)
-            await dead_letter(self._bus, handler, envelope, error, result)
+            try:
+                await dead_letter(
+                    self._bus,
+                    handler,
+                    envelope,
+                    error,
+                    attempts=attempt,
+                    first_failed_at=first_failure(row),
+                    payload=row.payload,
+                )
+            except Exception as store_error:
+                # Logged by bury(). The row stays, so the letter is not lost: it comes
+                # back later and is dead-lettered again once the store takes it.
+                text = f"{describe_error(error)} (its dead letter could not be stored: "
+                await self._reschedule(
+                    row, f"{text}{describe_error(store_error)})", _STORE_RETRY_DELAY
+                )
+                return False
             return True
-        await self._reschedule(row, f"{type(error).__name__}: {error}", delay)
+        await self._reschedule(row, describe_error(error), delay)
         return False
 
     async def _reschedule(
@@ -523,26 +544,29 @@ class Relay:
         if not kept:
             logger.warning("outbox row %d was taken over by another relay mid-delivery", row.id)
 
-    def _bury_undecodable(self, row: ClaimedRow, error: Exception) -> None:
-        """A row whose bytes cannot become an envelope: keep it as a dead letter, raw."""
-        from ..deadletters import DeadLetter  # noqa: PLC0415
-
-        logger.error("outbox row %d (%s) cannot be decoded: %s", row.id, row.name, error)
-        now = datetime.now(UTC)
-        letter = DeadLetter(
-            id=uuid.uuid4(),
+    async def _bury_undecodable(self, row: ClaimedRow, error: Exception) -> bool:
+        """A row whose bytes cannot become an envelope: keep it as a dead letter, raw.
+        Whether it was kept (if not, the row waits and is tried again)."""
+        letter = DeadLetter.raw(
+            payload=row.payload,
             envelope_id=row.envelope_id,
             event_name=row.name,
             handler=row.destination,
-            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
-            message=str(error)[:2000],
-            traceback="",
+            error=error,
             attempts=row.attempts + 1,
-            first_failed_at=now,
-            last_failed_at=now,
-            payload=row.payload,
+            first_failed_at=first_failure(row),
         )
-        self._bus.dead_letters.add(letter)
+        try:
+            await bury(self._bus, letter)
+        except Exception as store_error:
+            await self._reschedule(
+                row,
+                f"cannot be decoded, and its dead letter could not be stored: "
+                f"{describe_error(store_error)}",
+                _STORE_RETRY_DELAY,
+            )
+            return False
+        return True
 
     async def _renew_leases(self) -> None:
         """Keep the leases of rows in delivery alive, so a slow handler is not taken over."""

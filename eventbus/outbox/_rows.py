@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import attrs
 
-__all__ = ["ClaimedRow", "OutboxStatus", "PendingRow"]
+__all__ = ["ClaimedRow", "OutboxStatus", "PendingRow", "first_failure"]
 
 
 @attrs.frozen
@@ -39,10 +40,20 @@ class ClaimedRow:
     """Attempts made before this one."""
     created_at: float
     """Unix seconds, database clock."""
+    first_failed_at: float | None = None
+    """Unix seconds (database clock) of the row's first failed delivery, kept by every
+    reschedule; None while it has not failed (or for a store that does not keep it)."""
     seen: bool | None = attrs.field(default=None, eq=False)
     """Whether the inbox held (destination, envelope id) when the row was claimed, for a
     store that looks in the claim itself (saving the relay a round trip); None when the
     store did not look, and the relay asks ``seen_many``."""
+
+
+def first_failure(row: ClaimedRow) -> datetime | None:
+    """When ``row``'s delivery first failed, as an aware datetime (None: not before)."""
+    if row.first_failed_at is None:
+        return None
+    return datetime.fromtimestamp(row.first_failed_at, UTC)
 
 
 @attrs.frozen

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._redact import redact
 from ..errors import ConfigurationError, OutboxError
 from ._rows import ClaimedRow, OutboxStatus, PendingRow
 
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS eventbus_outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT,
     lease_until REAL,
-    last_error TEXT
+    last_error TEXT,
+    first_failed_at REAL
 );
 CREATE INDEX IF NOT EXISTS eventbus_outbox_available ON eventbus_outbox (available_at, id);
 CREATE INDEX IF NOT EXISTS eventbus_outbox_key ON eventbus_outbox (destination, key, id);
@@ -85,12 +87,17 @@ WHERE id IN (
     LIMIT :batch
 )
 RETURNING id, envelope_id, name, destination, key, payload, attempts, created_at,
-    EXISTS (SELECT 1 FROM eventbus_inbox AS i
+    first_failed_at, EXISTS (SELECT 1 FROM eventbus_inbox AS i
             WHERE i.handler = +eventbus_outbox.destination
               AND i.envelope_id = +eventbus_outbox.envelope_id)
 """
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_ADDED_COLUMNS = (("first_failed_at", "REAL"),)
+"""Columns added to eventbus_outbox after its first release, with their types: a store
+that creates the schema adds those an existing table lacks; one that may not
+(``create=False``) refuses to start, giving the statements to run."""
 
 
 class SQLiteOutbox:
@@ -143,6 +150,8 @@ class SQLiteOutbox:
         self._connection = self._connect()
         if create:
             self.create_schema()
+        else:
+            self._check_columns()
 
     @property
     def path(self) -> str:
@@ -186,10 +195,43 @@ class SQLiteOutbox:
         """The DDL, for applications that manage their own migrations."""
         return SCHEMA
 
+    @classmethod
+    def migration_sql(cls) -> str:
+        """The statements that bring an outbox table of an earlier release up to date."""
+        return "".join(
+            f"ALTER TABLE eventbus_outbox ADD COLUMN {name} {kind};\n"
+            for name, kind in _ADDED_COLUMNS
+        )
+
     def create_schema(self) -> None:
-        """Create the outbox and inbox tables if they do not exist."""
+        """Create the outbox and inbox tables if they do not exist, and add the columns
+        that an outbox table of an earlier release lacks."""
         with self._guard("create the schema") as connection:
             connection.executescript(SCHEMA)
+        with self._transaction("add the new outbox columns") as connection:
+            # Under the write lock: two processes starting at once add a column once.
+            for name, kind in self._missing_columns(connection):
+                connection.execute(f"ALTER TABLE eventbus_outbox ADD COLUMN {name} {kind}")
+
+    def _missing_columns(self, connection: sqlite3.Connection) -> list[tuple[str, str]]:
+        """The added columns an existing outbox table lacks (none if there is no table)."""
+        found = {row[1] for row in connection.execute("PRAGMA table_info(eventbus_outbox)")}
+        if not found:
+            return []
+        return [(name, kind) for name, kind in _ADDED_COLUMNS if name not in found]
+
+    def _check_columns(self) -> None:
+        """With ``create=False``: refuse an outbox table of an earlier release."""
+        with self._guard("read the outbox schema") as connection:
+            missing = self._missing_columns(connection)
+        if missing:
+            names = ", ".join(name for name, _ in missing)
+            raise OutboxError(
+                f"the outbox table in {self._path!r} lacks the column(s) {names}, which "
+                "this version of eventbus needs. Add them with your migrations: "
+                f"{self.migration_sql().strip()} (or open SQLiteOutbox with create=True, "
+                "which adds them)"
+            )
 
     def configure(self, connection: sqlite3.Connection) -> None:
         """Set up an application connection to share the database with the relay."""
@@ -231,7 +273,8 @@ class SQLiteOutbox:
                 payload=bytes(row[5]),
                 attempts=row[6],
                 created_at=row[7],
-                seen=bool(row[8]),
+                first_failed_at=row[8],
+                seen=bool(row[9]),
             )
             for row in found
         ]
@@ -270,13 +313,16 @@ class SQLiteOutbox:
     def reschedule(
         self, row_id: int, *, owner: str, attempts: int, delay: float, error: str
     ) -> bool:
-        """Put a failed row back, available again in ``delay`` seconds (fenced)."""
+        """Put a failed row back, available again in ``delay`` seconds (fenced); ``error``
+        is kept masked (``eventbus.redact``) and cut to 2,000 characters. The first
+        reschedule of a row stamps its ``first_failed_at``; later ones keep it."""
         with self._transaction("reschedule an outbox row") as connection:
             cursor = connection.execute(
                 f"UPDATE eventbus_outbox SET attempts = ?, available_at = {_NOW} + ?, "
-                "lease_owner = NULL, lease_until = NULL, last_error = ? "
+                "lease_owner = NULL, lease_until = NULL, last_error = ?, "
+                f"first_failed_at = COALESCE(first_failed_at, {_NOW}) "
                 "WHERE id = ? AND lease_owner = ?",
-                (attempts, delay, error[:2000], row_id, owner),
+                (attempts, delay, redact(error)[:2000], row_id, owner),
             )
             return cursor.rowcount == 1
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import random
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from .. import hooks
-from .._envelope import uuid7
-from .._redact import bounded, redact
+from .._delivery import bury
+from .._redact import describe_error, masked_logger
 from ..deadletters import DeadLetter
 from ..errors import MessageRejectedError
+from ..outbox._rows import first_failure
 from ._message import Message
 from ._worker import Worker
 
@@ -33,13 +32,15 @@ if TYPE_CHECKING:
 
 __all__ = ["FORWARD", "TransportLink"]
 
-logger = logging.getLogger("eventbus.transport")
+logger = masked_logger("eventbus.transport")
 
 FORWARD = "@transport"
 """The outbox destination of rows bound for the transport (handler names cannot start with
 '@'); also the handler name of dead letters for messages the broker refused for good."""
 
 _MAX_RETRY_DELAY = 30.0
+_DECLARE_WAIT = 10.0
+"""Seconds the relay waits, at most, for its bus's worker to declare its subscription."""
 
 
 def retry_delay(attempts: int) -> float:
@@ -63,6 +64,12 @@ class TransportLink:
         self._lock: asyncio.Lock | None = None
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[object] | None = None
+        self._connecting = False
+        """Whether the worker is still connecting or declaring (it holds no message yet)."""
+        self._stopping = False
+        self._declared = asyncio.Event()
+        """Set once this bus's worker has declared its subscription (or could not reach
+        the broker, or stopped): until then the relay holds its first publish."""
 
     async def ready(self) -> Transport:
         """The transport, connected (once, whoever asks first)."""
@@ -90,19 +97,64 @@ class TransportLink:
         worker = self.worker
         assert worker is not None
         self._worker_task = asyncio.current_task()
-        for attempt in itertools.count():
-            try:
-                await self.ready()
-                break
-            except Exception as error:
-                delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
-                logger.warning(
-                    "cannot connect the worker's transport (%s); trying again in %.1f s",
-                    bounded(redact(f"{type(error).__name__}: {error}"), 500),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        self._connecting = True
+        try:
+            for attempt in itertools.count():
+                try:
+                    await self.ready()
+                    break
+                except Exception as error:
+                    if self._stopping:
+                        return
+                    # The broker is out of reach: the relay need not wait for a
+                    # declaration that is not coming soon (what it publishes is kept).
+                    self._declared.set()
+                    delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
+                    logger.warning(
+                        "cannot connect the worker's transport (%s); trying again in %.1f s",
+                        describe_error(error, limit=500),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+            await self._declare(worker)
+        except asyncio.CancelledError:
+            if self._stopping:
+                return  # stopped before the broker could be reached: nothing was in hand
+            raise
+        finally:
+            self._connecting = False
+            self._declared.set()
         await worker.run()
+
+    async def _declare(self, worker: Worker) -> None:
+        """Make the worker's subscription exist at the broker before it consumes, on a
+        transport that can (``declare``, optional): a RabbitMQ group's queue, without
+        which the relay's first messages would come back unroutable."""
+        declare = getattr(self.transport, "declare", None)
+        topics = worker.topics()
+        if declare is None or not topics:
+            return
+        try:
+            await declare(topics, group=self.group)
+        except Exception as error:
+            # The subscription declares again, with its own retries; the relay's rows
+            # that come back meanwhile are kept and retried.
+            logger.warning(
+                "could not declare the worker's subscription ahead of the relay (%s)",
+                describe_error(error, limit=500),
+            )
+
+    async def _worker_declared(self) -> None:
+        """A bus that runs a worker publishes only once the worker has declared its
+        subscription, waiting at most ``_DECLARE_WAIT`` (then it publishes anyway: what
+        the broker returns is kept and retried)."""
+        if self.worker is None or self._declared.is_set():
+            return
+        try:
+            async with asyncio.timeout(_DECLARE_WAIT):
+                await self._declared.wait()
+        except TimeoutError:
+            self._declared.set()  # waited enough: from now on, publish at once
 
     async def forward(
         self, outbox: OutboxStore, owner: str, rows: list[ClaimedRow]
@@ -114,6 +166,7 @@ class TransportLink:
             by_topic.setdefault(row.name, []).append(row)
         sent: list[ClaimedRow] = []
         done: list[int] = []
+        await self._worker_declared()
         try:
             transport = await self.ready()
         except Exception as error:
@@ -153,8 +206,10 @@ class TransportLink:
             try:
                 await transport.publish(row.name, _message(row))
             except MessageRejectedError as error:
-                await self._bury(row, error)
-                done.append(row.id)
+                if await self._bury(row, error):
+                    done.append(row.id)
+                else:  # the letter could not be stored: the row stays, for a later try
+                    await self._reschedule(outbox, owner, [row], error)
             except Exception as error:
                 await self._reschedule(outbox, owner, [row], error)
             else:
@@ -163,7 +218,7 @@ class TransportLink:
     async def _reschedule(
         self, outbox: OutboxStore, owner: str, rows: list[ClaimedRow], error: BaseException
     ) -> None:
-        text = bounded(redact(f"{type(error).__name__}: {error}"), 2000)
+        text = describe_error(error)
         logger.warning(
             "the transport did not confirm %d outbox rows (%s); they are kept and retried",
             len(rows),
@@ -178,31 +233,35 @@ class TransportLink:
                 )
             )
 
-    async def _bury(self, row: ClaimedRow, error: BaseException) -> None:
-        now = datetime.now(UTC)
-        letter = DeadLetter(
-            id=uuid7(),
+    async def _bury(self, row: ClaimedRow, error: MessageRejectedError) -> bool:
+        """Keep a row the broker refused for good as a dead letter; whether it was kept."""
+        letter = DeadLetter.raw(
+            payload=row.payload,
             envelope_id=row.envelope_id,
             event_name=row.name,
             handler=FORWARD,
-            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
-            message=bounded(redact(str(error)), 2000),
-            traceback="",
+            error=error,
             attempts=row.attempts + 1,
-            first_failed_at=now,
-            last_failed_at=now,
-            payload=row.payload,
+            first_failed_at=first_failure(row),
         )
-        logger.error("the broker refused outbox row %d (%s) for good: %s", row.id, row.name, error)
-        await self._bus._runtime.run_sync(self._bus.dead_letters.add, letter)
+        try:
+            await bury(self._bus, letter)
+        except Exception:  # logged by bury()
+            return False
+        return True
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop the worker, let the messages in hand finish and be acknowledged (up to
-        ``timeout``), then close the transport."""
+        ``timeout``), then close the transport. A worker still waiting to reach its
+        broker holds nothing: its wait (or its attempt) ends at once."""
+        self._stopping = True
+        self._declared.set()
         if self.worker is not None:
             self.worker.stop()
         task = self._worker_task
         if task is not None and not task.done() and task is not asyncio.current_task():
+            if self._connecting:
+                task.cancel()
             await asyncio.wait([task], timeout=timeout)
         await self.transport.aclose()
 

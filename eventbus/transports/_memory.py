@@ -25,6 +25,7 @@ import attrs
 from .._redact import redact
 from ..errors import ConfigurationError, TransportError
 from ._message import Capabilities, Message
+from ._options import url_options
 
 if TYPE_CHECKING:
     from ..typing import Received
@@ -193,10 +194,8 @@ class MemoryTransport:
         parts = urlsplit(url)
         if parts.scheme.lower() != "memory":
             raise ConfigurationError(f"MemoryTransport takes memory:// URLs, got {redact(url)!r}")
-        if options:
-            raise ConfigurationError(
-                f"MemoryTransport takes no options, got {', '.join(sorted(options))}"
-            )
+        # No options, in keywords or the query: a query here is a mistake, not ignored.
+        url_options(url, {}, options, client_options=(), transport="MemoryTransport")
         name = parts.netloc + parts.path.rstrip("/")
         return cls(name or None)
 

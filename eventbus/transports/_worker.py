@@ -18,16 +18,15 @@ import asyncio
 import collections
 import contextlib
 import functools
-import logging
 import threading
 import uuid
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .._delivery import Outcome, attempt, call_in_transaction, dead_letter
+from .._delivery import Outcome, attempt, bury, dead_letter
 from .._envelope import uuid7
-from .._redact import bounded, redact
+from .._redact import describe_error, masked_logger
 from ..deadletters import DeadLetter
+from ..deadletters._peek import peek
 from ..errors import SerializationError, UnknownEventError
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WORKER_HANDLER", "Worker"]
 
-logger = logging.getLogger("eventbus.worker")
+logger = masked_logger("eventbus.worker")
 
 WORKER_HANDLER = "@worker"
 """The handler name of dead letters the worker writes itself (garbage, delivery limit)."""
@@ -232,7 +231,7 @@ class Worker:
         try:
             self._bus.codec.decode(received.body)
         except (SerializationError, UnknownEventError) as error:
-            return f"{type(error).__name__}: {error}"
+            return describe_error(error)
         return "not an envelope"  # pragma: no cover - decode failed a moment ago
 
     async def _run_handlers(self, envelope: Envelope) -> None:
@@ -248,47 +247,57 @@ class Worker:
             await self._deliver(handler, envelope)
 
     async def _deliver(self, handler: Handler, envelope: Envelope) -> None:
-        run = self._bus._runtime.run_sync
-        if handler.wants_connection:
-
-            async def call() -> None:
-                await run(call_in_transaction, self._bus, handler, envelope)
-
-            result = await attempt(self._bus, handler, envelope, call=call)
-        else:
-            result = await attempt(self._bus, handler, envelope)
+        result = await attempt(self._bus, handler, envelope)
         if result.outcome is Outcome.FAILED:
             assert result.error is not None
-            await dead_letter(self._bus, handler, envelope, result.error, result)
-        if result.outcome is Outcome.FAILED or not handler.wants_connection:
-            # A connection-taking handler's mark committed with its effects; the others'
-            # (and a dead-lettered one's) are written now, so a redelivery skips them.
-            await run(self._inbox.mark, handler.name, envelope.id)
+            # Raises when the store fails: the message is not acknowledged, and comes back.
+            await dead_letter(
+                self._bus,
+                handler,
+                envelope,
+                result.error,
+                attempts=result.attempts,
+                first_failed_at=result.first_failed_at,
+            )
+        if not handler.wants_connection:
+            # Handled or dead-lettered: marked now, so a redelivery skips the handler. A
+            # connection-taking handler's mark means "its effects are committed" (it is
+            # written with them), never "gave up": a replay of its letter must run it.
+            await self._bus._runtime.run_sync(self._inbox.mark, handler.name, envelope.id)
 
     async def _bury(self, received: Received, envelope: Envelope | None, reason: str) -> None:
-        """Keep a message that cannot be handled as a dead letter, raw, then let it go."""
-        now = datetime.now(UTC)
-        body = received.body
-        letter = DeadLetter(
-            id=uuid7(),
-            envelope_id=envelope.id if envelope is not None else uuid.UUID(int=0),
-            event_name=envelope.name if envelope is not None else received.topic,
+        """Keep a message that cannot be handled as a dead letter, raw, then let it go.
+
+        A message that cannot be decoded is named by what its bytes say, read leniently
+        (the top-level ``name`` and ``id``), else by its topic and a new envelope id.
+        Raises when the store fails: the message is not acknowledged, and comes back.
+        """
+        body = bytes(received.body[:_MAX_KEPT_PAYLOAD])
+        if envelope is not None:
+            envelope_id, event_name = envelope.id, envelope.name
+        else:
+            peeked = peek(body)
+            event_name = peeked.name or received.topic
+            if peeked.envelope_id is not None:
+                envelope_id = peeked.envelope_id
+            else:
+                envelope_id = uuid7()
+                reason += (
+                    f"; the bytes carry no readable envelope id: {envelope_id} was made up "
+                    "for this letter"
+                )
+        if len(received.body) > len(body):
+            reason += f"; the first {len(body)} of its {len(received.body)} bytes are kept"
+        letter = DeadLetter.raw(
+            payload=body,
+            envelope_id=envelope_id,
+            event_name=event_name,
             handler=WORKER_HANDLER,
             error_type="eventbus.worker.Undeliverable",
-            message=bounded(redact(reason), 2000),
-            traceback="",
+            message=f"message {received.message_id} on {received.topic}: {reason}",
             attempts=received.delivery_count,
-            first_failed_at=now,
-            last_failed_at=now,
-            payload=bytes(body[:_MAX_KEPT_PAYLOAD]),
         )
-        logger.error(
-            "message %s on %s dead-lettered by the worker: %s",
-            received.message_id,
-            received.topic,
-            letter.message,
-        )
-        await self._bus._runtime.run_sync(self._bus.dead_letters.add, letter)
+        await bury(self._bus, letter)
 
     async def _finish_in_flight(self) -> None:
         if self._in_flight:

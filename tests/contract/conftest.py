@@ -13,7 +13,9 @@ capabilities, never on its name.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +68,11 @@ class Harness:
         where the tables are made by the published DDL if ``schema_sql``, else missing."""
         return self._keep(self._open_elsewhere(schema_sql=schema_sql))
 
+    def open_earlier_release(self, *, create: bool) -> OutboxStore:
+        """A store on outbox tables as an earlier release made them (no
+        ``first_failed_at``), holding one row that release wrote (``{"n":0}``, due now)."""
+        return self._keep(self._open_earlier_release(create=create))
+
     def expect_bug(self, request: pytest.FixtureRequest, bug: str) -> None:
         """Mark the running test a strict xfail if this store has ``bug``."""
         reason = self.known_bugs.get(bug)
@@ -84,6 +91,9 @@ class Harness:
         raise NotImplementedError
 
     def _open_elsewhere(self, *, schema_sql: bool) -> OutboxStore:
+        raise NotImplementedError
+
+    def _open_earlier_release(self, *, create: bool) -> OutboxStore:
         raise NotImplementedError
 
     def begin(self) -> Transaction:
@@ -130,6 +140,19 @@ class SQLite3Harness(Harness):
             finally:
                 connection.close()
         return SQLiteOutbox(path, create=False)
+
+    def _open_earlier_release(self, *, create: bool) -> OutboxStore:
+        path = self._directory / "earlier-release.db"
+        if not path.exists():
+            with closing(sqlite3.connect(path)) as connection:
+                connection.executescript(SQLiteOutbox.schema_sql())
+                connection.executescript(
+                    "ALTER TABLE eventbus_outbox DROP COLUMN first_failed_at;"
+                    "INSERT INTO eventbus_outbox (envelope_id, name, destination, key, "
+                    "payload, created_at, available_at) VALUES ("
+                    f"'{uuid.uuid4()}', 'order.placed', 'h', NULL, X'7B226E223A307D', 0, 0);"
+                )
+        return SQLiteOutbox(path, create=create)
 
     def _connect(self) -> sqlite3.Connection:
         # Transactions managed explicitly, as the store's docs ask of an application.
@@ -214,6 +237,30 @@ class SQLAlchemyHarness(Harness):
                     if statement.strip():
                         connection.exec_driver_sql(statement)
         return self._outbox(engine, prefix=prefix, create=False)
+
+    def _open_earlier_release(self, *, create: bool) -> OutboxStore:
+        import sqlalchemy as sa
+
+        prefix = f"{self.prefix}_old"  # dropped at teardown with the test's prefix
+        engine = self._make_engine()
+        with engine.begin() as connection:
+            if not sa.inspect(connection).has_table(f"{prefix}_outbox"):
+                ddl = self.store.schema_sql().replace(self.prefix, prefix)  # type: ignore[attr-defined]
+                for statement in ddl.split(";\n"):
+                    if statement.strip():
+                        connection.exec_driver_sql(statement)
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {prefix}_outbox DROP COLUMN first_failed_at"
+                )
+                connection.execute(
+                    sa.text(
+                        f"INSERT INTO {prefix}_outbox (envelope_id, name, destination, "
+                        "payload, created_at, available_at, attempts) "
+                        "VALUES (:id, 'order.placed', 'h', :payload, 0, 0, 0)"
+                    ),
+                    {"id": str(uuid.uuid4()), "payload": b'{"n":0}'},
+                )
+        return self._outbox(engine, prefix=prefix, create=create)
 
     def begin(self) -> Transaction:
         from sqlalchemy.orm import Session

@@ -330,6 +330,52 @@ def test_reschedule_without_a_delay_is_claimable_at_once(outbox: Outbox) -> None
     assert outbox.outbox_rows("last_error") == [("e\u00e9",)]
 
 
+def test_the_first_reschedule_stamps_the_first_failure_and_later_ones_keep_it(
+    outbox: Outbox,
+) -> None:
+    store = outbox.store
+    store.write_now([pending(1)])
+    (row,) = claim(store)
+    assert row.first_failed_at is None  # it has not failed yet
+
+    assert store.reschedule(row.id, owner=OWNER, attempts=1, delay=0.0, error="first")
+    (again,) = claim(store, OTHER)
+    first = again.first_failed_at
+    assert first is not None
+    assert abs(first - time.time()) < 600  # unix seconds, from the database clock
+    time.sleep(0.05)
+    assert store.reschedule(again.id, owner=OTHER, attempts=2, delay=0.0, error="second")
+
+    (third,) = claim(store, OWNER)
+    assert third.attempts == 2
+    assert third.first_failed_at == first  # kept, not the latest failure's time
+    assert outbox.outbox_rows("first_failed_at", "last_error") == [(first, "second")]
+
+
+def test_a_table_of_an_earlier_release_gets_its_new_column_when_the_store_creates(
+    outbox: Outbox,
+) -> None:
+    old = outbox.open_earlier_release(create=True)  # adds first_failed_at
+
+    (row,) = claim(old)  # the row the earlier release wrote is still there
+    assert (numbers([row]), row.first_failed_at) == ([0], None)
+    assert old.reschedule(row.id, owner=OWNER, attempts=1, delay=0.0, error="boom")
+    (again,) = claim(old)
+    assert again.first_failed_at is not None
+    outbox.open_earlier_release(create=True)  # the column is there now: nothing to do
+
+
+def test_a_table_of_an_earlier_release_is_refused_without_create_with_the_migration(
+    outbox: Outbox,
+) -> None:
+    with pytest.raises(OutboxError, match="first_failed_at") as refused:
+        outbox.open_earlier_release(create=False)
+    text = str(refused.value)
+    assert "ALTER TABLE" in text
+    assert "ADD COLUMN first_failed_at" in text
+    assert "create=True" in text
+
+
 def test_renew_extends_a_lease_only_for_its_owner(outbox: Outbox) -> None:
     store = outbox.store
     store.write_now([pending(1), pending(2)])

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.servers import fresh_name
+
 
 @pytest.fixture
 def postgresql_schema(backend: Any) -> Iterator[str]:
-    """A PostgreSQL URL whose connections work in a fresh schema, dropped at the end.
+    """A PostgreSQL URL whose connections work in a fresh schema (named like every server
+    name of this run, see tests/servers.py), dropped at the end.
 
     Ask for it with ``@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)``:
     ``backend`` (tests/conftest.py) finds the server, or skips (fails under CI=true).
@@ -19,7 +21,7 @@ def postgresql_schema(backend: Any) -> Iterator[str]:
     import sqlalchemy as sa
 
     url = sa.make_url(backend.url)
-    schema = f"shop_{uuid.uuid4().hex[:12]}"
+    schema = fresh_name()
     engine = sa.create_engine(url)
     try:
         with engine.begin() as connection:

@@ -3,9 +3,9 @@
 For each broker, on PostgreSQL: two ``eventbus worker --app examples.shop.app:bus``
 processes, then the scenario in a third with ``EVENTBUS_WORKER=false``, so every durable
 handler runs in a worker. Only settings differ from the embedded run: the transport URL
-(with a fresh namespace), a fresh consumer group, a fresh schema. The summary must tell the
-same story, its event flow complete across the processes; the workers stop on SIGTERM
-and exit 0.
+(with a fresh namespace), a fresh consumer group, a fresh schema, all removed at the end.
+The summary must tell the same story, its event flow complete across the processes; the
+workers stop on SIGTERM and exit 0.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from tests.examples.shop_story import (
     scenario_pid,
     shop_environment,
 )
-from tests.servers import namespaced_url
+from tests.servers import BrokerNamespace, broker_namespace
 
 READY = "eventbus: worker for group"
 WORKERS = 2
@@ -94,16 +93,22 @@ def workers(environment: dict[str, str], count: int) -> Iterator[list[Worker]]:
                 worker.process.stderr.close()
 
 
+@pytest.fixture
+def space(broker: str) -> Iterator[BrokerNamespace]:
+    with broker_namespace(broker) as made:
+        yield made
+
+
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq", "nats"])
 def test_workers_in_other_processes_tell_the_same_story(
-    broker: str, postgresql_schema: str, tmp_path: Path
+    broker: str, postgresql_schema: str, space: BrokerNamespace, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "shop"
     settings = {
         "SHOP_DATABASE_URL": postgresql_schema,
-        "EVENTBUS_TRANSPORT_URL": namespaced_url(broker),
-        "EVENTBUS_GROUP": f"shop-{uuid.uuid4().hex[:10]}",
+        "EVENTBUS_TRANSPORT_URL": space.url,
+        "EVENTBUS_GROUP": space.group("shop-"),
     }
     with workers(shop_environment(data_dir, **settings), WORKERS) as started:
         out = run_shop(data_dir, settings={**settings, "EVENTBUS_WORKER": "false"})

@@ -27,7 +27,7 @@ from eventbus.errors import TransportError
 from eventbus.transports import Message
 from tests.fault.ledger import Ledger
 from tests.proxy import TCPProxy, tcp_proxy
-from tests.servers import require_broker
+from tests.servers import fresh_name, remove_nats_streams, require_broker
 
 nats = pytest.importorskip("nats")
 
@@ -56,17 +56,10 @@ def proxy(server: tuple[str, int]) -> Iterator[TCPProxy]:
 
 @pytest.fixture
 def namespace(server: tuple[str, int]) -> Iterator[dict[str, str]]:
-    tag = uuid.uuid4().hex[:12]
-    names = {"stream": f"EBFAULT_{tag}", "prefix": f"ebfault{tag}"}
+    name = fresh_name()
+    names = {"stream": name.upper(), "prefix": name}
     yield names
-
-    async def delete() -> None:
-        client = await nats.connect(server[0])
-        with contextlib.suppress(Exception):
-            await client.jetstream().delete_stream(names["stream"])
-        await client.close()
-
-    asyncio.run(delete())
+    remove_nats_streams(server[0], [names["stream"]])
 
 
 def through(proxy: TCPProxy, namespace: dict[str, str], **options: float) -> NATSTransport:

@@ -28,8 +28,7 @@ from eventbus.errors import TransportError
 from eventbus.transports import Message
 from tests.fault.ledger import Ledger
 from tests.proxy import TCPProxy, tcp_proxy
-from tests.servers import require_broker
-from tests.transports.test_rabbitmq import delete_from_broker
+from tests.servers import fresh_name, remove_rabbitmq, require_broker
 
 pytestmark = pytest.mark.slow
 
@@ -131,10 +130,10 @@ async def _subscribed(transport: RabbitMQTransport, topic: str, group: str) -> N
 def names() -> Iterator[tuple[str, str, str]]:
     """An exchange, a topic and a group of the test's own, deleted from the broker after."""
     tag = uuid.uuid4().hex[:10]
-    exchange, group = f"eb{tag}", f"g{tag}"
+    exchange, group = fresh_name(), f"g{tag}"
     yield exchange, f"t{tag}.placed", group
     url = require_broker("rabbitmq")
-    asyncio.run(delete_from_broker(url, exchange, [f"{exchange}.{group}"]))
+    remove_rabbitmq(url, exchanges=[exchange], queues=[f"{exchange}.{group}"])
 
 
 async def test_cuts_while_publishing_batches_lose_nothing(names: tuple[str, str, str]) -> None:

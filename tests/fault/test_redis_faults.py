@@ -32,7 +32,7 @@ from eventbus.errors import TransportError
 from eventbus.typing import Received
 from tests.fault.ledger import Ledger
 from tests.proxy import tcp_proxy
-from tests.servers import require_broker, unavailable
+from tests.servers import fresh_name, require_broker, unavailable
 from tests.transports.contract import message
 
 redis = pytest.importorskip("redis")
@@ -136,7 +136,7 @@ def _options(prefix: str) -> dict[str, object]:
 
 async def test_cutting_connections_while_publishing_and_consuming_loses_nothing() -> None:
     port = urlsplit(require_broker("redis")).port or 6379
-    prefix = f"ebfault:{uuid.uuid4().hex[:8]}:"
+    prefix = f"{fresh_name()}:"
     with tcp_proxy(port) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         publisher = RedisStreamsTransport.from_url(url, **_options(prefix))
@@ -157,7 +157,7 @@ async def test_cutting_connections_while_publishing_and_consuming_loses_nothing(
 
 async def test_redis_away_for_a_while_loses_nothing() -> None:
     port = urlsplit(require_broker("redis")).port or 6379
-    prefix = f"ebfault:{uuid.uuid4().hex[:8]}:"
+    prefix = f"{fresh_name()}:"
     with tcp_proxy(port) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         publisher = RedisStreamsTransport.from_url(url, **_options(prefix))

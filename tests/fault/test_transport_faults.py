@@ -21,7 +21,7 @@ import tenacity
 
 from eventbus import EventBus, EventRegistry, RetryPolicy, SQLiteOutbox, event
 from tests.proxy import TCPProxy, tcp_proxy
-from tests.servers import namespaced_url, port_of, via_port
+from tests.servers import broker_namespace, port_of, via_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +35,11 @@ class OrderPlaced:
 
 
 @pytest.fixture(params=["redis", "rabbitmq", "nats"])
-def broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, TCPProxy]]:
-    url = namespaced_url(request.param)
-    with tcp_proxy(port_of(url)) as proxy:
-        yield via_port(url, proxy.port), proxy
+def broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, TCPProxy]]:
+    """The broker's URL (in a namespace of the test's own, removed at the end) through a
+    proxy the test controls, the consumer group, and the proxy."""
+    with broker_namespace(request.param) as space, tcp_proxy(port_of(space.url)) as proxy:
+        yield via_port(space.url, proxy.port), space.group(), proxy
 
 
 def _chaos(proxy: TCPProxy, stop: threading.Event) -> None:
@@ -59,9 +60,8 @@ def _applied(database: Path) -> list[int]:
         return [row[0] for row in reader.execute("SELECT number FROM applied")]
 
 
-def _buses(url: str, tmp_path: Path) -> tuple[EventBus, EventBus]:
+def _buses(url: str, group: str, tmp_path: Path) -> tuple[EventBus, EventBus]:
     """A publisher (outbox and relay, no worker) and a worker (its own database)."""
-    group = f"g{time.monotonic_ns()}"
     retry = RetryPolicy(stop=tenacity.stop_after_attempt(50), wait=tenacity.wait_fixed(0.05))
     publisher_db, worker_db = tmp_path / "publisher.db", tmp_path / "worker.db"
     publisher_outbox = SQLiteOutbox(publisher_db, poll_interval=0.1)
@@ -92,10 +92,10 @@ def _buses(url: str, tmp_path: Path) -> tuple[EventBus, EventBus]:
 
 
 def test_nothing_is_lost_while_the_connection_keeps_dropping(
-    broker: tuple[str, TCPProxy], tmp_path: Path
+    broker: tuple[str, str, TCPProxy], tmp_path: Path
 ) -> None:
-    url, proxy = broker
-    publisher, worker = _buses(url, tmp_path)
+    url, group, proxy = broker
+    publisher, worker = _buses(url, group, tmp_path)
     publisher_db, worker_db = tmp_path / "publisher.db", tmp_path / "worker.db"
     publisher_outbox = publisher.outbox
     assert isinstance(publisher_outbox, SQLiteOutbox)

@@ -18,7 +18,7 @@ import contextlib
 import pickle
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +37,7 @@ from eventbus import (
 from eventbus.testing import capture_events
 from eventbus.transports import Capabilities, Message
 from eventbus.typing import Transport
+from tests.servers import BrokerNamespace, broker_namespace, fresh_name
 
 REGISTRY = EventRegistry()
 WAIT = 30.0
@@ -81,11 +82,23 @@ class BusOverTransport:
         one test share it (two buses in one test talk through it), tests do not."""
         raise NotImplementedError
 
+    space: BrokerNamespace
+    broker: ClassVar[str | None] = None
+    """The broker (``redis``, ``rabbitmq``, ``nats``) whose namespace ``self.space`` the
+    test gets, removed from it at teardown; None for a transport with no server."""
+
     @pytest.fixture(autouse=True)
-    def _paths(self, tmp_path: Path) -> None:
+    def _paths(self, tmp_path: Path) -> Iterator[None]:
         self.database = tmp_path / "app.db"
         self.group = f"g{uuid.uuid4().hex[:10]}"
-        self.namespace = f"eb{uuid.uuid4().hex[:10]}"
+        if self.broker is None:
+            self.namespace = fresh_name()
+            yield
+            return
+        with broker_namespace(self.broker) as self.space:
+            self.namespace = self.space.name
+            self.space.keep_group(self.group)
+            yield
 
     @contextlib.asynccontextmanager
     async def bus(self, **options: Any) -> AsyncIterator[EventBus]:

@@ -2,8 +2,9 @@
 
 A backend subclasses ``TransportContract`` in ``tests/transports/test_<name>.py`` and
 provides ``make`` (a connected-on-demand transport whose topics and groups are fresh for
-this test: a uuid namespace, so no cleanup is needed) and, optionally, ``url`` and
-``secret_url`` for the configuration and secrecy tests. Tests never ask for a backend by
+this test: a namespace of its own, which the backend's fixture removes from the broker at
+teardown) and, optionally, ``url`` and ``secret_url`` for the configuration and secrecy
+tests. Tests never ask for a backend by
 name: they read ``capabilities``.
 
 Delivery waits are bounded (``WAIT``), and a transport that redelivers only after a

@@ -4,7 +4,8 @@ For the brokers it runs across processes: a publisher process writes orders to i
 outbox and its relay forwards them; a worker process (``eventbus worker``) runs the
 handlers, which publish a follow-up event that its own relay forwards back through the
 broker to another handler. Only ``EVENTBUS_TRANSPORT_URL`` differs between the runs
-(plus a fresh namespace and group, so runs never see each other's messages).
+(plus a fresh namespace and group, so runs never see each other's messages; both are
+removed from the broker at the end).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.servers import namespaced_url
+from tests.servers import broker_namespace
 
 ORDERS = 50
 
@@ -43,8 +43,11 @@ def _environment(url: str, group: str, database: Path, *, worker: bool = True) -
 
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats"])
 def test_the_same_handlers_across_processes(kind: str, tmp_path: Path) -> None:
-    url = namespaced_url(kind)
-    group = f"g{uuid.uuid4().hex[:8]}"
+    with broker_namespace(kind) as space:
+        _run_across_processes(space.url, space.group(), tmp_path)
+
+
+def _run_across_processes(url: str, group: str, tmp_path: Path) -> None:
     worker_db, publisher_db = tmp_path / "worker.sqlite3", tmp_path / "publisher.sqlite3"
     worker = subprocess.Popen(
         [

@@ -44,8 +44,10 @@ async def test_two_transports_on_one_named_broker_talk() -> None:
 
 
 def test_from_url_refuses_options_and_other_schemes() -> None:
-    with pytest.raises(ConfigurationError, match="no options"):
+    with pytest.raises(ConfigurationError, match="MemoryTransport has no option 'batch'"):
         MemoryTransport.from_url("memory://", batch=3)
+    with pytest.raises(ConfigurationError, match="unknown option 'prefix'"):
+        MemoryTransport.from_url("memory://shop?prefix=x")
     with pytest.raises(ConfigurationError, match="memory://"):
         MemoryTransport.from_url("redis://127.0.0.1")
 

@@ -1,13 +1,13 @@
 """The NATS JetStream transport passes the transport contract, plus what is JetStream's own:
 message-id dedup, max_payload, ack_wait redelivery, deliver policy all, stream checks.
 
-Each test gets a stream and a subject prefix of its own (uuid), deleted at teardown.
+Each test gets a stream and a subject prefix of its own (this run's, see tests/servers.py),
+deleted at teardown.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -17,7 +17,7 @@ import pytest
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import Message, transport_from_url
 from eventbus.typing import Transport
-from tests.servers import require_broker
+from tests.servers import fresh_name, remove_nats_streams, require_broker
 from tests.transports.contract import Consumer, TransportContract, message
 
 nats = pytest.importorskip("nats")
@@ -30,19 +30,9 @@ enough that a loaded machine does not see redeliveries a test does not expect.""
 
 
 def _names() -> tuple[str, str]:
-    tag = uuid.uuid4().hex[:12]
-    return f"EBTEST_{tag}", f"ebtest{tag}"
-
-
-async def _delete_streams(url: str, streams: list[str]) -> None:
-    client = await nats.connect(url)
-    try:
-        js = client.jetstream()
-        for stream in streams:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.delete_stream(stream)
-    finally:
-        await client.close()
+    """A stream and the subject prefix it captures."""
+    name = fresh_name()
+    return name.upper(), name
 
 
 @pytest.fixture
@@ -56,7 +46,7 @@ def streams(nats_url: str) -> Iterator[list[str]]:
     made: list[str] = []
     yield made
     if made:
-        asyncio.run(_delete_streams(nats_url, made))
+        remove_nats_streams(nats_url, made)
 
 
 class TestNATSTransport(TransportContract):
@@ -276,7 +266,7 @@ def test_options_come_from_keywords_and_the_query_keywords_winning() -> None:
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"streams": "X"}, "does not take streams"),
+        ({"streams": "X"}, r"no option 'streams' \(did you mean 'stream'\?\)"),
         ({"stream": "a.b"}, "stream name"),
         ({"prefix": "a.*"}, "subject prefix"),
         ({"ack_wait": 0}, "ack_wait"),

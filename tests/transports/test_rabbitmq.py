@@ -1,17 +1,21 @@
 """The RabbitMQ transport passes the transport contract, on classic and on quorum queues;
 plus what is RabbitMQ's own: returns, persistence, options, a cut in the middle of a batch.
 
-Each test gets its own exchange (a uuid), so its queues and bindings never meet another
-test's; its exchange and queues are deleted when it ends (durable quorum queues left
-behind would each keep a Raft member alive on the shared broker).
+Each test gets its own exchange (a fresh name of this run's, see tests/servers.py), so its
+queues and bindings never meet another test's; its exchange and queues are deleted when it
+ends, also when it fails (durable quorum queues left behind would each keep a Raft member
+alive on the shared broker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,26 +29,13 @@ from eventbus_contrib.rabbitmq import (
     RabbitMQTransport,
 )
 
+from eventbus import EventBus, EventRegistry, SQLiteOutbox, event
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import transport_from_url
 from eventbus.typing import Transport
 from tests.proxy import tcp_proxy
-from tests.servers import require_broker
+from tests.servers import fresh_name, remove_rabbitmq, require_broker
 from tests.transports.contract import WAIT, Consumer, TransportContract, message
-
-
-async def delete_from_broker(url: str, exchange: str, queues: Sequence[str]) -> None:
-    """Remove what a test declared (deleting what does not exist is not an error)."""
-    import aio_pika
-
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel()
-        for queue in queues:
-            await channel.queue_delete(queue)
-        await channel.exchange_delete(exchange)
-    finally:
-        await connection.close()
 
 
 def _with_port(url: str, port: int) -> str:
@@ -61,11 +52,14 @@ class TestRabbitMQTransport(TransportContract):
     @pytest.fixture(autouse=True)
     def _exchange(self) -> Iterator[None]:
         self.url = require_broker("rabbitmq")
-        self.exchange = f"eb{uuid.uuid4().hex[:12]}"
+        self.exchange = fresh_name()
+        self.queues: list[str] = []  # a test that names its queues otherwise adds them
         yield
-        groups = (self.group, f"{self.group}-2")
-        queues = [f"{self.exchange}.{g}{suffix}" for g in groups for suffix in ("", ".dead-letter")]
-        asyncio.run(delete_from_broker(self.url, self.exchange, queues))
+        # The groups the contract makes: its own, a second one, one made late.
+        groups = (self.group, f"{self.group}-2", f"{self.group}-late")
+        queues = [f"{self.exchange}.{g}" for g in groups] + self.queues
+        queues += [f"{queue}.dead-letter" for queue in queues]
+        remove_rabbitmq(self.url, exchanges=[self.exchange], queues=queues)
 
     async def make(self, **options: Any) -> Transport:
         options.setdefault("exchange", self.exchange)
@@ -119,7 +113,8 @@ class TestRabbitMQTransport(TransportContract):
     async def test_the_group_queue_is_durable_and_named_from_the_prefix(self) -> None:
         import aio_pika
 
-        prefix = f"app{uuid.uuid4().hex[:8]}"
+        prefix = fresh_name()
+        self.queues.append(f"{prefix}.{self.group}")
         async with self.transport(queue_prefix=prefix) as transport:
             consumer = await self.subscribed(transport)
             await consumer.close()
@@ -134,7 +129,6 @@ class TestRabbitMQTransport(TransportContract):
                 durable=True,
                 arguments={"x-queue-type": "quorum"} if self.quorum else None,
             )
-            await queue.delete(if_unused=False, if_empty=False)
         finally:
             await connection.close()
 
@@ -258,13 +252,15 @@ class TestRabbitMQTransport(TransportContract):
         assert "exchange" not in repr(transport).split(" exchange=")[0]
 
     def test_from_url_refuses_bad_options_with_the_fix(self) -> None:
-        with pytest.raises(ConfigurationError, match="no option prefetch_count"):
+        with pytest.raises(
+            ConfigurationError, match=r"no option 'prefetch_count' \(did you mean 'prefetch'\?\)"
+        ):
             RabbitMQTransport.from_url(self.url, prefetch_count=5)
         with pytest.raises(ConfigurationError, match="prefetch must be a positive"):
             RabbitMQTransport.from_url(self.url, prefetch=0)
         with pytest.raises(ConfigurationError, match="quorum=True"):
             RabbitMQTransport.from_url(self.url, delivery_limit=5)
-        with pytest.raises(ConfigurationError, match="fail_fast as a RabbitMQTransport option"):
+        with pytest.raises(ConfigurationError, match="unknown option 'fail_fast'"):
             RabbitMQTransport.from_url(self.url + "?fail_fast=1")
         with pytest.raises(ConfigurationError, match=r"prefetch=.* must be a whole number"):
             RabbitMQTransport.from_url(self.url + "?prefetch=many")
@@ -341,7 +337,7 @@ async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_pub
     before it is sent, and the same transport goes on."""
     url = require_broker("rabbitmq")
     topic = f"t{uuid.uuid4().hex[:10]}.placed"
-    exchange = f"eb{uuid.uuid4().hex[:12]}"
+    exchange = fresh_name()
     transport = RabbitMQTransport.from_url(url, exchange=exchange)
     consumer = Consumer(transport, [topic], "g")
     big = b"x" * (128 * 1024 * 1024 + 1)
@@ -368,4 +364,60 @@ async def test_a_message_over_the_broker_size_limit_is_rejected_and_the_rest_pub
     finally:
         await consumer.close()
         await transport.aclose()
-        await delete_from_broker(url, exchange, [f"{exchange}.g"])
+        remove_rabbitmq(url, exchanges=[exchange], queues=[f"{exchange}.g"])
+
+
+# -- a bus's own worker and relay on a fresh broker ----------------------------------------
+
+FRESH = EventRegistry()
+
+
+@event("rabbit.fresh_group_order", registry=FRESH)
+class FreshOrder:
+    order_id: str
+
+
+@pytest.fixture
+def fresh_namespace() -> Iterator[tuple[str, str, str]]:
+    """A RabbitMQ URL with an exchange nobody declared yet, and a group of this test:
+    (url, exchange, group); the queue and the exchange are deleted afterwards."""
+    url = require_broker("rabbitmq")
+    exchange = fresh_name()
+    group = f"g{uuid.uuid4().hex[:8]}"
+    yield f"{url}?exchange={exchange}", exchange, group
+    remove_rabbitmq(url, exchanges=[exchange], queues=[f"{exchange}.{group}"])
+
+
+def test_the_worker_declares_its_queue_before_its_own_relay_publishes(
+    fresh_namespace: tuple[str, str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh start with rows waiting in the outbox: the relay's first publish used to
+    reach the exchange before the worker had declared its queue, so the broker returned
+    it ("returned unroutable ... start a worker for it") and it waited for a retry."""
+    url, _exchange, group = fresh_namespace
+    outbox = SQLiteOutbox(tmp_path / "outbox.sqlite3", poll_interval=0.05)
+    bus = EventBus(registry=FRESH, outbox=outbox, transport_url=url, group=group)
+    handled: list[str] = []
+
+    @bus.subscribe(delivery="durable", name="orders.ship")
+    def ship(order: FreshOrder) -> None:
+        handled.append(order.order_id)
+
+    caplog.set_level(logging.WARNING, logger="eventbus")
+    connection = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    try:
+        # The commit starts the bus: its worker and its relay, at once.
+        with bus.transaction(connection):
+            for number in range(5):
+                bus.publish(FreshOrder(order_id=f"o-{number}"))
+        deadline = time.monotonic() + 30
+        while len(handled) < 5:
+            assert time.monotonic() < deadline, (handled, caplog.text)
+            time.sleep(0.05)
+    finally:
+        connection.close()
+        bus.close()
+        outbox.close()
+    assert sorted(handled) == [f"o-{number}" for number in range(5)]
+    assert "unroutable" not in caplog.text
+    assert "did not confirm" not in caplog.text

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -18,7 +17,7 @@ from eventbus.errors import ConfigurationError, TransportError
 from eventbus.transports import transport_from_url
 from eventbus.typing import Transport
 from tests.proxy import tcp_proxy
-from tests.servers import require_broker
+from tests.servers import fresh_name, remove_redis_keys, require_broker
 from tests.transports.contract import WAIT, Consumer, TransportContract, message
 
 redis = pytest.importorskip("redis")
@@ -46,15 +45,9 @@ class TestRedisStreamsTransport(TransportContract):
     @pytest.fixture(autouse=True)
     def _namespace(self) -> Iterator[None]:
         self.url = require_broker("redis")
-        self.prefix = f"ebtest:{uuid.uuid4().hex[:12]}:"
+        self.prefix = f"{fresh_name()}:"
         yield
-        client = redis.Redis.from_url(self.url)
-        try:
-            keys = list(client.scan_iter(match=self.prefix + "*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        remove_redis_keys(self.url, self.prefix)
 
     async def make(self, **options: Any) -> Transport:
         options.setdefault("prefix", self.prefix)

@@ -599,6 +599,81 @@ def test_bad_headers_are_refused_before_any_handler_runs(bus, shape, headers):
     assert log == []
 
 
+def test_an_over_long_key_is_cut_in_the_error_which_says_its_length(bus, shape):
+    key = "order-" + "9" * 5000
+    with route_shape(bus, shape), pytest.raises(ConfigurationError) as caught:
+        bus.publish(Base(), key=key)
+    text = str(caught.value)
+    assert "5006 characters" in text
+    assert "at most 1024" in text
+    assert len(text) < 400
+    assert "9" * 100 not in text
+
+
+@pytest.mark.parametrize(
+    "key", ["order\n1", "order-1\r\nX-Admin: yes", "a\x00b", "tab\there", "del\x7f", "c1\x85"]
+)
+def test_a_key_with_control_characters_is_refused_before_any_handler_runs(bus, shape, key):
+    log = []
+
+    @bus.subscribe
+    def on_base(event: Base) -> None:
+        log.append(event)
+
+    with route_shape(bus, shape):
+        with pytest.raises(ConfigurationError, match="key must not contain control") as caught:
+            bus.publish(Base(), key=key)
+        with pytest.raises(ConfigurationError, match="key must not contain control"):
+            asyncio.run(bus.apublish(Base(), key=key))
+    assert log == []
+    # The error shows the character escaped, never raw: it may end up in a log line.
+    assert "\n" not in str(caught.value)
+    assert "\x00" not in str(caught.value)
+    assert "U+00" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "key", ["caf\u00e9", "\u00a0nbsp", "\U0001f468\u200d\U0001f469", "line\u2028sep", "k y"]
+)
+def test_keys_of_any_printable_text_are_accepted(bus, shape, key):
+    seen = []
+
+    @bus.subscribe
+    def on_base(event: Base, envelope: Envelope) -> None:
+        seen.append(envelope.key)
+
+    with route_shape(bus, shape):
+        bus.publish(Base(), key=key)
+    assert seen == [key]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"traceparent": "00-abc\r\nX-Injected: 1"},
+        {"tenant\n": "t-1"},
+        {"tenant": "t\x001"},
+    ],
+)
+def test_headers_with_control_characters_are_refused(bus, shape, headers):
+    with route_shape(bus, shape):
+        with pytest.raises(ConfigurationError, match="must not contain control") as caught:
+            bus.publish(Base(), headers=headers)
+    assert "\n" not in str(caught.value)
+    assert "\x00" not in str(caught.value)
+
+
+def test_an_over_long_header_value_is_cut_in_the_error(bus, shape):
+    with route_shape(bus, shape):
+        with pytest.raises(ConfigurationError) as caught:
+            bus.publish(Base(), headers={"tenant": 5.0, "x": "v"})  # type: ignore[dict-item]
+        with pytest.raises(ConfigurationError) as long:
+            bus.publish(Base(), headers={"h" * 3000: "v" * 3000})
+    assert "5.0" in str(caught.value)
+    assert len(str(long.value)) < 400
+    assert "6000" in str(long.value)
+
+
 def test_longest_key_and_most_headers_are_accepted(bus, shape):
     seen = []
 

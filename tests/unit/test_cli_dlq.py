@@ -418,7 +418,12 @@ def test_replay_all_keeps_what_still_fails(shop: Path, letters: list[DeadLetter]
     (shop / "fail-refund").touch()
     result = run(shop, "replay", "--all")
     assert result.returncode == 1
-    assert result.stdout == "replayed 2, failed 1\n"
+    # The text output says why each letter that failed again failed, not only how many.
+    assert result.stdout == (
+        "replayed 2, failed 1\n"
+        f"  {letters[2].id} (refund) failed: "
+        "shop.PaymentDeclinedError: refund refused order o-3\n"
+    )
     progress = result.stderr.splitlines()
     assert [line.split(":")[0] for line in progress] == [
         "replayed 1/3",
@@ -535,6 +540,12 @@ def test_replay_of_a_handler_that_is_gone_fails_and_keeps_the_letter(
     assert "'refund', which is not subscribed to this bus" in row["error"]
     [kept] = [letter for letter in stored(shop) if letter.id == letters[2].id]
     assert kept.attempts == 1
+    text = run(shop, "replay", str(letters[2].id), app="shop:without_refund")
+    assert text.returncode == 1
+    summary, reason = text.stdout.splitlines()
+    assert summary == "replayed 0, failed 1"
+    assert reason.startswith(f"  {letters[2].id} (refund) failed: ConfigurationError: ")
+    assert "'refund', which is not subscribed to this bus" in reason
 
 
 @pytest.mark.parametrize(

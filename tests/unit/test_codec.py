@@ -407,11 +407,17 @@ def test_encode_event_and_decode_event_round_trip(original: Everything) -> None:
     assert_same(CODEC.decode_event("test.everything", 1, json.loads(json.dumps(data))), original)
 
 
+# Keys and headers are text without control characters (check_key and check_headers).
+PRINTABLE = st.characters(exclude_categories=("Cc", "Cs"))
+
+
 @PROPERTY
 @given(
-    key=st.none() | st.text(min_size=1, max_size=50),
+    key=st.none() | st.text(PRINTABLE, min_size=1, max_size=50),
     causation=st.none() | st.uuids(),
-    headers=st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=20), max_size=5),
+    headers=st.dictionaries(
+        st.text(PRINTABLE, min_size=1, max_size=20), st.text(PRINTABLE, max_size=20), max_size=5
+    ),
     occurred_at=AWARE,
     ids=st.tuples(st.uuids(), st.uuids()),
 )
@@ -1312,3 +1318,31 @@ def test_the_codec_says_its_settings() -> None:
 def test_the_registry_must_be_an_event_registry() -> None:
     with pytest.raises(ConfigurationError, match="EventRegistry"):
         JSONCodec({})  # type: ignore[arg-type]
+
+
+def test_control_characters_in_a_key_or_header_are_not_encoded() -> None:
+    with pytest.raises(EncodeError, match="key: key must not contain control characters"):
+        CODEC.encode(envelope_of(an_order(), key="order\n1"))
+    with pytest.raises(ConfigurationError, match="must not contain control characters"):
+        envelope_of(an_order(), headers={"traceparent": "00\r\nX: 1"})
+
+
+def test_a_key_or_header_with_control_characters_on_the_wire_still_decodes() -> None:
+    # Published before keys and headers were checked for control characters: decoded
+    # (compact, as msgspec reads it, and with spaces, as json re-reads it), not turned
+    # into a dead letter.
+    wire = json.loads(CODEC.encode(envelope_of(an_order(), key="k", headers={"h": "v"})))
+    wire["key"] = "order\n1"
+    wire["headers"] = {"traceparent": "00\r\n1"}
+    for raw in (dumps(wire), json.dumps(wire).encode()):
+        decoded = CODEC.decode(raw)
+        assert decoded.key == "order\n1"
+        assert dict(decoded.headers) == {"traceparent": "00\r\n1"}
+    # The limits still hold on the wire.
+    wire["key"] = "k" * 1025
+    with pytest.raises(DecodeError, match="1025 characters"):
+        CODEC.decode(dumps(wire))
+    wire["key"] = "k"
+    wire["headers"] = {f"h{i}": "v" for i in range(65)}
+    with pytest.raises(DecodeError, match="at most 64 headers"):
+        CODEC.decode(dumps(wire))

@@ -92,8 +92,10 @@ def json_dumps_of(envelope):
 
 
 ENVELOPE_FIELDS = {
-    "key": st.none() | st.text(min_size=1, max_size=5),
-    "headers": st.dictionaries(st.text(min_size=1, max_size=3), st.text(max_size=3), max_size=3),
+    "key": st.none() | st.text(tc.PRINTABLE, min_size=1, max_size=5),
+    "headers": st.dictionaries(
+        st.text(tc.PRINTABLE, min_size=1, max_size=3), st.text(tc.PRINTABLE, max_size=3), max_size=3
+    ),
     "occurred_at": tc.AWARE | st.datetimes(timezones=st.just(UTC)),
     "causation_id": st.none() | st.uuids(),
 }

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 from eventbus import (
     ConfigurationError,
+    ConfigurationWarning,
     EventBus,
     MissingDependencyError,
     UnknownTransportError,
@@ -29,9 +31,9 @@ def test_an_argument_beats_the_environment_which_beats_the_files(tmp_path: Path)
     assert settings.group == "from-eventbus-toml"
     assert settings.max_deliveries == 4
     assert settings.sources == {
-        "transport_url": "the environment",
-        "group": str(tmp_path / "eventbus.toml"),
-        "max_deliveries": f"[tool.eventbus] in {tmp_path / 'pyproject.toml'}",
+        "transport_url": "the environment variable EVENTBUS_TRANSPORT_URL",
+        "group": f"group in {tmp_path / 'eventbus.toml'}",
+        "max_deliveries": f"max_deliveries in [tool.eventbus] of {tmp_path / 'pyproject.toml'}",
     }
     chosen = load_settings({"group": "billing"}, environ=environ, directory=tmp_path)
     assert chosen.group == "billing"
@@ -74,6 +76,135 @@ def test_a_bad_environment_value_is_refused_naming_the_environment(tmp_path: Pat
         load_settings(environ={"EVENTBUS_MAX_DELIVERIES": "many"}, directory=tmp_path)
     with pytest.raises(ConfigurationError, match="non-empty"):
         load_settings(environ={"EVENTBUS_GROUP": "  "}, directory=tmp_path)
+
+
+# -- names that are not settings ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("EVENTBUS_TRANSPRT_URL", "EVENTBUS_TRANSPORT_URL"),
+        ("EVENTBUS_TRANSPORT", "EVENTBUS_TRANSPORT_URL"),
+        ("eventbus_transport_url", "EVENTBUS_TRANSPORT_URL"),
+        ("EVENTBUS_GROUPS", "EVENTBUS_GROUP"),
+        ("EVENTBUS_MAX_DELIVERY", "EVENTBUS_MAX_DELIVERIES"),
+        ("EVENTBUS_WORKERS", "EVENTBUS_WORKER"),
+    ],
+)
+def test_a_misspelt_environment_variable_is_refused_with_what_it_meant(
+    tmp_path: Path, variable: str, meant: str
+) -> None:
+    environ = {variable: "redis://app:canary-pw@127.0.0.1:6379/0"}
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(environ=environ, directory=tmp_path)
+    text = str(caught.value)
+    assert f"{variable} (did you mean {meant}?)" in text
+    assert "EVENTBUS_IGNORE" in text  # the way out, if it is another tool's
+    assert "canary-pw" not in text  # values are never shown
+
+
+def test_the_bus_refuses_a_misspelt_transport_variable_instead_of_staying_in_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVENTBUS_TRANSPORT_URL", raising=False)
+    monkeypatch.setenv("EVENTBUS_TRANSPRT_URL", "memory://")
+    with pytest.raises(ConfigurationError, match="did you mean EVENTBUS_TRANSPORT_URL"):
+        EventBus()
+
+
+def test_an_environment_variable_like_no_setting_is_warned_about_and_ignored(
+    tmp_path: Path,
+) -> None:
+    environ = {
+        "EVENTBUS_SERVICE_HOST": "10.0.0.7",  # Kubernetes, for a service named eventbus
+        "EVENTBUS_PORT": "tcp://10.0.0.7:6379",
+        "EVENTBUS_GROUP": "billing",
+    }
+    with pytest.warns(ConfigurationWarning) as caught:
+        settings = load_settings(environ=environ, directory=tmp_path)
+    assert settings.group == "billing"
+    [warning] = caught
+    text = str(warning.message)
+    assert "EVENTBUS_PORT, EVENTBUS_SERVICE_HOST" in text
+    assert "EVENTBUS_IGNORE" in text
+    assert "10.0.0.7" not in text
+    assert warning.filename == __file__  # it points at the caller, not into eventbus
+
+
+def test_the_bus_warns_about_a_stray_variable_at_the_line_that_builds_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EVENTBUS_URL", "redis://127.0.0.1:6379/0")
+    with pytest.warns(ConfigurationWarning, match="EVENTBUS_URL is not an eventbus setting"):
+        bus = EventBus()
+    bus.close()
+
+
+def test_eventbus_ignore_names_the_variables_of_other_tools(tmp_path: Path) -> None:
+    environ = {
+        "EVENTBUS_WORKERS": "4",  # close to a setting, but another tool's
+        "EVENTBUS_SERVICE_HOST": "10.0.0.7",
+        "EVENTBUS_SERVICE_PORT_HTTP": "80",
+        "EVENTBUS_IGNORE": "EVENTBUS_WORKERS, EVENTBUS_SERVICE_*",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settings = load_settings(environ=environ, directory=tmp_path)
+    assert settings.worker is True
+
+
+def test_the_names_eventbus_itself_uses_outside_the_settings_pass_quietly(tmp_path: Path) -> None:
+    environ = {
+        "EVENTBUS_APP": "myapp:bus",  # the command line's --app
+        "EVENTBUS_TEST_POSTGRESQL_URL": "postgresql://127.0.0.1/test",  # the test suite's
+        "EVENTBUS_BENCH_POSTGRESQL_URL": "postgresql://127.0.0.1/test",  # the benchmarks'
+        "EVENTBUSY": "not ours at all",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_settings(environ=environ, directory=tmp_path)
+
+
+def test_a_misspelt_key_in_a_file_gets_what_it_meant(tmp_path: Path) -> None:
+    (tmp_path / "eventbus.toml").write_text('transprt_url = "redis://127.0.0.1:6379/0"\n')
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(environ={}, directory=tmp_path)
+    assert "'transprt_url' (did you mean 'transport_url'?)" in str(caught.value)
+    assert str(tmp_path / "eventbus.toml") in str(caught.value)
+
+
+# -- a bad transport URL says where it came from ------------------------------------------
+
+
+def test_a_bad_transport_url_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EVENTBUS_TRANSPORT_URL", "rediz://app:canary-pw@127.0.0.1:6379/0")
+    with pytest.raises(UnknownTransportError) as caught:
+        EventBus()
+    text = str(caught.value)
+    assert text.startswith("the environment variable EVENTBUS_TRANSPORT_URL: ")
+    assert "did you mean 'redis://'" in text
+    assert "canary-pw" not in text
+
+
+def test_a_bad_transport_url_from_a_file_names_the_file_and_the_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVENTBUS_TRANSPORT_URL", raising=False)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.eventbus]\ntransport_url = "memory://x?prefix=shop"\n'
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        EventBus()
+    assert str(caught.value).startswith(
+        f"transport_url in [tool.eventbus] of {tmp_path / 'pyproject.toml'}: "
+    )
 
 
 def test_a_password_in_the_transport_url_stays_out_of_the_settings_repr(tmp_path: Path) -> None:
@@ -238,7 +369,10 @@ def test_a_badly_typed_query_option_is_refused_without_the_password(query: str) 
 def test_an_unknown_keyword_option_is_refused_naming_the_known_ones() -> None:
     from eventbus.transports._options import url_options
 
-    with pytest.raises(ConfigurationError, match=r"unknown option prefx .* known: prefix"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"no option 'prefx' \(did you mean 'prefix'\?\); its options are prefix",
+    ):
         url_options("redis://127.0.0.1/0", {"prefix": "x"}, {"prefx": "y"})
 
 
@@ -246,5 +380,98 @@ def test_an_unknown_keyword_option_is_refused_naming_the_known_ones() -> None:
 def test_whether_a_process_consumes_is_a_setting(tmp_path: Path, text: str, expected: bool) -> None:
     settings = load_settings(environ={"EVENTBUS_WORKER": text}, directory=tmp_path)
     assert settings.worker is expected
-    with pytest.raises(ConfigurationError, match=r"worker .* true or false"):
+    with pytest.raises(ConfigurationError, match=r"EVENTBUS_WORKER must be true or false"):
         load_settings(environ={"EVENTBUS_WORKER": "sometimes"}, directory=tmp_path)
+
+
+# -- unknown options in a transport URL ------------------------------------------------------
+
+REDIS_OWN = "batch, block, claim_idle, maxlen, prefix"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # eventbus's own options are listed with the client's, and a typo of either is named
+        (
+            "redis://:canary-pw@127.0.0.1:6379/0?prefx=shop:",
+            (
+                f"'prefx' (did you mean 'prefix'?); RedisStreamsTransport's options are "
+                f"{REDIS_OWN}; redis-py's are client_name, db, health_check_interval"
+            ),
+        ),
+        (
+            "redis://:canary-pw@127.0.0.1:6379/0?claim_idel=5",
+            "'claim_idel' (did you mean 'claim_idle'?)",
+        ),
+        (
+            "redis://:canary-pw@127.0.0.1:6379/0?socket_timout=20",
+            "'socket_timout' (did you mean 'socket_timeout'?)",
+        ),
+        (
+            "amqp://guest:canary-pw@127.0.0.1:5672/?exchnge=shop",
+            "'exchnge' (did you mean 'exchange'?); RabbitMQTransport's options are",
+        ),
+        (
+            "amqp://guest:canary-pw@127.0.0.1:5672/?cafle=/ca.pem",
+            "'cafle' (did you mean 'cafile'?)",
+        ),
+        ("nats://canary-pw@127.0.0.1:4222?strem=ORDERS", "'strem' (did you mean 'stream'?)"),
+        ("memory://shop?prefix=shop", "'prefix'; MemoryTransport's options are none"),
+    ],
+)
+def test_an_unknown_url_option_lists_eventbus_options_too_with_what_it_meant(
+    url: str, expected: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="has the unknown option") as caught:
+        transport_from_url(url)
+    assert expected in str(caught.value)
+    assert "canary-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:canary-pw@127.0.0.1:6379/0?prefix=shop:&ssl_certfile=x&passwrd=canary-pw",
+        "amqp://guest:canary-pw@127.0.0.1:5672/?pasword=canary-pw",
+    ],
+)
+def test_an_unknown_url_option_error_shows_no_query_value(url: str) -> None:
+    # A misspelt secret's name is not one redact() knows: the values stay out entirely.
+    with pytest.raises(ConfigurationError) as caught:
+        transport_from_url(url)
+    assert "canary-pw" not in str(caught.value)
+
+
+def test_the_client_librarys_own_query_options_still_pass() -> None:
+    redis = transport_from_url("rediss://127.0.0.1:6379/0?ssl_cert_reqs=none&prefix=shop:")
+    assert redis.prefix == "shop:"  # type: ignore[attr-defined]
+    transport_from_url("amqp://guest:guest@127.0.0.1:5672/?name=shop&timeout=5&exchange=s")
+
+
+@pytest.mark.parametrize("path", ["/abc", "/0/1", "/-1", "/0x1", "/db0"])
+def test_a_redis_path_that_is_not_a_database_number_is_refused(path: str) -> None:
+    with pytest.raises(ConfigurationError, match="the path is the database number") as caught:
+        transport_from_url(f"redis://:canary-pw@127.0.0.1:6379{path}")
+    assert repr(path) in str(caught.value)
+    assert "canary-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("path", "db"), [("", 0), ("/", 0), ("/0", 0), ("/7", 7), ("/12/", 12)])
+def test_a_redis_database_number_is_taken(path: str, db: int) -> None:
+    from redis.asyncio.connection import parse_url
+
+    transport = transport_from_url(f"redis://127.0.0.1:6379{path}")
+    assert parse_url(transport._url).get("db", 0) == db  # type: ignore[attr-defined]
+
+
+def test_a_bad_redis_url_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EVENTBUS_TRANSPORT_URL", "redis://:canary-pw@127.0.0.1:6379/abc")
+    with pytest.raises(ConfigurationError) as caught:
+        EventBus()
+    text = str(caught.value)
+    assert text.startswith("the environment variable EVENTBUS_TRANSPORT_URL: the Redis URL")
+    assert "canary-pw" not in text

@@ -124,9 +124,10 @@ def _owner() -> object:
 
 def _note(opened: SessionTransaction | Connection) -> None:
     """Note a root transaction begun here, forgetting those that have ended."""
-    owner = _owner()
-    kept = tuple(entry for entry in _opened.get() if _open(entry) is not None)
-    _opened.set((*kept, (weakref.ref(opened), owner)))
+    noted = _opened.get()
+    if noted:
+        noted = tuple(entry for entry in noted if _open(entry) is not None)
+    _opened.set((*noted, (weakref.ref(opened), _owner())))
 
 
 def _open(entry: _Opened) -> Session | Connection | None:

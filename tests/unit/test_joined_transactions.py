@@ -516,3 +516,43 @@ def test_a_core_connection_already_in_a_transaction_is_joined(
     assert seen.after == []
     assert numbers_in(engine, orders) == ([] if fails else [1])
     assert outbox_rows(engine, bus) == 0
+
+
+def test_a_second_bus_joins_the_transaction_of_the_first(
+    bus: EventBus, seen: Seen, engine: sa.Engine, prefix: str, orders: sa.Table
+) -> None:
+    """Each bus writes its own rows to its own outbox; the second one's after-commit
+    handlers wait for the first one's commit, and go with its rollback."""
+    other_outbox = SQLAlchemyOutbox(engine, prefix=f"{prefix}b", poll_interval=0.05)
+    other = EventBus(registry=REGISTRY, outbox=other_outbox)
+    theirs = Seen()
+    other.subscribe(OrderPaid, name="their_durable", delivery="durable")(
+        lambda e: theirs.durable.append(e.number)
+    )
+    other.subscribe(OrderViewed, name="their_after", delivery="after_commit")(
+        lambda e: theirs.after.append(e.number)
+    )
+    try:
+        with Session(engine) as session:
+            with bus.transaction(session):
+                bus.publish(OrderPlaced(number=1))
+                with other.transaction(session):
+                    other.publish(OrderPaid(number=2))
+                    other.publish(OrderViewed(number=3))
+                assert theirs.after == []
+            with pytest.raises(BoomError), bus.transaction(session):  # noqa: PT012
+                with other.transaction(session):
+                    other.publish(OrderPaid(number=4))
+                    other.publish(OrderViewed(number=5))
+                raise BoomError
+        settle(bus)
+        settle(other)
+
+        assert seen.durable == [1]
+        assert theirs.durable == [2]
+        assert theirs.after == [3]
+        assert outbox_rows(engine, bus) == 0
+        assert outbox_rows(engine, other) == 0
+    finally:
+        other.close()
+        other_outbox.close()

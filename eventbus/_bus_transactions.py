@@ -129,10 +129,12 @@ class Transactions:
         token = current_scope.set(scope)
         try:
             yield connection
+            _check_still_open(control.in_transaction(), connection)
             if scope.rows:
                 self._write_rows(connection, scope.rows)
         except BaseException:
-            control.rollback_to(savepoint)
+            if control.in_transaction():
+                control.rollback_to(savepoint)
             scope.rolled_back()
             raise
         else:
@@ -216,10 +218,12 @@ class Transactions:
         token = current_scope.set(scope)
         try:
             yield
+            _check_still_open(control.in_transaction(), resource)
             if scope.rows:
                 await self._awrite_rows(resource, scope.rows)
         except BaseException:
-            await control.rollback_to(savepoint)
+            if control.in_transaction():
+                await control.rollback_to(savepoint)
             scope.rolled_back()
             raise
         else:
@@ -267,6 +271,20 @@ def _handover(outer: Scope | None, resource: object, hook: CommitHook | None) ->
             outer.after_commit(callback)
 
     return to_outer
+
+
+def _check_still_open(open_: bool, resource: object) -> None:
+    """The transaction a scope joined must outlive the block: committed or rolled back
+    inside it, nothing says which, so what the block published cannot follow it."""
+    if open_:
+        return
+    kind = type(resource).__qualname__
+    raise TransactionScopeError(
+        f"the transaction that bus.transaction() joined on this {kind} ended inside the "
+        "block (a commit or rollback was called in it), so what the block published was "
+        "dropped: no outbox row written, no after-commit handler run. Commit or roll back "
+        "after the block, never inside it"
+    )
 
 
 def _hand_over(handover: CommitHook | None, callbacks: list[Callable[[], None]]) -> None:

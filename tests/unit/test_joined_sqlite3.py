@@ -210,6 +210,25 @@ def test_an_exception_in_a_joined_block_undoes_only_the_block(
     assert numbers(path) == [1]
 
 
+def test_a_commit_inside_a_joined_block_is_refused_and_publishes_nothing(
+    bus: EventBus, seen: Seen, path: Path, connect: Callable[..., sqlite3.Connection]
+) -> None:
+    connection = connect(autocommit=True)
+    connection.execute("BEGIN")
+    with (  # noqa: PT012
+        pytest.raises(TransactionScopeError, match="ended inside the block"),
+        bus.transaction(connection),
+    ):
+        connection.execute("INSERT INTO orders VALUES (1)")
+        bus.publish(OrderPlaced(number=1))
+        connection.execute("COMMIT")
+    settle(bus)
+
+    assert seen.durable == []
+    assert numbers(path) == [1]
+    assert count(path, "eventbus_outbox") == 0
+
+
 def test_a_nested_transaction_inside_a_joined_one_is_a_savepoint(
     bus: EventBus, seen: Seen, path: Path, connect: Callable[..., sqlite3.Connection]
 ) -> None:

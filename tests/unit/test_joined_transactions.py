@@ -473,6 +473,27 @@ def test_a_savepoint_of_the_owner_rolled_back_drops_what_was_joined_inside_it(
     assert numbers_in(engine, orders) == [2]
 
 
+def test_a_commit_inside_a_joined_block_is_refused_and_publishes_nothing(
+    bus: EventBus, seen: Seen, engine: sa.Engine, orders: sa.Table
+) -> None:
+    with Session(engine) as session:
+        session.begin()
+        session.add(Order(number=1))
+        with (  # noqa: PT012
+            pytest.raises(TransactionScopeError, match="ended inside the block"),
+            bus.transaction(session),
+        ):
+            bus.publish(OrderPlaced(number=1))
+            session.commit()  # the owner's transaction, ended by the block
+        assert not session.in_transaction()
+    settle(bus)
+
+    assert seen.durable == []
+    assert seen.after == []
+    assert numbers_in(engine, orders) == [1]
+    assert outbox_rows(engine, bus) == 0
+
+
 def test_a_long_lived_session_keeps_nothing_between_its_transactions(
     bus: EventBus, seen: Seen, engine: sa.Engine, orders: sa.Table
 ) -> None:

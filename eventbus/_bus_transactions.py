@@ -28,6 +28,7 @@ transaction joins it instead of refusing it:
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -278,7 +279,7 @@ def _check_still_open(open_: bool, resource: object) -> None:
     inside it, nothing says which, so what the block published cannot follow it."""
     if open_:
         return
-    kind = type(resource).__qualname__
+    kind = _kind(resource)
     raise TransactionScopeError(
         f"the transaction that bus.transaction() joined on this {kind} ended inside the "
         "block (a commit or rollback was called in it), so what the block published was "
@@ -297,9 +298,16 @@ def _hand_over(handover: CommitHook | None, callbacks: list[Callable[[], None]])
         callback()
 
 
+def _kind(resource: object) -> str:
+    """What a resource is called in messages (not the outbox's private subclass)."""
+    if isinstance(resource, sqlite3.Connection):
+        return "sqlite3 connection"
+    return type(resource).__qualname__
+
+
 def _bypassed(route: _Route, resource: object, *, is_async: bool) -> str:
     event = route.info.cls.__qualname__
-    kind = type(resource).__qualname__
+    kind = _kind(resource)
     argument = "session" if "Session" in kind else "connection"
     if route.durable:
         names = ", ".join(h.name for h in route.durable)
@@ -328,7 +336,7 @@ def _bypassed(route: _Route, resource: object, *, is_async: bool) -> str:
 
 def _unseen_commit(route: _Route, resource: object) -> str:
     event = route.info.cls.__qualname__
-    kind = type(resource).__qualname__
+    kind = _kind(resource)
     names = ", ".join(h.name for h in route.after_commit)
     return (
         f"{event} has after-commit handlers ({names}), but this bus.transaction() joined a "

@@ -780,6 +780,8 @@ class EventBus(Transactions, Lifecycle):
                 "e.g. SQLiteOutbox(path) or eventbus_contrib.sqlalchemy.SQLAlchemyOutbox. "
                 "No handler was run"
             )
+        if route.durable or route.after_commit:
+            self._check_scope(route, is_async=is_async)
         return full_frame(event, route, checked_key, checked_headers)
 
     def _announce(self, frame: Frame) -> None:

@@ -284,24 +284,6 @@ def test_a_durable_publish_outside_any_scope_commits_its_own_row(
     assert rows_in(path) == []
 
 
-def test_a_transaction_on_a_connection_already_in_one_is_refused(
-    bus: EventBus, conn: sqlite3.Connection, path: Path
-) -> None:
-    bus.subscribe(OrderPlaced, name="keep", delivery="durable")(lambda e: None)
-    conn.execute("BEGIN")
-    conn.execute("INSERT INTO orders VALUES (1)")
-
-    with pytest.raises(ConfigurationError, match="already has an open transaction"):
-        with bus.transaction(conn):
-            bus.publish(OrderPlaced(number=1))
-
-    # The application's own transaction is left alone, and nothing was written.
-    assert conn.in_transaction
-    conn.execute("COMMIT")
-    assert scalar(path, "SELECT COUNT(*) FROM orders") == 1
-    assert rows_in(path) == []
-
-
 # -- the inbox and the handler's own transaction ---------------------------------------
 
 

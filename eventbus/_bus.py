@@ -205,6 +205,7 @@ class EventBus(Transactions, Lifecycle):
             workers=workers,
             sleep=sleep,
             shutdown_timeout=shutdown_timeout,
+            on_exit=_stop_at_exit(self),
         )
         self._link = self._make_link(transport_url, transport, group, max_deliveries, worker)
         self._handlers: dict[str, Handler] = {}
@@ -240,12 +241,19 @@ class EventBus(Transactions, Lifecycle):
             raise ConfigurationError("give transport_url or transport, not both")
         settings = load_settings(arguments)
         self._worker = settings.worker
+        remake = None
         if transport is None and settings.transport_url is not None:
-            transport = transport_from_url(settings.transport_url)
+            # A stopped bus starts again with a new transport made from the same URL.
+            remake = functools.partial(transport_from_url, settings.transport_url)
+            transport = remake()
         if transport is None:
             return None
         return TransportLink(
-            self, transport, group=settings.group, max_deliveries=settings.max_deliveries
+            self,
+            transport,
+            group=settings.group,
+            max_deliveries=settings.max_deliveries,
+            remake=remake,
         )
 
     @property
@@ -753,7 +761,7 @@ class EventBus(Transactions, Lifecycle):
         """Hand the after-commit handlers to the runtime, isolated from the publisher."""
         envelope = envelope_of(frame)
         for handler in route.after_commit:
-            self._runtime.submit(functools.partial(deliver, self, handler, envelope))
+            self._runtime.submit(functools.partial(deliver, self, handler, envelope), handler.name)
 
     def _frame(
         self, route: _Route, event: object, key: object, headers: object, *, is_async: bool
@@ -840,6 +848,20 @@ for _function, _name in ((EventBus._publish, "publish"), (EventBus._apublish, "a
     _function.__name__ = _name
     _function.__qualname__ = f"EventBus.{_name}"
 del _function, _name
+
+
+def _stop_at_exit(bus: EventBus) -> Callable[[], None]:
+    """What the end of the interpreter runs for ``bus``: its ``stop()``, which finishes
+    what is in flight (its relay's rows included). A weak reference: a started runtime
+    does not keep an otherwise forgotten bus alive."""
+    reference = weakref.ref(bus)
+
+    def stop() -> None:
+        alive = reference()
+        if alive is not None:
+            alive.stop()
+
+    return stop
 
 
 def _call(handler: Handler, event: object, frame: Frame) -> Any:

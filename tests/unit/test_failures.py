@@ -449,6 +449,25 @@ def test_drain_inside_the_runtime_loop_is_refused():
     asyncio.run(main())
 
 
+def test_a_drain_that_runs_out_of_time_names_the_deliveries_still_running():
+    bus = EventBus(registry=REGISTRY)
+    release = threading.Event()
+
+    @bus.subscribe(name="blocked", delivery="after_commit")
+    def blocked(event: OrderPlaced) -> None:
+        release.wait(30)
+
+    try:
+        bus.publish(OrderPlaced(order_id="o-22"))
+        bus.publish(OrderPlaced(order_id="o-23"))
+        with pytest.raises(TimeoutError, match=r"2 deliveries \(blocked: 2\) running"):
+            bus.drain(timeout=0.2)
+    finally:
+        release.set()
+    bus.drain(timeout=10)
+    bus.close()
+
+
 def test_close_waits_for_a_replay_in_flight(slept):
     store = MemoryDeadLetterStore()
     bus = EventBus(registry=REGISTRY, dead_letters=store, retry=RetryPolicy.never())

@@ -174,7 +174,8 @@ class EventBus(Transactions, Lifecycle):
         given: pass a ``SQLiteDeadLetterStore`` to keep them across restarts).
         ``concurrency`` bounds the deliveries running at once on the runtime, ``workers``
         the threads that run sync handlers there, and ``shutdown_timeout`` how long
-        ``close()`` waits for them. ``sleep`` replaces the wait between retries (tests).
+        ``stop()``, ``close()`` and the end of the interpreter wait for them. ``sleep``
+        replaces the wait between retries, durable ones included (tests).
         ``outbox`` enables durable delivery: rows written in the application's
         transaction (``bus.transaction(connection)``) and relayed by this process, or
         with ``relay=False`` by another (``eventbus relay``).

@@ -151,7 +151,9 @@ class Lifecycle:
             if final:
                 self._mark_closed()
             with contextlib.suppress(Exception):
-                runtime.call(self._stop_services(_until(deadline)), _until(deadline) + 5)
+                runtime.call(
+                    self._stop_services(_until(deadline)), _until(deadline) + 5, counted=False
+                )
         if final:
             self._mark_closed()
             runtime.close(_until(deadline), report=quiet)
@@ -171,7 +173,7 @@ class Lifecycle:
             if final:
                 self._mark_closed()
             with contextlib.suppress(Exception):
-                await runtime.acall(self._stop_services(_until(deadline)))
+                await runtime.acall(self._stop_services(_until(deadline)), counted=False)
         if final:
             self._mark_closed()
             await runtime.aclose(_until(deadline), report=quiet)
@@ -220,7 +222,7 @@ class Lifecycle:
                 self._runtime.drain(_left(deadline))
                 if not self._runtime.running:
                     return
-                delivered = self._runtime.call(self._settle(), _left(deadline))
+                delivered = self._runtime.call(self._settle(), _left(deadline), counted=False)
                 if delivered or self._runtime.pending:
                     continue
                 wait = self._next_retry() if retries else None
@@ -238,7 +240,7 @@ class Lifecycle:
                 if not self._runtime.running:
                     return
                 async with asyncio.timeout(_left(deadline)):
-                    delivered = await self._runtime.acall(self._settle())
+                    delivered = await self._runtime.acall(self._settle(), counted=False)
                 if delivered or self._runtime.pending:
                     continue
                 wait = self._next_retry() if retries else None
@@ -293,13 +295,15 @@ class Lifecycle:
         letter before another may take it over (its replayer died).
         """
         self._check_open()
-        return self._runtime.call(replay_letter(self._bus(), _letter_id(letter_id), lease=lease))
+        return self._runtime.call(
+            replay_letter(self._bus(), _letter_id(letter_id), lease=lease), label="replay"
+        )
 
     async def areplay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
         """Run a dead letter's handler again, from async code."""
         self._check_open()
         return await self._runtime.acall(
-            replay_letter(self._bus(), _letter_id(letter_id), lease=lease)
+            replay_letter(self._bus(), _letter_id(letter_id), lease=lease), label="replay"
         )
 
     # -- lifecycle -------------------------------------------------------------------

@@ -284,12 +284,18 @@ class Runtime:
         await asyncio.sleep(0)
 
     def call(
-        self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None, label: str = ""
+        self,
+        coroutine: Coroutine[Any, Any, T],
+        timeout: float | None = None,
+        *,
+        label: str = "",
+        counted: bool = True,
     ) -> T:
         """Run ``coroutine`` on the runtime's loop and wait for its result (sync callers).
 
-        Counted as pending, so ``drain`` (and so ``close``) waits for it: a replay in
-        flight is finished, not abandoned with its dead letter still claimed.
+        Counted as pending (unless ``counted`` is False: drain's own steps), so ``drain``
+        (and so ``close``) waits for it: a replay in flight is finished, not abandoned
+        with its dead letter still claimed.
         """
         try:
             self.ensure_started()
@@ -298,11 +304,14 @@ class Runtime:
         except BaseException:
             coroutine.close()
             raise
-        self._begin(run, label)
-        future = asyncio.run_coroutine_threadsafe(self._counted(run, coroutine, label), run.loop)
-        return future.result(timeout)
+        if counted:
+            self._begin(run, label)
+            coroutine = self._counted(run, coroutine, label)
+        return asyncio.run_coroutine_threadsafe(coroutine, run.loop).result(timeout)
 
-    async def acall(self, coroutine: Coroutine[Any, Any, T], label: str = "") -> T:
+    async def acall(
+        self, coroutine: Coroutine[Any, Any, T], *, label: str = "", counted: bool = True
+    ) -> T:
         """Run ``coroutine`` on the runtime's loop, awaited from any loop; counted too."""
         try:
             self.ensure_started()
@@ -310,11 +319,12 @@ class Runtime:
         except BaseException:
             coroutine.close()
             raise
-        self._begin(run, label)
+        if counted:
+            self._begin(run, label)
+            coroutine = self._counted(run, coroutine, label)
         if self._in_loop_thread():
-            return await self._counted(run, coroutine, label)
-        future = asyncio.run_coroutine_threadsafe(self._counted(run, coroutine, label), run.loop)
-        return await asyncio.wrap_future(future)
+            return await coroutine
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, run.loop))
 
     def refuse_in_loop(
         self, call: str = "this sync call", instead: str = "the async form (areplay, adrain)"

@@ -133,6 +133,10 @@ def _rows(count: int) -> str:
 
 _MISSING_HANDLER_DELAY = 60.0
 
+_DUE_MARGIN = 1.0
+"""Seconds past its due time (on this process's clock) after which a row this relay put
+back, and that a claim did not return, is taken to be another relay's."""
+
 _INLINE_BUDGET = 0.005
 """Seconds of plain sync handlers the claiming worker thread runs itself, one after
 another. Quick handlers (the usual case) then cost no handoff to other threads; once a
@@ -250,10 +254,12 @@ class Relay:
                 self._waiting.pop(row.id, None)
             if len(rows) < self._batch:
                 # A short claim took every row that was claimable. A row of ours that was
-                # due before it started, and is not among them, is another relay's now
-                # (or delivered by it): this process no longer waits for it.
+                # due well before it started, and is not among them, is another relay's
+                # now (or delivered by it): this process no longer waits for it. "Well":
+                # the database's clock is coarser than ours (SQLite's 'now' is whole
+                # milliseconds), so a row due a moment ago may not be due there yet.
                 for row_id, (_, due) in list(self._waiting.items()):
-                    if due <= started:
+                    if due <= started - _DUE_MARGIN:
                         del self._waiting[row_id]
 
     async def settle(self) -> bool:

@@ -471,6 +471,27 @@ def test_retry_later_waits_for_its_delay_in_the_outbox(bus: EventBus, path: Path
     assert bus.dead_letters.count() == 0
 
 
+def test_drain_stops_waiting_for_a_retry_that_another_relay_took(bus: EventBus, path: Path) -> None:
+    """A row put back for a retry is in flight only while it is this relay's: once it is
+    due and a claim finds it gone (another relay delivered it), drain returns."""
+    attempts: list[int] = []
+
+    @bus.subscribe(name="later", delivery="durable")
+    def later(event: OrderPlaced) -> None:
+        attempts.append(event.number)
+        raise RetryLater(0.2, "not yet")
+
+    bus.publish(OrderPlaced(number=1))
+    wait_until(lambda: [(a, o) for _, a, o, _ in rows_in(path)] == [(1, None)])
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("DELETE FROM eventbus_outbox")  # what another relay's completion does
+    finally:
+        connection.close()
+    bus.drain(timeout=30)  # no TimeoutError: nothing of this process waits any more
+    assert attempts == [1]
+
+
 def test_each_key_is_handled_in_publish_order_despite_retries(
     make_bus: Callable[..., EventBus], conn: sqlite3.Connection, path: Path
 ) -> None:

@@ -47,6 +47,8 @@ from ..errors import SerializationError, SkipEvent, UnknownEventError
 from ..transports._link import FORWARD
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._bus import EventBus
     from .._envelope import Envelope
     from .._handlers import Handler
@@ -295,13 +297,18 @@ class Relay:
         self._task = asyncio.current_task()
         try:
             await self._relay()
+        except Exception:
+            # A bug, not a delivery's failure (those are handled inside): say so, and let
+            # the next commit start the relay again rather than leave drain waiting.
+            logger.exception("the relay stopped on an error; the next commit starts it again")
         finally:
             self.active = False
+            self._stopped = True
+            self._quiet.set()  # nobody waits for a relay that has stopped
 
     async def _relay(self) -> None:
         renewer = asyncio.create_task(self._renew_leases())
-        listen = getattr(self._outbox, "listen", None)  # commits in other processes
-        stop_listening = await self._bus._runtime.run_sync(listen, self.nudge) if listen else None
+        stop_listening = await self._listen()
         finishing: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
@@ -358,6 +365,24 @@ class Relay:
                 stop_listening()
             self._stopped = True
             self._quiet.set()  # nobody waits for a relay that has stopped
+
+    async def _listen(self) -> Callable[[], None] | None:
+        """Be woken by commits in other processes, where the store can tell (PostgreSQL
+        LISTEN); returns how to stop. Only an early wake-up: when it cannot start (no
+        connection, or no new thread in an exiting Python 3.12), polling carries on."""
+        listen = getattr(self._outbox, "listen", None)
+        if listen is None:
+            return None
+        try:
+            stop: Callable[[], None] | None = await self._bus._runtime.run_sync(listen, self.nudge)
+        except Exception:
+            logger.warning(
+                "the relay cannot listen for commits in other processes; it polls every %ss",
+                self._poll_interval,
+                exc_info=True,
+            )
+            return None
+        return stop
 
     async def _finish_guarded(self, batch: _Batch) -> None:
         """Finish a batch; a database error while settling it (a lock held too long, a

@@ -738,3 +738,29 @@ def test_the_relay_reports_each_delivered_batch(bus, conn):
     delivered = [envelope.event for _, envelopes in batches for envelope in envelopes]
     assert sorted(event.number for event in delivered) == [0, 1, 2]
     assert all(sender is bus for sender, _ in batches)
+
+
+class _DeafOutbox(SQLiteOutbox):
+    """A store whose commit notifications cannot start (no connection, or an exiting
+    Python 3.12 that refuses the listener's thread)."""
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+
+def test_a_listener_that_cannot_start_leaves_the_relay_polling(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = _DeafOutbox(path, poll_interval=0.05)
+    bus = EventBus(registry=REGISTRY, outbox=outbox)
+    got: list[int] = []
+    bus.subscribe(OrderPlaced, name="keep", delivery="durable")(lambda e: got.append(e.number))
+    try:
+        bus.publish(OrderPlaced(number=1))
+        bus.drain(timeout=10)
+        assert got == [1]
+        assert rows_in(path) == []
+        assert "cannot listen for commits" in caplog.text
+    finally:
+        bus.close()
+        outbox.close()

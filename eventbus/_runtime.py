@@ -4,8 +4,13 @@ One asyncio loop, either the application's own (*attached*: ``async with bus`` o
 ``await bus.astart()`` in an ASGI lifespan, so async handlers use the loop that made the
 application's async resources) or a daemon thread of its own (*owned*: ``bus.start()``, or
 the first deferred delivery of a sync application, which never sees asyncio). Sync
-handlers run in a bounded thread pool, so a slow one does not stall the loop; contextvars
+handlers run in a fixed pool of threads, so a slow one does not stall the loop; contextvars
 travel with every piece of work, so causation links up in threads too.
+
+A stop ends one *run* (its loop or its share of the application's, its threads, its
+counts) and a later start makes another, on whatever loop there is then. The end of the
+interpreter stops an owned runtime (through the bus's own stop, which settles its relay),
+and needs no thread it does not have already: Python 3.12 starts none at exit.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import namespaced_url
+from tests.servers import broker_namespace
 
 APP = """
 import os, sqlite3
@@ -206,18 +206,8 @@ def test_the_worker_command_leaves_nothing_open(app: Path) -> None:
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A namespace of its own on the loopback Redis; its keys are deleted at the end."""
-    url = namespaced_url("redis")
-    yield url
-    import redis
-
-    prefix = url.partition("prefix=")[2]
-    client = redis.Redis.from_url(url.partition("?")[0])
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with broker_namespace("redis") as space:
+        yield space.url
 
 
 def test_a_worker_on_redis_leaves_nothing_open(app: Path, redis_url: str) -> None:

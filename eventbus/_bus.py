@@ -57,6 +57,7 @@ from .errors import (
 )
 from .outbox import PendingRow, Relay
 from .transports._link import FORWARD, TransportLink
+from .transports._resolve import transport_from_url
 
 if TYPE_CHECKING:
     from ._events import EventInstance
@@ -174,7 +175,8 @@ class EventBus(Transactions, Lifecycle):
         given: pass a ``SQLiteDeadLetterStore`` to keep them across restarts).
         ``concurrency`` bounds the deliveries running at once on the runtime, ``workers``
         the threads that run sync handlers there, and ``shutdown_timeout`` how long
-        ``close()`` waits for them. ``sleep`` replaces the wait between retries (tests).
+        ``stop()``, ``close()`` and the end of the interpreter wait for them. ``sleep``
+        replaces the wait between retries, durable ones included (tests).
         ``outbox`` enables durable delivery: rows written in the application's
         transaction (``bus.transaction(connection)``) and relayed by this process, or
         with ``relay=False`` by another (``eventbus relay``).
@@ -205,6 +207,7 @@ class EventBus(Transactions, Lifecycle):
             workers=workers,
             sleep=sleep,
             shutdown_timeout=shutdown_timeout,
+            on_exit=_stop_at_exit(self),
         )
         self._link = self._make_link(transport_url, transport, group, max_deliveries, worker)
         self._handlers: dict[str, Handler] = {}
@@ -240,12 +243,21 @@ class EventBus(Transactions, Lifecycle):
             raise ConfigurationError("give transport_url or transport, not both")
         settings = load_settings(arguments)
         self._worker = settings.worker
+        remake = None
         if transport is None:
-            transport = transport_from_settings(settings)
+            transport = transport_from_settings(settings)  # a refusal names the URL's source
+            url = settings.transport_url
+            if transport is not None and url is not None:
+                # A stopped bus starts again with a new transport made from the same URL.
+                remake = functools.partial(transport_from_url, url)
         if transport is None:
             return None
         return TransportLink(
-            self, transport, group=settings.group, max_deliveries=settings.max_deliveries
+            self,
+            transport,
+            group=settings.group,
+            max_deliveries=settings.max_deliveries,
+            remake=remake,
         )
 
     @property
@@ -757,7 +769,7 @@ class EventBus(Transactions, Lifecycle):
         """Hand the after-commit handlers to the runtime, isolated from the publisher."""
         envelope = envelope_of(frame)
         for handler in route.after_commit:
-            self._runtime.submit(functools.partial(deliver, self, handler, envelope))
+            self._runtime.submit(functools.partial(deliver, self, handler, envelope), handler.name)
 
     def _frame(
         self, route: _Route, event: object, key: object, headers: object, *, is_async: bool
@@ -780,6 +792,8 @@ class EventBus(Transactions, Lifecycle):
                 "e.g. SQLiteOutbox(path) or eventbus_contrib.sqlalchemy.SQLAlchemyOutbox. "
                 "No handler was run"
             )
+        if route.durable or route.after_commit:
+            self._check_scope(route, is_async=is_async)
         return full_frame(event, route, checked_key, checked_headers)
 
     def _announce(self, frame: Frame) -> None:
@@ -844,6 +858,20 @@ for _function, _name in ((EventBus._publish, "publish"), (EventBus._apublish, "a
     _function.__name__ = _name
     _function.__qualname__ = f"EventBus.{_name}"
 del _function, _name
+
+
+def _stop_at_exit(bus: EventBus) -> Callable[[], None]:
+    """What the end of the interpreter runs for ``bus``: its ``stop()``, which finishes
+    what is in flight (its relay's rows included). A weak reference: a started runtime
+    does not keep an otherwise forgotten bus alive."""
+    reference = weakref.ref(bus)
+
+    def stop() -> None:
+        alive = reference()
+        if alive is not None:
+            alive.stop()
+
+    return stop
 
 
 def _call(handler: Handler, event: object, frame: Frame) -> Any:

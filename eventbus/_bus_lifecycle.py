@@ -2,13 +2,16 @@
 
 A mixin of ``EventBus``, kept apart because it owns one idea: the work that runs beside
 the publisher (after-commit deliveries, the relay, the transport's worker), how tests
-wait for it (``drain``), and how it ends (``close``), finishing what is in flight.
+wait for it (``drain``), how it stops and starts again (``stop``/``start``, an ASGI
+lifespan's ``astop``/``astart``), and how it ends for good (``close``), each time
+finishing what is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from .typing import OutboxStore
 
 __all__ = ["Lifecycle"]
+
+logger = logging.getLogger("eventbus.bus")
 
 
 class Lifecycle:
@@ -51,20 +56,27 @@ class Lifecycle:
 
     def _nudge(self) -> None:
         """Rows were committed: make sure the relay runs, and wake it."""
-        relay = self._relay or self._start_relay()
+        relay = self._relay
+        if relay is None or not relay.active:
+            relay = self._start_relay()
         if relay is not None:
             relay.nudge()
 
     def _start_relay(self) -> Relay | None:
         with self._lock:
             self._start_worker()
-            if self._relay is not None or self._outbox is None or self._closed:
-                return self._relay
+            relay = self._relay
+            if (relay is not None and relay.active) or self._outbox is None or self._closed:
+                return relay
             if not self._relays:
                 return None
             self._runtime.ensure_started()
-            bus = self._bus()
-            relay = bus._relay = Relay(bus, self._outbox)
+            if relay is None:
+                bus = self._bus()
+                relay = bus._relay = Relay(bus, self._outbox)
+            else:
+                relay.rearm()  # stopped before: it runs again, on the loop there is now
+            relay.active = True
             self._runtime.service(relay.run)
             return relay
 
@@ -73,6 +85,12 @@ class Lifecycle:
         link = self._link
         if link is None or link.worker is not None or not self._worker or self._closed:
             return
+        try:
+            link.reopen()
+        except ConfigurationError:
+            # Started lazily (a commit after stop()): say so; start() raises it instead.
+            logger.exception("the bus's worker cannot start again")
+            return
         self._runtime.ensure_started()
         link.make_worker(self._runtime.concurrency)
         self._runtime.service(link.run_worker)
@@ -80,46 +98,179 @@ class Lifecycle:
     # -- the runtime ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the runtime in a thread of its own (sync applications).
+        """Start the runtime in a thread of its own (sync applications), with the relay
+        and the worker.
 
-        Optional: the first after-commit delivery starts it. ``close()`` (or the end of
-        the interpreter) drains what is in flight, up to ``shutdown_timeout``.
+        Optional: the first after-commit delivery starts it. ``stop()`` (or the end of
+        the interpreter) finishes what is in flight, up to ``shutdown_timeout``; a later
+        ``start()`` brings everything back.
         """
         self._check_open()
+        if self._link is not None:
+            self._link.reopen()
         self._runtime.start()
         self._start_relay()
 
     async def astart(self) -> None:
-        """Run the runtime on the current event loop (``async with bus`` does this)."""
+        """Run the runtime, the relay and the worker on the current event loop (an ASGI
+        lifespan's startup; ``async with bus`` does this too). Repeats after ``astop()``,
+        on a new loop if need be (each ``TestClient(app)`` has its own)."""
         self._check_open()
+        if self._link is not None:
+            self._link.reopen()
         self._runtime.attach()
         self._start_relay()
+
+    def stop(self) -> None:
+        """Finish what is in flight (up to ``shutdown_timeout``), then stop the runtime,
+        the relay and the worker. The bus stays open: ``start()``, or the next deferred
+        delivery, brings them back. The end of the interpreter calls this.
+
+        Outbox rows waiting for a later retry are not waited for: they stay in the
+        outbox, for the next start (or another process). What is still running when the
+        time is up is logged by name and cancelled.
+        """
+        self._stop(final=False)
+
+    async def astop(self) -> None:
+        """``stop()`` from async code: an ASGI lifespan's shutdown. ``astart()`` may
+        follow, on this loop or a new one."""
+        await self._astop(final=False)
+
+    def _stop(self, *, final: bool) -> None:
+        runtime = self._runtime
+        deadline = time.monotonic() + runtime.shutdown_timeout
+        quiet = True
+        if runtime.running:
+            runtime.refuse_in_loop("close() or stop()", "await bus.aclose() or bus.astop()")
+            try:
+                self._drain(_until(deadline), retries=False)
+            except TimeoutError:
+                self._report()
+                quiet = False
+            if final:
+                self._mark_closed()
+            with contextlib.suppress(Exception):
+                runtime.call(
+                    self._stop_services(_until(deadline)), _until(deadline) + 5, counted=False
+                )
+        if final:
+            self._mark_closed()
+            runtime.close(_until(deadline), report=quiet)
+        else:
+            runtime.stop(_until(deadline), report=quiet)
+
+    async def _astop(self, *, final: bool) -> None:
+        runtime = self._runtime
+        deadline = time.monotonic() + runtime.shutdown_timeout
+        quiet = True
+        if runtime.running:
+            try:
+                await self._adrain(_until(deadline), retries=False)
+            except TimeoutError:
+                self._report()
+                quiet = False
+            if final:
+                self._mark_closed()
+            with contextlib.suppress(Exception):
+                await runtime.acall(self._stop_services(_until(deadline)), counted=False)
+        if final:
+            self._mark_closed()
+            await runtime.aclose(_until(deadline), report=quiet)
+        else:
+            await runtime.astop(_until(deadline), report=quiet)
+
+    def _report(self) -> None:
+        parts = self._unfinished_parts()
+        if not parts:
+            return  # it all finished as the time ran out
+        logger.warning(
+            "eventbus is stopping with work unfinished after its shutdown_timeout (%ss): %s. "
+            "Unfinished after-commit deliveries are cancelled (their handlers may have run "
+            "part way); outbox rows and unacknowledged messages stay, and are delivered again",
+            self._runtime.shutdown_timeout,
+            "; ".join(parts),
+        )
+
+    async def _stop_services(self, timeout: float) -> None:
+        """On the runtime's loop: the relay finishes its batch in hand, the worker the
+        messages in hand (both up to ``timeout``), and the transport closes."""
+        relay = self._relay
+        if relay is not None and relay.active:
+            await relay.aclose(timeout)
+        if self._link is not None:
+            await self._link.astop(timeout)
 
     def drain(self, timeout: float | None = None) -> None:
         """Wait until everything published so far is handled (tests).
 
-        After-commit deliveries and their retries, and every outbox row that is due
-        (rows waiting for a later retry time are not waited for).
+        After-commit deliveries and their retries, every outbox row that is due, and the
+        rows this process's relay put back for a later attempt: their retries too. With
+        ``EventBus(sleep=...)`` those waits are the injected sleep, so drain returns as
+        soon as the work is done. ``TimeoutError`` says what is still unfinished.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._runtime.drain(_left(deadline))
-            if not self._runtime.running:
-                return
-            delivered = self._runtime.call(self._settle(), _left(deadline))
-            if not delivered and self._runtime.pending == 0:
-                return
+        self._drain(timeout, retries=True)
 
     async def adrain(self, timeout: float | None = None) -> None:
         """Wait until everything published so far is handled, from async code."""
-        async with asyncio.timeout(timeout):
+        await self._adrain(timeout, retries=True)
+
+    def _drain(self, timeout: float | None, *, retries: bool) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
             while True:
-                await self._runtime.adrain()
+                self._runtime.drain(_left(deadline))
                 if not self._runtime.running:
                     return
-                delivered = await self._runtime.acall(self._settle())
-                if not delivered and self._runtime.pending == 0:
+                delivered = self._runtime.call(self._settle(), _left(deadline), counted=False)
+                if delivered or self._runtime.pending:
+                    continue
+                wait = self._next_retry() if retries else None
+                if wait is None:
                     return
+                time.sleep(_pause(wait, deadline))
+        except TimeoutError:
+            raise TimeoutError(self._unfinished(timeout)) from None
+
+    async def _adrain(self, timeout: float | None, *, retries: bool) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                await self._runtime.adrain(_left(deadline))
+                if not self._runtime.running:
+                    return
+                async with asyncio.timeout(_left(deadline)):
+                    delivered = await self._runtime.acall(self._settle(), counted=False)
+                if delivered or self._runtime.pending:
+                    continue
+                wait = self._next_retry() if retries else None
+                if wait is None:
+                    return
+                await asyncio.sleep(_pause(wait, deadline))
+        except TimeoutError:
+            raise TimeoutError(self._unfinished(timeout)) from None
+
+    def _next_retry(self) -> float | None:
+        """Seconds until the relay's next retry is due; None when none waits."""
+        relay = self._relay
+        return None if relay is None else relay.next_due()
+
+    def _unfinished(self, timeout: float | None) -> str:
+        """What a drain that ran out of time leaves behind, in words."""
+        left = "; ".join(self._unfinished_parts()) or "nothing now (it was finishing)"
+        return f"drain() ran out of time after {timeout}s; still unfinished: {left}"
+
+    def _unfinished_parts(self) -> list[str]:
+        parts = []
+        if self._runtime.pending:
+            parts.append(f"{self._runtime.unfinished()} running")
+        relay = self._relay
+        if relay is not None and (held := relay.unfinished()):
+            parts.append(held)
+        worker = None if self._link is None else self._link.worker
+        if worker is not None and worker.in_hand:
+            parts.append(f"{worker.in_hand} messages in the worker's hands")
+        return parts
 
     async def _settle(self) -> bool:
         """One round of drain: the relay finds nothing due, the worker holds nothing;
@@ -144,50 +295,30 @@ class Lifecycle:
         letter before another may take it over (its replayer died).
         """
         self._check_open()
-        return self._runtime.call(replay_letter(self._bus(), _letter_id(letter_id), lease=lease))
+        return self._runtime.call(
+            replay_letter(self._bus(), _letter_id(letter_id), lease=lease), label="replay"
+        )
 
     async def areplay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
         """Run a dead letter's handler again, from async code."""
         self._check_open()
         return await self._runtime.acall(
-            replay_letter(self._bus(), _letter_id(letter_id), lease=lease)
+            replay_letter(self._bus(), _letter_id(letter_id), lease=lease), label="replay"
         )
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish in-flight deliveries (up to ``shutdown_timeout``), then refuse more.
+        """Finish in-flight deliveries (up to ``shutdown_timeout``), stop, and refuse more:
+        final. Later publishes, subscriptions and starts raise ``BusClosedError``.
 
-        Later publishes and subscriptions raise ``BusClosedError``.
+        Use ``stop()`` where the bus may start again (an ASGI lifespan: ``astop()``).
         """
-        if self._runtime.running and not self._closed:
-            with contextlib.suppress(TimeoutError, RuntimeError):
-                self.drain(self._runtime_timeout())
-        self._mark_closed()
-        if self._relay is not None:
-            self._relay.stop()
-        if self._link is not None and self._runtime.running:
-            with contextlib.suppress(Exception):
-                self._runtime.call(
-                    self._link.aclose(self._runtime_timeout()), self._runtime_timeout() + 5
-                )
-        self._runtime.stop()
+        self._stop(final=True)
 
     async def aclose(self) -> None:
-        """Close the bus from async code."""
-        if self._runtime.running and not self._closed:
-            with contextlib.suppress(TimeoutError):
-                await self.adrain(self._runtime_timeout())
-        self._mark_closed()
-        if self._relay is not None:
-            self._relay.stop()
-        if self._link is not None and self._runtime.running:
-            with contextlib.suppress(Exception):
-                await self._runtime.acall(self._link.aclose(self._runtime_timeout()))
-        await self._runtime.astop()
-
-    def _runtime_timeout(self) -> float:
-        return self._runtime.shutdown_timeout
+        """Close the bus from async code (``async with bus`` does this at the end)."""
+        await self._astop(final=True)
 
 
 def _left(deadline: float | None) -> float | None:
@@ -198,6 +329,21 @@ def _left(deadline: float | None) -> float | None:
     if left <= 0:
         raise TimeoutError("drain() timed out with deliveries still running")
     return left
+
+
+def _until(deadline: float) -> float:
+    """Seconds until ``deadline``, never below zero."""
+    return max(0.0, deadline - time.monotonic())
+
+
+def _pause(wait: float, deadline: float | None) -> float:
+    """How long a drain sleeps before it looks for a retry that is due in ``wait``
+    seconds: not past the deadline, and a little at least (a row due now may be one
+    another relay just took; no busy loop while the next claim tells)."""
+    pause = max(wait, 0.01)
+    if deadline is not None:
+        pause = min(pause, max(0.0, deadline - time.monotonic()))
+    return pause
 
 
 def _letter_id(value: uuid.UUID | str) -> uuid.UUID:

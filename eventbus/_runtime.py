@@ -4,8 +4,13 @@ One asyncio loop, either the application's own (*attached*: ``async with bus`` o
 ``await bus.astart()`` in an ASGI lifespan, so async handlers use the loop that made the
 application's async resources) or a daemon thread of its own (*owned*: ``bus.start()``, or
 the first deferred delivery of a sync application, which never sees asyncio). Sync
-handlers run in a bounded thread pool, so a slow one does not stall the loop; contextvars
+handlers run in a fixed pool of threads, so a slow one does not stall the loop; contextvars
 travel with every piece of work, so causation links up in threads too.
+
+A stop ends one *run* (its loop or its share of the application's, its threads, its
+counts) and a later start makes another, on whatever loop there is then. The end of the
+interpreter stops an owned runtime (through the bus's own stop, which settles its relay),
+and needs no thread it does not have already: Python 3.12 starts none at exit.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import functools
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -32,8 +38,42 @@ T = TypeVar("T")
 Sleep = Callable[[float], object]
 
 
+class _Run:
+    """One start of the runtime: its loop, its threads, and the work counted on them.
+
+    A stop discards it whole; a later start makes a new one (a new loop each time in an
+    ASGI test client). Work still unwinding on a discarded run counts down its own tallies,
+    never those of the run after it.
+    """
+
+    __slots__ = ("labels", "loop", "pending", "pool", "semaphore", "services", "tasks", "thread")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread | None,
+        *,
+        concurrency: int,
+        workers: int,
+    ) -> None:
+        self.loop = loop
+        self.thread = thread
+        # Every worker thread is started now, by the thread that starts the runtime: an
+        # exiting Python 3.12 refuses new threads, and a sync script's last after-commit
+        # deliveries (drained at exit) would otherwise find none to run on.
+        self.pool = _Workers(workers)
+        self.semaphore = asyncio.Semaphore(concurrency)  # binds to its loop on first use
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.services: set[asyncio.Task[object]] = set()
+        self.pending = 0
+        self.labels: Counter[str] = Counter()
+
+
 class Runtime:
-    """An event loop for non-inline work, with a drain and a bounded concurrency."""
+    """An event loop for non-inline work, with a drain and a bounded concurrency.
+
+    ``start``/``attach`` and ``stop`` may repeat; ``close`` is final.
+    """
 
     def __init__(
         self,
@@ -42,6 +82,7 @@ class Runtime:
         workers: int = 8,
         sleep: Sleep | None = None,
         shutdown_timeout: float = 10.0,
+        on_exit: Callable[[], object] | None = None,
     ) -> None:
         for name, value in (("concurrency", concurrency), ("workers", workers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -52,16 +93,11 @@ class Runtime:
         self._workers = workers
         self._injected_sleep = sleep
         self._shutdown_timeout = shutdown_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._pool: _Workers | None = None
-        self._semaphore: asyncio.Semaphore | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._services: set[asyncio.Task[object]] = set()
-        self._pending = 0
+        self._on_exit = on_exit
+        self._run: _Run | None = None
         self._idle = threading.Condition()
         self._lock = threading.Lock()
-        self._stopped = False
+        self._closed = False
 
     @property
     def concurrency(self) -> int:
@@ -78,36 +114,47 @@ class Runtime:
         """How long stopping waits for work in flight."""
         return self._shutdown_timeout
 
+    @property
+    def injected_sleep(self) -> bool:
+        """Whether waits between retries are the injected ``sleep`` (tests), not real."""
+        return self._injected_sleep is not None
+
     # -- starting ----------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         """Whether a loop is there to run work."""
-        loop = self._loop
-        return loop is not None and not loop.is_closed() and not self._stopped
+        run = self._run
+        return run is not None and not run.loop.is_closed()
 
     @property
     def owned(self) -> bool:
         """Whether the runtime runs its own thread (rather than the application's loop)."""
-        return self._thread is not None
+        run = self._run
+        return run is not None and run.thread is not None
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        run = self._run
+        return None if run is None else run.loop
 
     def start(self) -> None:
         """Run a loop in a daemon thread of our own (sync applications)."""
         with self._lock:
-            self._check_not_stopped()
-            if self._loop is not None and not self._loop.is_closed():
+            self._check_open()
+            if self.running:
                 return  # started already, or attached to a loop that still runs
+            self._abandon()
             ready = threading.Event()
             loop = asyncio.new_event_loop()
 
-            def run() -> None:
+            def run_loop() -> None:
                 asyncio.set_event_loop(loop)
-                self._semaphore = asyncio.Semaphore(self._concurrency)
                 loop.call_soon(ready.set)
                 loop.run_forever()
 
-            thread = threading.Thread(target=run, name="eventbus-runtime", daemon=True)
-            self._loop, self._thread = loop, thread
+            thread = threading.Thread(target=run_loop, name="eventbus-runtime", daemon=True)
+            self._run = _Run(loop, thread, concurrency=self._concurrency, workers=self._workers)
             thread.start()
             ready.wait()
             atexit.register(self._at_exit)
@@ -116,16 +163,16 @@ class Runtime:
         """Run work on ``loop`` (default: the running loop)."""
         loop = loop or asyncio.get_running_loop()
         with self._lock:
-            self._check_not_stopped()
+            self._check_open()
             if self._loop is loop:
                 return
-            if self._loop is not None and not self._loop.is_closed():
+            if self.running:
                 raise ConfigurationError(
                     "this bus already runs on another event loop; start it once, from the "
-                    "loop that owns the application's async resources"
+                    "loop that owns the application's async resources (or stop it first)"
                 )
-            self._loop, self._thread = loop, None
-            self._semaphore = asyncio.Semaphore(self._concurrency)
+            self._abandon()
+            self._run = _Run(loop, None, concurrency=self._concurrency, workers=self._workers)
 
     def ensure_started(self) -> None:
         """Start lazily: attach to the running loop if there is one, else own a thread."""
@@ -138,76 +185,100 @@ class Runtime:
         else:
             self.attach(loop)
 
-    def _check_not_stopped(self) -> None:
-        if self._stopped:
-            raise ConfigurationError("this bus's runtime was stopped; it runs no more work")
+    def _abandon(self) -> None:
+        """Forget a run whose loop closed without a stop (with the lock held)."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        if run.pending:
+            logger.warning(
+                "eventbus lost %s: their event loop closed before the bus was stopped "
+                "(await bus.astop() when the application shuts down)",
+                _describe(run.labels),
+            )
+        run.pool.shutdown()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError("this bus's runtime was closed; it runs no more work")
+
+    def _current(self) -> _Run:
+        run = self._run
+        if run is None:
+            raise RuntimeError("the bus's runtime is stopped")
+        return run
 
     # -- running work ------------------------------------------------------------------
 
-    def submit(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        """Run the coroutine ``make()`` on the loop, from any thread; counted for drain."""
+    def submit(self, make: Callable[[], Coroutine[Any, Any, object]], label: str = "") -> None:
+        """Run the coroutine ``make()`` on the loop, from any thread; counted for drain.
+
+        ``label`` (a handler's name) says what is still running when a drain or a stop
+        runs out of time.
+        """
         self.ensure_started()
-        loop = self._loop
-        assert loop is not None
-        with self._idle:
-            self._pending += 1
+        run = self._current()
+        self._begin(run, label)
         try:
             if self._in_loop_thread():
-                self._spawn(make)
+                self._spawn(run, make, label)
             else:
-                loop.call_soon_threadsafe(self._spawn, make)
+                run.loop.call_soon_threadsafe(self._spawn, run, make, label)
         except RuntimeError:  # the loop closed under us
-            self._done()
+            self._done(run, label)
             raise
 
     def service(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
         """Run a long-lived coroutine (the relay) on the loop; not counted by drain."""
         self.ensure_started()
-        loop = self._loop
-        assert loop is not None
+        run = self._current()
 
         def spawn() -> None:
-            task = loop.create_task(make())
-            self._services.add(task)
-            task.add_done_callback(self._services.discard)
+            task = run.loop.create_task(make())
+            run.services.add(task)
+            task.add_done_callback(run.services.discard)
 
         if self._in_loop_thread():
             spawn()
         else:
-            loop.call_soon_threadsafe(spawn)
+            run.loop.call_soon_threadsafe(spawn)
 
-    def _spawn(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        loop = self._loop
-        assert loop is not None
-        task = loop.create_task(self._run(make))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(
+        self, run: _Run, make: Callable[[], Coroutine[Any, Any, object]], label: str
+    ) -> None:
+        task = run.loop.create_task(self._work(run, make, label))
+        run.tasks.add(task)
+        task.add_done_callback(run.tasks.discard)
 
-    async def _run(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        semaphore = self._semaphore
-        assert semaphore is not None
+    async def _work(
+        self, run: _Run, make: Callable[[], Coroutine[Any, Any, object]], label: str
+    ) -> None:
         try:
-            async with semaphore:
+            async with run.semaphore:
                 await make()
         except Exception:  # the delivery pipeline handles failures; this is a bug guard
             logger.exception("eventbus work failed outside the delivery pipeline")
         finally:
-            self._done()
+            self._done(run, label)
 
-    def _done(self) -> None:
+    def _begin(self, run: _Run, label: str) -> None:
         with self._idle:
-            self._pending -= 1
-            if self._pending == 0:
+            run.pending += 1
+            run.labels[label] += 1
+
+    def _done(self, run: _Run, label: str) -> None:
+        with self._idle:
+            run.pending -= 1
+            run.labels[label] -= 1
+            if not run.labels[label]:
+                del run.labels[label]
+            if run.pending == 0:
                 self._idle.notify_all()
 
     async def run_sync(self, function: Callable[..., T], *args: Any) -> T:
         """Run a sync function in the worker pool, in a copy of the current context."""
-        if self._pool is None:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = _Workers(self._workers)
         context = contextvars.copy_context()
-        return await self._pool.run(functools.partial(context.run, function, *args))
+        return await self._current().pool.run(functools.partial(context.run, function, *args))
 
     async def sleep(self, seconds: float) -> None:
         """Wait between attempts: the injected sleep (tests) or asyncio.sleep."""
@@ -217,54 +288,63 @@ class Runtime:
         self._injected_sleep(seconds)
         await asyncio.sleep(0)
 
-    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    def call(
+        self,
+        coroutine: Coroutine[Any, Any, T],
+        timeout: float | None = None,
+        *,
+        label: str = "",
+        counted: bool = True,
+    ) -> T:
         """Run ``coroutine`` on the runtime's loop and wait for its result (sync callers).
 
-        Counted as pending, so ``drain`` (and so ``close``) waits for it: a replay in
-        flight is finished, not abandoned with its dead letter still claimed.
+        Counted as pending (unless ``counted`` is False: drain's own steps), so ``drain``
+        (and so ``close``) waits for it: a replay in flight is finished, not abandoned
+        with its dead letter still claimed.
         """
         try:
             self.ensure_started()
-            self._refuse_in_loop()
+            self.refuse_in_loop()
+            run = self._current()
         except BaseException:
             coroutine.close()
             raise
-        loop = self._loop
-        assert loop is not None
-        self._begin()
-        return asyncio.run_coroutine_threadsafe(self._counted(coroutine), loop).result(timeout)
+        if counted:
+            self._begin(run, label)
+            coroutine = self._counted(run, coroutine, label)
+        return asyncio.run_coroutine_threadsafe(coroutine, run.loop).result(timeout)
 
-    async def acall(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    async def acall(
+        self, coroutine: Coroutine[Any, Any, T], *, label: str = "", counted: bool = True
+    ) -> T:
         """Run ``coroutine`` on the runtime's loop, awaited from any loop; counted too."""
         try:
             self.ensure_started()
+            run = self._current()
         except BaseException:
             coroutine.close()
             raise
-        self._begin()
+        if counted:
+            self._begin(run, label)
+            coroutine = self._counted(run, coroutine, label)
         if self._in_loop_thread():
-            return await self._counted(coroutine)
-        loop = self._loop
-        assert loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._counted(coroutine), loop)
-        return await asyncio.wrap_future(future)
+            return await coroutine
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, run.loop))
 
-    def _refuse_in_loop(self) -> None:
+    def refuse_in_loop(
+        self, call: str = "this sync call", instead: str = "the async form (areplay, adrain)"
+    ) -> None:
+        """Raise if the caller runs on the runtime's loop, which ``call`` would block."""
         if self._in_loop_thread():
             raise RuntimeError(
-                "this sync call would block the event loop it needs; "
-                "use the async form (areplay, adrain) from async code"
+                f"{call} would block the event loop it needs; use {instead} from async code"
             )
 
-    def _begin(self) -> None:
-        with self._idle:
-            self._pending += 1
-
-    async def _counted(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    async def _counted(self, run: _Run, coroutine: Coroutine[Any, Any, T], label: str) -> T:
         try:
             return await coroutine
         finally:
-            self._done()
+            self._done(run, label)
 
     def _in_loop_thread(self) -> bool:
         loop = self._loop
@@ -281,7 +361,14 @@ class Runtime:
     def pending(self) -> int:
         """Pieces of work submitted and not finished (retries waiting included)."""
         with self._idle:
-            return self._pending
+            run = self._run
+            return 0 if run is None else run.pending
+
+    def unfinished(self) -> str:
+        """What is still running, by label: ``"3 deliveries (notify: 2, mail: 1)"``."""
+        with self._idle:
+            run = self._run
+            return _describe(Counter() if run is None else run.labels)
 
     def drain(self, timeout: float | None = None) -> None:
         """Block until every submitted piece of work has finished (sync callers)."""
@@ -291,88 +378,137 @@ class Runtime:
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._pending:
+            while (run := self._run) is not None and run.pending:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"{self._pending} deliveries still running after {timeout}s")
+                    raise TimeoutError(f"{_describe(run.labels)} still running after {timeout}s")
                 self._idle.wait(remaining)
 
     async def adrain(self, timeout: float | None = None) -> None:
         """Wait until every submitted piece of work has finished (async callers)."""
         if not self._in_loop_thread():
-            await asyncio.to_thread(self.drain, timeout)
-            return
-        async with asyncio.timeout(timeout):
+            # Waits on the caller's loop: no thread of its own (none can start at exit).
+            deadline = None if timeout is None else time.monotonic() + timeout
             while self.pending:
-                tasks = [task for task in self._tasks if task is not asyncio.current_task()]
-                if tasks:
-                    await asyncio.wait(tasks)
-                else:
-                    await asyncio.sleep(0)  # submitted from another thread, not spawned yet
-
-    def stop(self) -> None:
-        """Drain (up to the shutdown timeout), then stop the owned thread and the pool."""
-        if self._stopped:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"{self.unfinished()} still running after {timeout}s")
+                await asyncio.sleep(0.005)
             return
+        try:
+            async with asyncio.timeout(timeout):
+                while (run := self._run) is not None and run.pending:
+                    tasks = [task for task in run.tasks if task is not asyncio.current_task()]
+                    if tasks:
+                        await asyncio.wait(tasks)
+                    else:
+                        await asyncio.sleep(0)  # submitted from another thread, not spawned yet
+        except TimeoutError:
+            raise TimeoutError(f"{self.unfinished()} still running after {timeout}s") from None
+
+    def stop(self, timeout: float | None = None, *, report: bool = True) -> None:
+        """Drain (up to ``timeout``, by default the shutdown timeout), then stop the loop's
+        work and the threads; ``report``: log what was unfinished.
+
+        A later ``start``/``attach`` (or the next piece of work) starts it again.
+        """
         try:
             if self.running and not self._in_loop_thread():
-                self.drain(self._shutdown_timeout)
+                self.drain(self._shutdown_timeout if timeout is None else timeout)
         except TimeoutError:
-            logger.warning(
-                "eventbus stopped with %d deliveries unfinished after %ss",
-                self.pending,
-                self._shutdown_timeout,
-            )
+            if report:
+                self._report_unfinished()
         finally:
             self._shutdown()
 
-    async def astop(self) -> None:
-        """Drain (up to the shutdown timeout), then stop (async callers)."""
-        if self._stopped:
-            return
+    async def astop(self, timeout: float | None = None, *, report: bool = True) -> None:
+        """Drain (up to ``timeout``), then stop (async callers)."""
         try:
             if self.running:
-                await self.adrain(self._shutdown_timeout)
+                await self.adrain(self._shutdown_timeout if timeout is None else timeout)
         except TimeoutError:
-            logger.warning(
-                "eventbus stopped with %d deliveries unfinished after %ss",
-                self.pending,
-                self._shutdown_timeout,
-            )
+            if report:
+                self._report_unfinished()
         finally:
             self._shutdown()
+
+    def close(self, timeout: float | None = None, *, report: bool = True) -> None:
+        """Stop, and refuse to start again."""
+        self._closed = True
+        self.stop(timeout, report=report)
+
+    async def aclose(self, timeout: float | None = None, *, report: bool = True) -> None:
+        """Stop, and refuse to start again (async callers)."""
+        self._closed = True
+        await self.astop(timeout, report=report)
+
+    def _report_unfinished(self) -> None:
+        logger.warning(
+            "eventbus stopped after its shutdown_timeout (%ss) with %s unfinished; they are "
+            "cancelled (durable rows stay in the outbox and are delivered later)",
+            self._shutdown_timeout,
+            self.unfinished(),
+        )
 
     def _shutdown(self) -> None:
         with self._lock:
-            self._stopped = True
-            loop, thread, pool = self._loop, self._thread, self._pool
-        if thread is not None and loop is not None:
+            run, self._run = self._run, None
+        if run is None:
+            return
+        loop, thread = run.loop, run.thread
+        if thread is not None:
             atexit.unregister(self._at_exit)
             if thread.is_alive() and not loop.is_closed():
                 # Cancel what is left and let it unwind on the loop before it stops.
-                finished = asyncio.run_coroutine_threadsafe(self._cancel_all(), loop)
+                finished = asyncio.run_coroutine_threadsafe(_cancel_all(run), loop)
                 with contextlib.suppress(Exception):
                     finished.result(timeout=5)
                 loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=5)
             if not thread.is_alive():
                 loop.close()
-        elif loop is not None and not loop.is_closed():
+        elif not loop.is_closed():
             # Attached: the loop is the application's; only our unfinished tasks go.
-            for task in [*self._tasks, *self._services]:
-                loop.call_soon_threadsafe(task.cancel)
-        if pool is not None:
-            pool.shutdown()
+            for task in [*run.tasks, *run.services]:
+                if self._on_loop(loop):
+                    task.cancel()
+                else:
+                    loop.call_soon_threadsafe(task.cancel)
+        run.pool.shutdown()
+        with self._idle:
+            self._idle.notify_all()
 
-    async def _cancel_all(self) -> None:
-        tasks = [task for task in (*self._tasks, *self._services) if not task.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    @staticmethod
+    def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
 
     def _at_exit(self) -> None:
-        # Interpreter exit in a sync application: finish what is in flight, within reason.
-        self.stop()
+        # Interpreter exit in a sync application: finish what is in flight, within reason
+        # (the bus's own stop, which also settles its relay, when it is given).
+        try:
+            if self._on_exit is not None:
+                self._on_exit()
+        except Exception:
+            logger.exception("eventbus could not finish its work at interpreter exit")
+        finally:
+            self.stop()
+
+
+async def _cancel_all(run: _Run) -> None:
+    tasks = [task for task in (*run.tasks, *run.services) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _describe(labels: Counter[str]) -> str:
+    """``3 deliveries (notify: 2, mail: 1)``: how many pieces of work, and of what."""
+    total = sum(labels.values())
+    noun = "delivery" if total == 1 else "deliveries"
+    named = ", ".join(f"{label}: {count}" for label, count in sorted(labels.items()) if label)
+    return f"{total} {noun} ({named})" if named else f"{total} {noun}"
 
 
 class _Workers:
@@ -380,29 +516,25 @@ class _Workers:
 
     Not a ThreadPoolExecutor on purpose: the interpreter shuts those down before atexit
     callbacks run, so a sync application's last after-commit deliveries, drained at exit,
-    would find no thread to run on. Daemon workers live until the process ends.
+    would find no thread to run on. Every thread starts here, up front: Python 3.12 refuses
+    to start one once the interpreter is exiting. Daemon workers live until the process
+    ends, or until ``shutdown``.
     """
 
     def __init__(self, size: int) -> None:
-        self._size = size
         self._queue: queue.SimpleQueue[
             tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]] | None
         ] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._busy = 0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"eventbus-handler-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def run(self, function: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        with self._lock:
-            self._busy += 1
-            if self._busy > len(self._threads) and len(self._threads) < self._size:
-                thread = threading.Thread(
-                    target=self._work, name=f"eventbus-handler-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
         self._queue.put((loop, future, function))
         return await future
 
@@ -418,9 +550,6 @@ class _Workers:
                 _settle(loop, future, error=error)
             else:
                 _settle(loop, future, result=result)
-            finally:
-                with self._lock:
-                    self._busy -= 1
 
     def shutdown(self) -> None:
         """Let every worker finish its current function, then end."""

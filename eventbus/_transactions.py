@@ -4,18 +4,24 @@ The core knows stdlib ``sqlite3`` connections; an outbox store for another libra
 SQLAlchemy integration) supplies a control for its own resources. ``bus.atransaction``
 drives async resources (an ``AsyncSession``) through an ``AsyncTransactionControl``,
 which only an outbox store can supply.
+
+A resource already in a transaction is joined, not begun: the bus then needs to hear of
+the owner's commit to run after-commit handlers, which ``owner_commit`` offers where the
+resource can report it.
 """
 
 from __future__ import annotations
 
 import itertools
 import sqlite3
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import ConfigurationError
 
 __all__ = [
     "AsyncTransactionControl",
+    "CommitHook",
     "SQLiteTransaction",
     "TransactionControl",
     "async_control_for",
@@ -23,6 +29,10 @@ __all__ = [
 ]
 
 _savepoints = itertools.count(1)
+
+CommitHook = Callable[[list[Callable[[], None]]], None]
+"""Keeps callbacks until the transaction open on a resource commits (then runs them), and
+drops them if the part of that transaction open at the call rolls back."""
 
 
 class TransactionControl(Protocol):
@@ -42,6 +52,10 @@ class TransactionControl(Protocol):
 
     def rollback_to(self, savepoint: object) -> None: ...
 
+    def owner_commit(self) -> CommitHook | None:
+        """For a transaction open before ``bus.transaction()`` (which joins it): how to
+        wait for its commit, or None when this resource cannot report it."""
+
 
 class AsyncTransactionControl(Protocol):
     """``TransactionControl`` for an async resource: the same steps, awaited."""
@@ -59,6 +73,9 @@ class AsyncTransactionControl(Protocol):
     async def release(self, savepoint: object) -> None: ...
 
     async def rollback_to(self, savepoint: object) -> None: ...
+
+    def owner_commit(self) -> CommitHook | None:
+        """As ``TransactionControl.owner_commit`` (registering callbacks does no I/O)."""
 
 
 class SQLiteTransaction:
@@ -92,6 +109,12 @@ class SQLiteTransaction:
     def rollback_to(self, savepoint: object) -> None:
         self._connection.execute(f"ROLLBACK TO {savepoint}")
         self._connection.execute(f"RELEASE {savepoint}")
+
+    def owner_commit(self) -> CommitHook | None:
+        """None: the sqlite3 module has no commit hook, and ``in_transaction`` turning
+        False does not say whether the transaction committed or rolled back. Durable
+        rows still join (they commit or vanish with the owner's transaction)."""
+        return None
 
 
 def control_for(resource: Any, outbox: Any) -> TransactionControl:

@@ -37,6 +37,7 @@ from ._cli_app import (
     Parser,
     UsageError,
     app_options,
+    close_loaded,
     load_bus,
 )
 from ._cli_dlq import add_dlq
@@ -104,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        code: int = args.run(args)
+        try:
+            code: int = args.run(args)
+        finally:
+            close_loaded()
     except UsageError as exc:
         print(f"eventbus: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,6 +9,7 @@ Misuse errors also subclass the builtin a caller would already catch, so
     │   ├── DuplicateEventError               two classes claim one wire name (or one class two)
     │   ├── UnknownEventError                 a wire name or a class the registry does not know
     │   ├── HandlerSignatureError(TypeError)  a handler's annotation says no event type
+    │   ├── TransactionScopeError             a publish would escape the caller's transaction
     │   └── UnknownTransportError(LookupError)  a URL scheme no transport serves
     ├── NotAnEventError(TypeError)            publish() was given something that is not an event
     ├── MissingDependencyError(ImportError)   an integration's extra is not installed
@@ -66,6 +67,7 @@ __all__ = [
     "RetryLater",
     "SerializationError",
     "SkipEvent",
+    "TransactionScopeError",
     "TransportError",
     "UnknownEventError",
     "UnknownTransportError",
@@ -103,6 +105,18 @@ class UnknownEventError(ConfigurationError, LookupError):
 
 class HandlerSignatureError(ConfigurationError, TypeError):
     """A handler's signature does not say which event it takes, or says it wrongly."""
+
+
+class TransactionScopeError(ConfigurationError):
+    """A durable or after-commit publish would escape the transaction it is made in.
+
+    Raised before any handler runs, with nothing written: a publish outside
+    ``bus.transaction()`` while the caller's own transaction on the outbox's database is
+    open (its outbox row would commit on its own, its after-commit handlers run before
+    that transaction commits), or an after-commit publish in a joined transaction whose
+    commit the bus cannot see. The fix is ``with bus.transaction(session):``, which joins
+    the open transaction.
+    """
 
 
 class UnknownTransportError(ConfigurationError, LookupError):

@@ -128,7 +128,10 @@ class OutboxStore(Protocol):
     in other processes wake the relay; returns a function that stops listening);
     ``is_contention(error)`` (a lock wait or deadlock of the store's driver, retried
     without counting an attempt); ``schema_sql()`` and ``create_schema()`` (for
-    ``eventbus outbox init``). ``complete`` writes the inbox marks of ``processed`` even
+    ``eventbus outbox init``); ``open_transaction()`` (a resource of the store's
+    database with a transaction that the current thread or task began and that is still
+    open, or None: a durable or after-commit publish outside ``bus.transaction()`` is
+    refused while there is one). ``complete`` writes the inbox marks of ``processed`` even
     when the fence deletes no row: those handlers did run.
     """
 

@@ -57,6 +57,7 @@ Per database:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -77,12 +78,19 @@ try:
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.dialects import mysql, postgresql, sqlite
     from sqlalchemy.engine import Connection, Engine
-    from sqlalchemy.orm import Session, SessionTransaction
+    from sqlalchemy.orm import Session, SessionTransaction, scoped_session
     from sqlalchemy.schema import CreateIndex, CreateTable
 except ImportError as error:  # pragma: no cover - the extra is installed in development
     raise MissingDependencyError(
         'eventbus_contrib.sqlalchemy needs SQLAlchemy 2: pip install "eventbus[sqlalchemy]"'
     ) from error
+
+from ._sqlalchemy_transactions import (
+    after_session_commit,
+    open_resources,
+    watch_engine,
+    watch_sessions,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -95,7 +103,7 @@ if TYPE_CHECKING:
     )
     from sqlalchemy.pool import ConnectionPoolEntry
 
-    from eventbus._transactions import AsyncTransactionControl, TransactionControl
+    from eventbus._transactions import AsyncTransactionControl, CommitHook, TransactionControl
 
 __all__ = ["SQLAlchemyOutbox", "outbox_tables"]
 
@@ -312,6 +320,11 @@ class SQLAlchemyOutbox:
             self._writer = engine.execution_options(isolation_level="READ COMMITTED")
             self._reader = self._writer
             self._handler_engine = engine
+        # So that a durable publish outside bus.transaction() while this thread holds a
+        # transaction on this database is refused (open_transaction), and so that a
+        # joined session's commit runs what waits for it.
+        watch_sessions()
+        watch_engine(engine)
         self.outbox, self.inbox = outbox_tables(
             sa.MetaData() if metadata is None else metadata, prefix=prefix
         )
@@ -907,7 +920,9 @@ class SQLAlchemyOutbox:
             yield session
 
     def transaction_control(self, resource: object) -> TransactionControl | None:
-        """How ``bus.transaction()`` drives a ``Session`` or a ``Connection`` (else None)."""
+        """How ``bus.transaction()`` drives a ``Session`` (also behind a
+        ``scoped_session``) or a ``Connection`` (else None)."""
+        resource = _unscoped(resource)
         if isinstance(resource, Session):
             self._check_bind(resource, "bus.transaction()")
             return _SessionControl(resource, self.outbox, immediate=self._kind == "sqlite")
@@ -922,12 +937,26 @@ class SQLAlchemyOutbox:
         asyncio = _asyncio()
         if asyncio is None:
             return None
+        resource = _unscoped(resource)
         if isinstance(resource, asyncio.AsyncSession):
             self._check_async_bind(resource, "bus.atransaction()")
             return _AsyncControl(resource)
         if isinstance(resource, asyncio.AsyncConnection):
             self._check_async_bind(resource, "bus.atransaction()")
             return _AsyncControl(resource)
+        return None
+
+    def open_transaction(self) -> Session | Connection | None:
+        """A session or connection on this outbox's database with a transaction that this
+        thread or task began and that is still open, or None. A durable publish outside
+        ``bus.transaction()`` is refused while there is one: its row would commit on the
+        side. (Async engines are seen once ``bus.atransaction()`` has met them; every
+        session, sync or async, is seen from the start.)"""
+        mine = _database(self._engine.url)
+        for resource in open_resources():
+            engine = _engine_of(resource, self.outbox)
+            if engine is not None and _database(engine.url) == mine:
+                return resource
         return None
 
     # -- plumbing ------------------------------------------------------------------------
@@ -993,10 +1022,12 @@ class SQLAlchemyOutbox:
                 f"{what} got a {kind} on {theirs}, but the outbox is on {self._url}: use "
                 "an async engine on the outbox's database"
             )
+        watch_engine(engine)  # its connections' transactions are seen from now on
 
     async def _ajoined(self, resource: object, what: str) -> AsyncConnection:
         """The async connection of the caller's AsyncSession or AsyncConnection."""
         asyncio = _asyncio()
+        resource = _unscoped(resource)
         connection: AsyncConnection
         if asyncio is not None and isinstance(resource, asyncio.AsyncSession):
             self._check_async_bind(resource, what)
@@ -1021,6 +1052,7 @@ class SQLAlchemyOutbox:
 
     def _joined(self, resource: object, what: str) -> Connection:
         """The connection of the caller's Session or Connection, in its transaction."""
+        resource = _unscoped(resource)
         if isinstance(resource, Session):
             self._check_bind(resource, what)
             connection = resource.connection(bind_arguments={"clause": self.outbox})
@@ -1069,7 +1101,8 @@ class SQLAlchemyOutbox:
 
 
 class _SessionControl:
-    """``bus.transaction(session)``: the session's transaction, savepoints by begin_nested."""
+    """``bus.transaction(session)``: the session's transaction, savepoints by begin_nested;
+    a transaction the application began is joined, and its commit heard (Session events)."""
 
     def __init__(self, session: Session, table: sa.Table, *, immediate: bool) -> None:
         self._session = session
@@ -1107,6 +1140,9 @@ class _SessionControl:
 
     def rollback_to(self, savepoint: object) -> None:
         cast("SessionTransaction", savepoint).rollback()
+
+    def owner_commit(self) -> CommitHook | None:
+        return functools.partial(after_session_commit, self._session)
 
 
 class _ConnectionControl:
@@ -1149,6 +1185,11 @@ class _ConnectionControl:
     def rollback_to(self, savepoint: object) -> None:
         cast("sa.NestedTransaction", savepoint).rollback()
 
+    def owner_commit(self) -> CommitHook | None:
+        """None: Core has no event after a COMMIT succeeded (its ``commit`` event comes
+        before the COMMIT is sent, which can still fail)."""
+        return None
+
 
 class _AsyncControl:
     """``bus.atransaction(resource)`` for an AsyncSession or an AsyncConnection: both
@@ -1178,6 +1219,14 @@ class _AsyncControl:
     async def rollback_to(self, savepoint: object) -> None:
         await cast("AsyncSessionTransaction | AsyncTransaction", savepoint).rollback()
 
+    def owner_commit(self) -> CommitHook | None:
+        """An AsyncSession's commit is heard through its sync session's events; an
+        AsyncConnection's cannot be (see ``_ConnectionControl.owner_commit``)."""
+        sync_session = getattr(self._resource, "sync_session", None)
+        if isinstance(sync_session, Session):
+            return functools.partial(after_session_commit, sync_session)
+        return None
+
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -1190,6 +1239,28 @@ def _asyncio() -> Any:
     except ImportError:
         return None
     return module
+
+
+def _unscoped(resource: object) -> object:
+    """The session a ``scoped_session`` (Flask-SQLAlchemy's ``db.session``) or an
+    ``async_scoped_session`` stands for in this thread or task; anything else as it is."""
+    if isinstance(resource, scoped_session):
+        return resource()
+    asyncio = _asyncio()
+    if asyncio is not None and isinstance(resource, asyncio.async_scoped_session):
+        return resource()
+    return resource
+
+
+def _engine_of(resource: Session | Connection, table: sa.Table) -> Engine | None:
+    """The engine ``resource`` runs ``table``'s statements on, or None if it has none."""
+    if isinstance(resource, Connection):
+        return resource.engine
+    try:
+        bind = resource.get_bind(clause=table)
+    except sa_exc.UnboundExecutionError:
+        return None
+    return bind.engine if isinstance(bind, Connection) else bind
 
 
 def _database(url: URL) -> tuple[object, ...]:

@@ -31,6 +31,7 @@ import functools
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -47,6 +48,8 @@ from ..transports._link import FORWARD
 from ._rows import first_failure
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._bus import EventBus
     from .._envelope import Envelope
     from .._handlers import Handler
@@ -128,9 +131,18 @@ def _marks(handled: list[_Item]) -> list[tuple[str, uuid.UUID]]:
 
 logger = masked_logger("eventbus.relay")
 
+
+def _rows(count: int) -> str:
+    return "row" if count == 1 else "rows"
+
+
 _MISSING_HANDLER_DELAY = 60.0
 _STORE_RETRY_DELAY = 60.0
 """Seconds before a row whose dead letter could not be stored is tried again."""
+
+_DUE_MARGIN = 1.0
+"""Seconds past its due time (on this process's clock) after which a row this relay put
+back, and that a claim did not return, is taken to be another relay's."""
 
 _INLINE_BUDGET = 0.005
 """Seconds of plain sync handlers the claiming worker thread runs itself, one after
@@ -157,6 +169,26 @@ class Relay:
         self._stopping = False
         self._stopped = False
         self._in_flight: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.active = False
+        """Whether ``run`` is scheduled or running (the lifecycle sets it when it hands
+        ``run`` to the runtime; ``run`` clears it when it ends)."""
+        # Rows this relay put back for a later attempt: id -> (handler, when it is due, on
+        # the monotonic clock). They are in flight: drain waits for them.
+        self._waiting: dict[int, tuple[str, float]] = {}
+        self._waiting_lock = threading.Lock()
+
+    def rearm(self) -> None:
+        """Get ready to ``run`` again after a stop, on whatever loop runs it next.
+
+        The rows waiting for a retry are kept: they are still this process's to wait for.
+        """
+        self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()
+        self._delivered = False
+        self._stopping = False
+        self._stopped = False
+        self._task = None
 
     def nudge(self) -> None:
         """A commit wrote rows: look now instead of at the next poll (thread-safe)."""
@@ -171,6 +203,72 @@ class Relay:
         self._stopping = True
         self.nudge()
 
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Stop, and wait (up to ``timeout``) until ``run`` returned: the batch in hand is
+        finished, its rows completed or put back (call on the runtime's loop)."""
+        self._stopping = True
+        self._wake.set()
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            await asyncio.wait([task], timeout=timeout)
+
+    # -- what drain waits for ------------------------------------------------------------
+
+    def next_due(self) -> float | None:
+        """Seconds until the first row this relay put back for a retry is due (<= 0: due
+        now); None when no row waits."""
+        with self._waiting_lock:
+            if not self._waiting:
+                return None
+            return min(due for _, due in self._waiting.values()) - time.monotonic()
+
+    def unfinished(self) -> str:
+        """What this relay still holds or waits for, in words (empty: nothing)."""
+        parts = []
+        in_hand = len(self._in_flight)
+        if in_hand:
+            parts.append(f"{in_hand} outbox {_rows(in_hand)} in delivery")
+        with self._waiting_lock:
+            waiting = list(self._waiting.values())
+        if waiting:
+            now = time.monotonic()
+            by_handler: dict[str, list[float]] = {}
+            for handler, due in waiting:
+                by_handler.setdefault(handler, []).append(due - now)
+            named = ", ".join(
+                f"{handler}: {len(dues)}, next in {max(0.0, min(dues)):.1f}s"
+                for handler, dues in sorted(by_handler.items())
+            )
+            parts.append(
+                f"{len(waiting)} outbox {_rows(len(waiting))} waiting for a retry ({named})"
+            )
+        return "; ".join(parts)
+
+    def _waits(self, row: ClaimedRow, delay: float) -> None:
+        """``row`` was put back for another attempt in ``delay`` seconds (worker thread).
+
+        Its due time is taken after the database stamped its own, so it is never earlier
+        than the time the database makes the row claimable again."""
+        with self._waiting_lock:
+            self._waiting[row.id] = (row.destination, time.monotonic() + delay)
+
+    def _claimed(self, started: float, rows: list[ClaimedRow]) -> None:
+        """A claim that started at ``started`` took ``rows`` (worker thread)."""
+        with self._waiting_lock:
+            if not self._waiting:
+                return
+            for row in rows:
+                self._waiting.pop(row.id, None)
+            if len(rows) < self._batch:
+                # A short claim took every row that was claimable. A row of ours that was
+                # due well before it started, and is not among them, is another relay's
+                # now (or delivered by it): this process no longer waits for it. "Well":
+                # the database's clock is coarser than ours (SQLite's 'now' is whole
+                # milliseconds), so a row due a moment ago may not be due there yet.
+                for row_id, (_, due) in list(self._waiting.items()):
+                    if due <= started - _DUE_MARGIN:
+                        del self._waiting[row_id]
+
     async def settle(self) -> bool:
         """Wake the relay and wait until a claim finds nothing due.
 
@@ -178,6 +276,8 @@ class Relay:
         deliveries may have published more).
         """
         self._delivered = False
+        if self._stopped or not self.active:
+            return False  # nothing runs to ask
         # Only a claim that starts after this request counts: one already under way may
         # have read the outbox before a commit this caller wants to see delivered.
         wanted = self._cycle + 1
@@ -199,9 +299,21 @@ class Relay:
         finished at a time, and only a full batch is followed by a claim at once: after a
         short one, the next claim waits for its completion.
         """
+        self._task = asyncio.current_task()
+        try:
+            await self._relay()
+        except Exception:
+            # A bug, not a delivery's failure (those are handled inside): say so, and let
+            # the next commit start the relay again rather than leave drain waiting.
+            logger.exception("the relay stopped on an error; the next commit starts it again")
+        finally:
+            self.active = False
+            self._stopped = True
+            self._quiet.set()  # nobody waits for a relay that has stopped
+
+    async def _relay(self) -> None:
         renewer = asyncio.create_task(self._renew_leases())
-        listen = getattr(self._outbox, "listen", None)  # commits in other processes
-        stop_listening = await self._bus._runtime.run_sync(listen, self.nudge) if listen else None
+        stop_listening = await self._listen()
         finishing: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
@@ -259,6 +371,24 @@ class Relay:
             self._stopped = True
             self._quiet.set()  # nobody waits for a relay that has stopped
 
+    async def _listen(self) -> Callable[[], None] | None:
+        """Be woken by commits in other processes, where the store can tell (PostgreSQL
+        LISTEN); returns how to stop. Only an early wake-up: when it cannot start (no
+        connection, or no new thread in an exiting Python 3.12), polling carries on."""
+        listen = getattr(self._outbox, "listen", None)
+        if listen is None:
+            return None
+        try:
+            stop: Callable[[], None] | None = await self._bus._runtime.run_sync(listen, self.nudge)
+        except Exception:
+            logger.warning(
+                "the relay cannot listen for commits in other processes; it polls every %ss",
+                self._poll_interval,
+                exc_info=True,
+            )
+            return None
+        return stop
+
     async def _finish_guarded(self, batch: _Batch) -> None:
         """Finish a batch; a database error while settling it (a lock held too long, a
         lost connection) leaves its rows leased, to come back when the lease runs out.
@@ -273,11 +403,13 @@ class Relay:
     def _claim_and_work(self) -> _Batch | None:
         """On a worker thread: claim a batch and do its thread work; None when nothing
         was claimed (or the claim failed: the next cycle tries again)."""
+        started = time.monotonic()
         try:
             rows = self._outbox.claim(owner=self.owner, batch=self._batch, lease=self._lease)
         except Exception:
             logger.exception("the relay could not claim outbox rows; trying again")
             return None
+        self._claimed(started, rows)
         if not rows:
             return None
         # Set operations on ints are atomic under the GIL: the renewer on the loop may read
@@ -436,6 +568,7 @@ class Relay:
                     f"no durable handler named {row.destination!r} in this process",
                     _MISSING_HANDLER_DELAY,
                     count_attempt=False,
+                    retry=False,
                 )
                 continue
             items.append(_Item(row, envelope, handler))
@@ -524,6 +657,11 @@ class Relay:
                 )
                 return False
             return True
+        runtime = self._bus._runtime
+        if runtime.injected_sleep:
+            # Tests: the injected sleep stands for the wait, and the row is due at once.
+            await runtime.sleep(delay)
+            delay = 0.0
         await self._reschedule(row, describe_error(error), delay)
         return False
 
@@ -535,14 +673,24 @@ class Relay:
         )
 
     def _reschedule_now(
-        self, row: ClaimedRow, error: str, delay: float, *, count_attempt: bool = True
+        self,
+        row: ClaimedRow,
+        error: str,
+        delay: float,
+        *,
+        count_attempt: bool = True,
+        retry: bool = True,
     ) -> None:
+        """Put ``row`` back for a later attempt; ``retry``: this relay will make that
+        attempt (so drain waits for it), not a process that has the handler."""
         attempts = row.attempts + 1 if count_attempt else row.attempts
         kept = self._outbox.reschedule(
             row.id, owner=self.owner, attempts=attempts, delay=delay, error=error
         )
         if not kept:
             logger.warning("outbox row %d was taken over by another relay mid-delivery", row.id)
+        elif retry:
+            self._waits(row, delay)
 
     async def _bury_undecodable(self, row: ClaimedRow, error: Exception) -> bool:
         """A row whose bytes cannot become an envelope: keep it as a dead letter, raw.

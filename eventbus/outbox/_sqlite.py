@@ -13,6 +13,11 @@ across several relays.
 
 Durability: WAL with ``synchronous=NORMAL`` survives a process crash, not a power loss;
 pass ``synchronous="FULL"`` for that.
+
+The store remembers, per thread, the application connections it knows (made by
+``connect()``, set up by ``configure()``, or given to ``bus.transaction()``), weakly, so
+that a durable publish outside ``bus.transaction()`` while one of them is inside a
+transaction is refused instead of committing its row on the side (``open_transaction``).
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .._redact import redact
+from .._transactions import SQLiteTransaction
 from ..errors import ConfigurationError, OutboxError
 from ._rows import ClaimedRow, OutboxStatus, PendingRow
 
@@ -98,6 +105,21 @@ _ADDED_COLUMNS = (("first_failed_at", "REAL"),)
 """Columns added to eventbus_outbox after its first release, with their types: a store
 that creates the schema adds those an existing table lacks; one that may not
 (``create=False``) refuses to start, giving the statements to run."""
+
+
+class _KnownConnection(sqlite3.Connection):
+    """A sqlite3 connection the outbox can refer to weakly (the stdlib class cannot be):
+    remembering it must not keep it open, nor its transaction with it."""
+
+
+class _Known(threading.local):
+    """This thread's application connections, each with the database file it is on."""
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[weakref.ref[sqlite3.Connection], str]] = []
+
+
+_known = _Known()
 
 
 class SQLiteOutbox:
@@ -236,6 +258,33 @@ class SQLiteOutbox:
     def configure(self, connection: sqlite3.Connection) -> None:
         """Set up an application connection to share the database with the relay."""
         connection.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+        self._remember(connection)
+
+    def _remember(self, connection: sqlite3.Connection) -> None:
+        """Know ``connection`` in this thread (if it can be referred to weakly: the stdlib
+        class cannot, ``connect()``'s can), forgetting those closed or gone."""
+        if type(connection) is sqlite3.Connection:
+            return
+        try:
+            reference = weakref.ref(connection)
+        except TypeError:  # a subclass with __slots__ and no __weakref__
+            return
+        kept = [(ref, path) for ref, path in _known.connections if _open(ref())]
+        if not any(ref() is connection for ref, _ in kept):
+            kept.append((reference, self._path))
+        _known.connections = kept
+
+    def open_transaction(self) -> sqlite3.Connection | None:
+        """A connection this thread knows, on this database, that is inside a
+        transaction: a durable publish outside ``bus.transaction()`` must not commit its
+        row beside it. None when there is none."""
+        for ref, path in _known.connections:
+            connection = ref()
+            if path != self._path or connection is None or not _open(connection):
+                continue
+            if connection.in_transaction:
+                return connection
+        return None
 
     # -- the publisher's side ----------------------------------------------------------
 
@@ -406,8 +455,11 @@ class SQLiteOutbox:
             return own.execute(statement, (handler, str(envelope_id))).rowcount == 1
 
     def connect(self) -> sqlite3.Connection:
-        """A new connection to the application's database, set up like the relay's."""
-        connection = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+        """A new connection to the application's database, set up like the relay's (and
+        known to the outbox in this thread, see ``open_transaction``)."""
+        connection = sqlite3.connect(
+            self._path, timeout=self._timeout, isolation_level=None, factory=_KnownConnection
+        )
         self.configure(connection)
         return connection
 
@@ -436,9 +488,13 @@ class SQLiteOutbox:
         finally:
             connection.close()
 
-    def transaction_control(self, resource: object) -> None:
-        """No control of its own: bus.transaction() drives sqlite3 connections natively."""
-        del resource
+    def transaction_control(self, resource: object) -> SQLiteTransaction | None:
+        """How ``bus.transaction()`` drives a sqlite3 connection (else None); the
+        connection is known to the outbox in this thread from now on."""
+        if not isinstance(resource, sqlite3.Connection):
+            return None
+        self._remember(resource)
+        return SQLiteTransaction(resource)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -468,3 +524,14 @@ class SQLiteOutbox:
             if not self._closed:
                 self._closed = True
                 self._connection.close()
+
+
+def _open(connection: sqlite3.Connection | None) -> bool:
+    """Whether ``connection`` is still there, open, and usable from this thread."""
+    if connection is None:
+        return False
+    try:
+        connection.total_changes  # noqa: B018 - raises ProgrammingError once closed
+    except sqlite3.ProgrammingError:
+        return False
+    return True

@@ -19,12 +19,14 @@ from .. import hooks
 from .._delivery import bury
 from .._redact import describe_error, masked_logger
 from ..deadletters import DeadLetter
-from ..errors import MessageRejectedError
+from ..errors import ConfigurationError, MessageRejectedError
 from ..outbox._rows import first_failure
 from ._message import Message
 from ._worker import Worker
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._bus import EventBus
     from .._envelope import Envelope
     from ..outbox import ClaimedRow
@@ -54,12 +56,20 @@ class TransportLink:
     """Owns the transport of one bus: connects it once, forwards rows, runs the worker."""
 
     def __init__(
-        self, bus: EventBus, transport: Transport, *, group: str, max_deliveries: int
+        self,
+        bus: EventBus,
+        transport: Transport,
+        *,
+        group: str,
+        max_deliveries: int,
+        remake: Callable[[], Transport] | None = None,
     ) -> None:
         self._bus = bus
         self.transport = transport
         self.group = group
         self.max_deliveries = max_deliveries
+        self._remake = remake
+        self._closed = False
         self._connected = False
         self._lock: asyncio.Lock | None = None
         self.worker: Worker | None = None
@@ -70,6 +80,25 @@ class TransportLink:
         self._declared = asyncio.Event()
         """Set once this bus's worker has declared its subscription (or could not reach
         the broker, or stopped): until then the relay holds its first publish."""
+
+    def reopen(self) -> None:
+        """After ``astop``: a new transport for the next start (its connections belong to
+        the loop that runs it, and a stop may be followed by a start on a new loop)."""
+        if not self._closed:
+            return
+        if self._remake is None:
+            raise ConfigurationError(
+                f"this bus was stopped, which closed the transport it was given "
+                f"({self.transport!r}), and a transport instance cannot be opened again: "
+                "build the bus with transport_url=... (or EVENTBUS_TRANSPORT_URL) so that "
+                "each start connects anew"
+            )
+        self.transport = self._remake()
+        self._closed = False
+        # The last stop set these for good; the new start declares again, on its own loop.
+        self._stopping = False
+        self._connecting = False
+        self._declared = asyncio.Event()
 
     async def ready(self) -> Transport:
         """The transport, connected (once, whoever asks first)."""
@@ -264,6 +293,20 @@ class TransportLink:
                 task.cancel()
             await asyncio.wait([task], timeout=timeout)
         await self.transport.aclose()
+
+    async def astop(self, timeout: float = 10.0) -> None:
+        """``aclose``, then forget the worker and the connection, so that ``reopen`` and a
+        new worker can follow (a bus stopped and started again)."""
+        if self._closed:
+            return
+        try:
+            await self.aclose(timeout)
+        finally:
+            self._closed = True
+            self._connected = False
+            self._lock = None
+            self.worker = None
+            self._worker_task = None
 
 
 def _message(row: ClaimedRow) -> Message:

@@ -299,6 +299,11 @@ class Worker:
         )
         await bury(self._bus, letter)
 
+    @property
+    def in_hand(self) -> int:
+        """Messages taken from the transport and not finished yet."""
+        return len(self._in_flight)
+
     async def _finish_in_flight(self) -> None:
         if self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)

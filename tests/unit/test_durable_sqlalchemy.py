@@ -23,7 +23,7 @@ import tenacity
 from eventbus_contrib.sqlalchemy import SQLAlchemyOutbox
 from sqlalchemy.orm import Session
 
-from eventbus import ConfigurationError, Envelope, EventBus, EventRegistry, RetryPolicy, event
+from eventbus import Envelope, EventBus, EventRegistry, RetryPolicy, event
 from eventbus.outbox import PendingRow
 
 REGISTRY = EventRegistry()
@@ -225,23 +225,6 @@ def test_a_rolled_back_savepoint_drops_only_its_own_publishes(
     assert sorted(durable) == [1, 4, 5]
     assert sorted(after) == [1, 4, 5]
     assert numbers_in(engine, orders) == [1, 4]  # the savepoint really rolled back
-    assert outbox_rows(engine, bus) == 0
-
-
-def test_a_session_already_in_a_transaction_is_refused(
-    bus: EventBus, engine: sa.Engine, tables: Tables
-) -> None:
-    bus.subscribe(OrderPlaced, name="keep", delivery="durable")(lambda e: None)
-    with Session(engine) as session:
-        session.execute(sa.insert(tables.orders).values(number=1))  # autobegun
-
-        with pytest.raises(ConfigurationError, match="already has an open transaction"):
-            with bus.transaction(session):
-                bus.publish(OrderPlaced(number=1))
-
-        assert session.in_transaction()  # the application's own transaction is left alone
-        session.commit()
-    assert numbers_in(engine, tables.orders) == [1]
     assert outbox_rows(engine, bus) == 0
 
 

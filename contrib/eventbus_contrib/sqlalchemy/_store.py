@@ -258,7 +258,7 @@ class SQLAlchemyOutbox:
         seen = self._dialect.claim_reports_seen
         with self._begin("claim outbox rows") as connection:
             found = self._dialect.claim(connection, owner=owner, batch=batch, lease=lease)
-        # Rows unpacked by position (the order of CLAIMED): a Row's attributes by name
+        # Rows unpacked by position (the dialects' CLAIMED order): a Row's attributes by name
         # cost a lookup each, which shows on batches of hundreds.
         rows = [
             ClaimedRow(

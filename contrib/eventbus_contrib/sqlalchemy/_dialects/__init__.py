@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from .._core import ConfigurationError
-from .base import CLAIMED, Notifier, OutboxDialect
+from .base import OutboxDialect
 from .mysql import MySQLDialect
 from .postgresql import PostgreSQLDialect
 from .sqlite import SQLiteDialect
@@ -20,9 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 __all__ = [
-    "CLAIMED",
     "MySQLDialect",
-    "Notifier",
     "OutboxDialect",
     "PostgreSQLDialect",
     "SQLiteDialect",

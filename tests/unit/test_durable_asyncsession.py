@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
@@ -273,8 +274,11 @@ def test_a_resource_it_cannot_drive_is_refused(
             with pytest.raises(ConfigurationError, match=r"bus\.transaction\(\)"):
                 async with bus.atransaction(session):
                     pass
-        with pytest.raises(ConfigurationError, match="cannot drive a Connection"):
-            async with bus.atransaction(sqlite3.connect(":memory:")):
+        with (
+            closing(sqlite3.connect(":memory:")) as raw,
+            pytest.raises(ConfigurationError, match="cannot drive a Connection"),
+        ):
+            async with bus.atransaction(raw):
                 pass
         async with AsyncSession() as unbound:  # bound to no engine
             with pytest.raises(ConfigurationError, match="bound to an async engine"):

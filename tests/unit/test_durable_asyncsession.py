@@ -301,6 +301,35 @@ def test_a_resource_it_cannot_drive_is_refused(
     assert outbox_rows(engine, bus) == 0
 
 
+def test_a_session_of_an_autocommit_async_engine_is_refused(
+    bus: EventBus, engine: sa.Engine, orders: sa.Table, postgresql: str
+) -> None:
+    """Its rows would commit at once, whatever became of the transaction. The engine-wide
+    setting shows only in the driver's flag (read through the async adapter)."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    got: list[int] = []
+    bus.subscribe(OrderPlaced, name="keep", delivery="durable")(lambda e: got.append(e.number))
+
+    async def body(async_engine: AsyncEngine) -> None:
+        autocommit = create_async_engine(
+            postgresql, connect_args=CONNECT_ARGS, isolation_level="AUTOCOMMIT"
+        )
+        try:
+            async with AsyncSession(autocommit) as session:
+                with pytest.raises(ConfigurationError, match="AUTOCOMMIT"):
+                    async with bus.atransaction(session):
+                        await bus.apublish(OrderPlaced(number=1))
+        finally:
+            await autocommit.dispose()
+        assert async_engine is not None
+
+    run_async(postgresql, body)
+    bus.drain(timeout=10)
+    assert got == []
+    assert outbox_rows(engine, bus) == 0
+
+
 def test_a_store_without_awrite_is_refused_at_entry(postgresql: str) -> None:
     del postgresql  # only for the skip: it needs async SQLAlchemy no more than the rest
 

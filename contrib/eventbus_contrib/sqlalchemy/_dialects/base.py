@@ -199,16 +199,29 @@ class OutboxDialect(ABC):
     # -- the application's sessions and connections -------------------------------------------
 
     def autocommits(self, connection: Connection) -> bool:
-        """Whether statements on ``connection`` commit one by one (AUTOCOMMIT)."""
+        """Whether statements on ``connection`` commit one by one (AUTOCOMMIT).
+
+        ``create_engine(isolation_level="AUTOCOMMIT")`` shows in no execution option: it
+        sets the driver's own flag on each new connection, so that flag is what to read.
+        """
         if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
             return True
         return self._driver_autocommits(connection)
 
     def _driver_autocommits(self, connection: Connection) -> bool:
-        """Whether the driver's own connection is in autocommit mode."""
-        detect = getattr(connection.dialect, "detect_autocommit_setting", None)  # SQLAlchemy 2.1
+        """Whether the driver's own connection is in autocommit mode. SQLAlchemy 2.1 reads
+        it for us (``Dialect.detect_autocommit_setting``); 2.0 has no such method, so the
+        driver's flag is read directly there."""
         raw = connection.connection.dbapi_connection
-        return detect is not None and raw is not None and bool(detect(raw))
+        if raw is None:
+            return False
+        detect = getattr(connection.dialect, "detect_autocommit_setting", None)  # SQLAlchemy 2.1
+        if detect is not None:
+            try:
+                return bool(detect(raw))
+            except NotImplementedError:  # a dialect that cannot tell
+                pass
+        return _driver_flag(raw)
 
     def check_engine(self, engine: Engine, outbox_engine: Engine, *, what: str, kind: str) -> None:
         """Refuse a session or connection (of type name ``kind``) on ``engine``, a
@@ -257,3 +270,18 @@ class ReturningDialect(OutboxDialect):
             )
             .returning(*returned)
         )
+
+
+def _driver_flag(raw: object) -> bool:
+    """The driver's autocommit flag, read without a round trip: a boolean ``autocommit``
+    (psycopg, psycopg2, pg8000, and SQLAlchemy's asyncpg and psycopg async adapters) or
+    ``get_autocommit()`` (PyMySQL, mysqlclient); an async adapter's driver is asked next
+    (aiomysql, asyncmy). A driver that shows neither counts as not autocommitting."""
+    for each in (raw, getattr(raw, "driver_connection", None)):
+        flag = getattr(each, "autocommit", None)
+        if isinstance(flag, bool):
+            return flag
+        get_autocommit = getattr(each, "get_autocommit", None)
+        if callable(get_autocommit):
+            return bool(get_autocommit())
+    return False

@@ -69,7 +69,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from eventbus import RedactingFilter, redact
-from eventbus._handlers import register_resource_type
 from eventbus.errors import ConfigurationError, MissingDependencyError, OutboxError
 from eventbus.outbox import ClaimedRow, OutboxStatus, PendingRow
 
@@ -103,13 +102,9 @@ if TYPE_CHECKING:
     )
     from sqlalchemy.pool import ConnectionPoolEntry
 
-    from eventbus._transactions import AsyncTransactionControl, CommitHook, TransactionControl
+    from eventbus.typing import AsyncTransactionControl, CommitHook, TransactionControl
 
 __all__ = ["SQLAlchemyOutbox", "outbox_tables"]
-
-# Durable handlers may take ``session: Session``: the relay hands them the session of
-# handler_transaction(), in which their inbox mark is written too.
-register_resource_type(Session)
 
 logger = logging.getLogger("eventbus.sqlalchemy")
 logger.addFilter(RedactingFilter())  # secrets masked in every record, as in the core

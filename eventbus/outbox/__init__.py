@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .._records import ClaimedRow, OutboxStatus, PendingRow
 from ._relay import Relay
-from ._rows import ClaimedRow, OutboxStatus, PendingRow
 from ._sqlite import SQLiteOutbox
 
 __all__ = ["ClaimedRow", "OutboxStatus", "PendingRow", "Relay", "SQLiteOutbox"]

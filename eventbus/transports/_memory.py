@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .._records import Capabilities, Message
 from .._redact import redact
 from ..errors import ConfigurationError, TransportError
-from ._message import Capabilities, Message
 from ._options import url_options
 
 if TYPE_CHECKING:

@@ -687,7 +687,7 @@ def test_a_handler_must_take_what_the_outbox_gives(tmp_path):
 def test_lock_contention_is_recognised_through_wrapping_errors():
     import sqlite3 as sqlite
 
-    from eventbus.outbox._relay import _contention
+    from eventbus.outbox._local import contention as _contention
 
     wrapper = RuntimeError("wrapped")
     wrapper.__cause__ = sqlite.OperationalError("database is locked")

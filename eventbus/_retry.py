@@ -130,9 +130,9 @@ def _state(*, attempt: int, error: BaseException, elapsed: float, idle: float) -
 
 @attrs.frozen
 class Backoff:
-    """Waits that double from ``first`` up to ``cap`` seconds, for retries that never give
-    up; ``jitter`` (0 to 1) takes up to that share off each wait, at random, so that many
-    retriers (relays, consumers) do not fall into step::
+    """Waits that grow from ``first`` up to ``cap`` seconds, ``factor`` times each time (they
+    double), for retries that never give up; ``jitter`` (0 to 1) takes up to that share off
+    each wait, at random, so that many retriers (relays, consumers) do not fall into step::
 
         backoff = Backoff(first=0.2, cap=30.0, jitter=0.5)
         await asyncio.sleep(backoff.delay(failures))  # 0.1-0.2 s, 0.2-0.4 s, ... 15-30 s
@@ -141,17 +141,25 @@ class Backoff:
     first: float
     cap: float
     jitter: float = 0.0
+    factor: float = 2.0
 
     def __attrs_post_init__(self) -> None:
-        if not 0 < self.first <= self.cap or not 0 <= self.jitter <= 1:
+        if not (0 < self.first <= self.cap and 0 <= self.jitter <= 1 and self.factor >= 1):
             raise ConfigurationError(
-                f"Backoff needs 0 < first <= cap and 0 <= jitter <= 1, got first={self.first!r}, "
-                f"cap={self.cap!r}, jitter={self.jitter!r}"
+                "Backoff needs 0 < first <= cap, 0 <= jitter <= 1 and factor >= 1, got "
+                f"first={self.first!r}, cap={self.cap!r}, jitter={self.jitter!r}, "
+                f"factor={self.factor!r}"
             )
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` failures in a row (0: the first retry)."""
-        wait = min(self.cap, self.first * 2.0 ** min(max(failures, 0), 64))
+        wait = self.first
+        if self.factor > 1:
+            for _ in range(failures):  # stops at the cap: a few steps, however many failures
+                wait *= self.factor
+                if wait >= self.cap:
+                    wait = self.cap
+                    break
         if self.jitter:
             wait *= 1.0 - random.uniform(0.0, self.jitter)  # noqa: S311 - jitter, not a secret
         return wait

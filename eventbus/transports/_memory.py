@@ -175,7 +175,6 @@ class MemoryTransport:
     capabilities: ClassVar[Capabilities] = Capabilities(
         persistent=False, ordered_per_key=True, consumer_groups=True, counts_deliveries=True
     )
-    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, name: str | None = None) -> None:
         if name is None:

@@ -231,7 +231,7 @@ class EventBus:
             relays=relay,
             link=self._link,
             worker=consumes,
-            on_close=self._mark_closed,
+            on_close=_weak_method(self._mark_closed),
         )
         self._routes: dict[type[Any], _Cached] = {}
         self._aroutes: dict[type[Any], _Cached] = {}
@@ -883,6 +883,18 @@ def _stop_at_exit(bus: EventBus) -> Callable[[], None]:
             alive.stop()
 
     return stop
+
+
+def _weak_method(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` of the bus, not keeping the bus alive (see ``_stop_at_exit``)."""
+    reference = weakref.WeakMethod(method)
+
+    def call() -> None:
+        alive = reference()
+        if alive is not None:
+            alive()
+
+    return call
 
 
 def _call(handler: Handler, event: object, frame: Frame) -> Any:

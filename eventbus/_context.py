@@ -9,10 +9,17 @@ handler's publishes join, and the sender the hooks name (the bus the application
 the hooks' documented sender, passed along and never looked into).
 
 So each of them can be built and tested on its own, with a context made of parts.
+
+The sender is held weakly: the bus holds its context, and a context holding the bus would
+make every bus a reference cycle, kept alive until the cyclic collector runs, where a bus
+nobody holds should be gone at once (a forgotten bus that still tracked causation would
+slow every other bus's publishes meanwhile).
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -26,6 +33,13 @@ if TYPE_CHECKING:
     from .typing import Codec, DeadLetterStore
 
 __all__ = ["Context"]
+
+
+def _weakly(sender: object) -> Callable[[], object]:
+    try:
+        return weakref.ref(sender)
+    except TypeError:  # not weakly referable (an object()): held as it is
+        return lambda: sender
 
 
 @attrs.frozen(eq=False)
@@ -42,5 +56,10 @@ class Context:
     transactions: Transactions
     """The bus's transactions: a connection-taking handler runs in one of its outbox's,
     and what the handler publishes joins that transaction's scope."""
-    sender: object
-    """What every hook is sent with: the bus the application holds."""
+    _sender: Callable[[], object] = attrs.field(alias="sender", converter=_weakly)
+
+    @property
+    def sender(self) -> object:
+        """What every hook is sent with: the bus the application holds (None once it is
+        gone; nothing it started is left running for long then)."""
+        return self._sender()

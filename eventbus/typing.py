@@ -369,8 +369,9 @@ class Transport(Protocol):
     otherwise: the relay then keeps the rows and tries again, so a message is never
     marked sent unconfirmed; ``MessageRejectedError`` for a message the broker will never
     take). ``subscribe`` yields messages of ``topics`` for the consumer ``group`` until the
-    iterator is closed; messages that were not acked by then are delivered again (to this
-    group), in order.
+    iterator is closed (an async generator's ``aclose``, which the worker calls when it
+    stops or subscribes again); messages that were not acked by then are delivered again
+    (to this group), in order.
 
     What a transport may offer beyond this, each its own protocol:
     ``SupportsRedeliveryTimeout``, ``SupportsDeclare``, ``SupportsPending``.

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import threading
 import uuid
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, cast
 
 from .._delivery import Outcome, attempt, bury, dead_letter
@@ -153,8 +154,12 @@ class Worker:
                     failures = 0
                 finally:
                     await self._finish_in_flight()
-                    with contextlib.suppress(Exception):
-                        await iterator.aclose()  # type: ignore[attr-defined]
+                    # Closing the subscription hands back what it held unacknowledged:
+                    # the async generators transports write close; any other iterator
+                    # is let go.
+                    if isinstance(iterator, AsyncGenerator):
+                        with contextlib.suppress(Exception):
+                            await iterator.aclose()
         finally:
             self._consuming = None
 

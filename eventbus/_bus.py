@@ -99,6 +99,7 @@ class _Route:
         "after_commit_names",
         "durable",
         "durable_names",
+        "event_name",
         "has_async",
         "info",
         "inline",
@@ -108,6 +109,7 @@ class _Route:
 
     def __init__(self, info: EventType, handlers: tuple[Handler, ...], *, observed: bool) -> None:
         self.info = info
+        self.event_name = info.cls.__qualname__
         self.inline = tuple(h for h in handlers if h.delivery == "inline")
         self.after_commit = tuple(h for h in handlers if h.delivery == "after_commit")
         self.durable = tuple(h for h in handlers if h.delivery == "durable")
@@ -592,14 +594,15 @@ class EventBus:
     def _run_inline(self, handler: Handler, event: object, frame: Frame, *, observed: bool) -> None:
         """One inline handler: its failure reaches the caller, after its own retries
         (``handler.retry`` only: an inline handler without one fails at once)."""
-        attempts = Attempts(self, handler, handler.retry)
+        started, attempts = time.monotonic(), None
         while True:
-            attempts.start()
             try:
                 _call(handler, event, frame)
             except SkipEvent:
                 break
             except Exception as error:
+                if attempts is None:  # made on the first failure only: most calls never fail
+                    attempts = Attempts(self, handler, handler.retry, started)
                 delay = attempts.failed(error, envelope_of(frame) if observed else None)
                 if delay is None:
                     raise
@@ -612,9 +615,8 @@ class EventBus:
     async def _arun_inline(
         self, handler: Handler, event: object, frame: Frame, *, observed: bool
     ) -> None:
-        attempts = Attempts(self, handler, handler.retry)
+        started, attempts = time.monotonic(), None
         while True:
-            attempts.start()
             try:
                 result = _call(handler, event, frame)
                 if inspect.isawaitable(result):
@@ -622,6 +624,8 @@ class EventBus:
             except SkipEvent:
                 break
             except Exception as error:
+                if attempts is None:
+                    attempts = Attempts(self, handler, handler.retry, started)
                 delay = attempts.failed(error, envelope_of(frame) if observed else None)
                 if delay is None:
                     raise
@@ -704,12 +708,7 @@ class EventBus:
                 "No handler was run"
             )
         if route.durable or route.after_commit:
-            self._transactions.check_publish(
-                route.info.cls.__qualname__,
-                durable=route.durable_names,
-                after_commit=route.after_commit_names,
-                is_async=is_async,
-            )
+            self._transactions.check_publish(route, is_async)
         return full_frame(event, route, checked_key, checked_headers)
 
     def _announce(self, frame: Frame) -> None:

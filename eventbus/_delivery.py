@@ -209,30 +209,36 @@ def after_failure(
 
 
 class Attempts:
-    """One handler's attempts at one envelope under ``policy``: their number, the time
-    since the first and the time spent waiting between them, and when the first failed.
+    """One handler's attempts at one envelope under ``policy``: how many failed, the time
+    since the first began (``started``, on the monotonic clock) and the time spent waiting
+    between them, and when the first failed.
 
-    Every attempt loop is this and a way to wait: ``start`` before each try, ``failed``
-    after a failure, which returns the wait before the next try, or None (give up).
+    Every attempt loop is this and a way to wait: ``failed`` after each failure returns
+    the wait before the next try, or None (give up). A loop that rarely fails (an inline
+    handler's) makes it only then, with the time its first attempt began.
     """
 
-    __slots__ = ("first_failed_at", "handler", "idle", "number", "policy", "sender", "started")
+    __slots__ = ("failures", "first_failed_at", "handler", "idle", "policy", "sender", "started")
 
-    def __init__(self, sender: object, handler: Handler, policy: RetryPolicy | None) -> None:
+    def __init__(
+        self,
+        sender: object,
+        handler: Handler,
+        policy: RetryPolicy | None,
+        started: float | None = None,
+    ) -> None:
         self.sender = sender
         self.handler = handler
         self.policy = policy
-        self.number = 0
-        self.started = time.monotonic()
+        self.failures = 0
+        self.started = time.monotonic() if started is None else started
         self.idle = 0.0
         self.first_failed_at: datetime | None = None
-
-    def start(self) -> None:
-        self.number += 1
 
     def failed(self, error: Exception, envelope: Envelope | None) -> float | None:
         """Count the failure (the hooks told when there is an ``envelope``); the wait
         before the next attempt, or None to give up."""
+        self.failures += 1
         self.first_failed_at = self.first_failed_at or datetime.now(UTC)
         delay = after_failure(
             self.sender,
@@ -240,7 +246,7 @@ class Attempts:
             self.handler,
             envelope,
             error,
-            attempt=self.number,
+            attempt=self.failures,
             elapsed=time.monotonic() - self.started,
             idle=self.idle,
         )
@@ -254,22 +260,22 @@ async def attempt(context: Context, handler: Handler, envelope: Envelope) -> Att
     up, waiting on the runtime between attempts; send the hooks."""
     attempts = Attempts(context.sender, handler, handler.retry or context.retry)
     while True:
-        attempts.start()
         try:
             ran = await run_handler(context, handler, envelope)
         except SkipEvent:
             _handled(context, handler, envelope)
-            return Attempted(Outcome.SKIPPED, attempts.number, None, attempts.first_failed_at)
+            outcome = Outcome.SKIPPED
         except Exception as error:
             delay = attempts.failed(error, envelope)
             if delay is None:
-                return Attempted(Outcome.FAILED, attempts.number, error, attempts.first_failed_at)
+                return Attempted(Outcome.FAILED, attempts.failures, error, attempts.first_failed_at)
             await context.runtime.sleep(delay)
+            continue
         else:
-            if not ran:
-                return Attempted(Outcome.DUPLICATE, attempts.number, None, attempts.first_failed_at)
-            _handled(context, handler, envelope)
-            return Attempted(Outcome.HANDLED, attempts.number, None, attempts.first_failed_at)
+            if ran:
+                _handled(context, handler, envelope)
+            outcome = Outcome.HANDLED if ran else Outcome.DUPLICATE
+        return Attempted(outcome, attempts.failures + 1, None, attempts.first_failed_at)
 
 
 def _handled(context: Context, handler: Handler, envelope: Envelope) -> None:

@@ -44,7 +44,7 @@ import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import ConfigurationError, TransactionScopeError
 from .typing import (
@@ -67,6 +67,15 @@ R = TypeVar("R")
 _savepoints = itertools.count(1)
 
 current_scope: ContextVar[Scope | None] = ContextVar("eventbus_current_scope", default=None)
+
+
+class Publishing(Protocol):
+    """What ``check_publish`` needs to know of a publish (the bus's route for its class)."""
+
+    event_name: str
+    """The event's class, as messages name it."""
+    durable_names: tuple[str, ...]
+    after_commit_names: tuple[str, ...]
 
 
 class Transactions:
@@ -262,30 +271,20 @@ class Transactions:
         assert outbox is not None
         outbox.write(connection, rows)
 
-    def check_publish(
-        self,
-        event: str,
-        *,
-        durable: Sequence[str],
-        after_commit: Sequence[str],
-        is_async: bool,
-    ) -> None:
-        """Before any handler runs: refuse a publish of ``event`` (its class's name) with
-        ``durable`` and ``after_commit`` handlers (their names) that would escape the
-        caller's transaction."""
+    def check_publish(self, publish: Publishing, is_async: bool) -> None:
+        """Before any handler runs: refuse a publish with durable or after-commit handlers
+        that would escape the caller's transaction (the general path only)."""
         scope = current_scope.get()
         if scope is not None and scope.owner is self:
-            if after_commit and not scope.sees_commit:
-                raise TransactionScopeError(_unseen_commit(event, after_commit, scope.connection))
+            if publish.after_commit_names and not scope.sees_commit:
+                raise TransactionScopeError(_unseen_commit(publish, scope.connection))
             return
         # No scope of this bus: a transaction open in this thread or task on the outbox's
         # database would be bypassed. Only the outbox knows which are open.
         find = self._open_transaction
         resource = None if find is None else find()
         if resource is not None:
-            raise TransactionScopeError(
-                _bypassed(event, durable, after_commit, resource, is_async=is_async)
-            )
+            raise TransactionScopeError(_bypassed(publish, resource, is_async=is_async))
 
     def handler_transaction(
         self, handler: str, envelope_id: uuid.UUID, run: Callable[[Any], object]
@@ -482,24 +481,18 @@ def _kind(resource: object) -> str:
     return type(resource).__qualname__
 
 
-def _bypassed(
-    event: str,
-    durable: Sequence[str],
-    after_commit: Sequence[str],
-    resource: object,
-    *,
-    is_async: bool,
-) -> str:
+def _bypassed(publish: Publishing, resource: object, *, is_async: bool) -> str:
+    event = publish.event_name
     kind = _kind(resource)
     argument = "session" if "Session" in kind else "connection"
-    if durable:
-        names = ", ".join(durable)
+    if publish.durable_names:
+        names = ", ".join(publish.durable_names)
         harm = (
             f"{event} has durable handlers ({names}): its outbox rows would commit on their "
             "own, whatever becomes of that transaction"
         )
     else:
-        names = ", ".join(after_commit)
+        names = ", ".join(publish.after_commit_names)
         harm = (
             f"{event} has after-commit handlers ({names}): they would run now, before that "
             "transaction commits, and even if it rolls back"
@@ -517,9 +510,10 @@ def _bypassed(
     )
 
 
-def _unseen_commit(event: str, after_commit: Sequence[str], resource: object) -> str:
+def _unseen_commit(publish: Publishing, resource: object) -> str:
+    event = publish.event_name
     kind = _kind(resource)
-    names = ", ".join(after_commit)
+    names = ", ".join(publish.after_commit_names)
     return (
         f"{event} has after-commit handlers ({names}), but this bus.transaction() joined a "
         f"transaction that the {kind} had begun before it, and a {kind} cannot tell the "

@@ -140,7 +140,7 @@ class TransportLink:
 
     async def _declare(self, worker: Worker) -> None:
         """Make the worker's subscription exist at the broker before it consumes, on a
-        transport that can (``declare``, optional): a RabbitMQ group's queue, without
+        transport that can (``SupportsDeclare``): a RabbitMQ group's queue, without
         which the relay's first messages would come back unroutable."""
         transport = self.transport
         topics = worker.topics()

@@ -10,11 +10,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._bus import EventBus
 from ._codec import JSONCodec
+from ._delivery import ReplayResult
 from ._envelope import Envelope, uuid7
 from ._events import EventRegistry, EventType, default_registry, event, upcaster
 from ._handlers import Delivery, Handler
 from ._redact import RedactingFilter, describe_error, redact
-from ._replay import ReplayResult
 from ._retry import RetryPolicy
 from .deadletters import DeadLetter, MemoryDeadLetterStore, SQLiteDeadLetterStore
 from .errors import (

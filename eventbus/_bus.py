@@ -16,6 +16,14 @@ is one dict lookup and then plain calls. A cached route is a triple
 
 The mode is an int rather than the route's class because unpacking a tuple and testing
 an int is cheaper than reading ``__class__``, which CPython 3.11 does not specialise.
+These tricks stay in this module; an inline handler with a retry policy of its own takes
+the general path, whose attempt loop is the pipeline's (``_delivery.Attempts``).
+
+The bus is the one object users hold, and nothing below it receives it. It owns the
+dispatch table and the hot path; what runs beside the publisher is its ``Lifecycle``
+(runtime, relay, worker, drain, close), the unit of work its ``Transactions``, and both,
+like every delivery, read the bus only through the narrow ``Context`` it makes once. It
+also chooses the relay's sink: this process's handlers, or a forwarder to its transport.
 """
 
 from __future__ import annotations
@@ -33,34 +41,37 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from . import hooks
 from ._bus_lifecycle import Lifecycle
-from ._bus_transactions import Transactions
 from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
 from ._codec import JSONCodec
 from ._config import load_settings, transport_from_settings
-from ._delivery import deliver
+from ._context import Context
+from ._delivery import Attempts, ReplayResult, deliver
 from ._envelope import Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
-from ._handlers import Delivery, Handler, inspect_handler
+from ._handlers import Delivery, Handler, HandlerTable, check_resource, inspect_handler
+from ._records import FORWARD, PendingRow
 from ._retry import RetryPolicy
 from ._runtime import Runtime
-from ._scope import current_scope
+from ._transactions import Transactions, current_scope
 from .deadletters import MemoryDeadLetterStore
 from .errors import (
     AsyncHandlerError,
-    BusClosedError,
     ConfigurationError,
     DeliveryUnavailableError,
-    DuplicateHandlerError,
-    HandlerSignatureError,
     NotAnEventError,
     SkipEvent,
 )
-from .outbox import PendingRow, Relay
-from .transports._link import FORWARD, TransportLink
+from .outbox._local import LocalHandlers
+from .transports._forward import Forwarder
+from .transports._link import TransportLink
 from .transports._resolve import transport_from_url
 
 if TYPE_CHECKING:
+    import uuid
+    from contextlib import AbstractAsyncContextManager, AbstractContextManager
+
     from ._events import EventInstance
+    from .outbox._relay import Sink
     from .typing import Codec, DeadLetterStore, OutboxStore, Transport
 
 __all__ = ["EventBus"]
@@ -85,7 +96,10 @@ class _Route:
 
     __slots__ = (
         "after_commit",
+        "after_commit_names",
         "durable",
+        "durable_names",
+        "event_name",
         "has_async",
         "info",
         "inline",
@@ -95,9 +109,12 @@ class _Route:
 
     def __init__(self, info: EventType, handlers: tuple[Handler, ...], *, observed: bool) -> None:
         self.info = info
+        self.event_name = info.cls.__qualname__
         self.inline = tuple(h for h in handlers if h.delivery == "inline")
         self.after_commit = tuple(h for h in handlers if h.delivery == "after_commit")
         self.durable = tuple(h for h in handlers if h.delivery == "durable")
+        self.after_commit_names = tuple(h.name for h in self.after_commit)
+        self.durable_names = tuple(h.name for h in self.durable)
         self.has_async = any(h.is_async for h in self.inline)
         self.observed = observed
         self.needs_envelope = (
@@ -113,7 +130,7 @@ class _Route:
         )
 
 
-class EventBus(Transactions, Lifecycle):
+class EventBus:
     """A typed, in-process event bus.
 
     Subscribe handlers with ``@bus.subscribe``; publish with ``bus.publish(event)`` from
@@ -127,25 +144,19 @@ class EventBus(Transactions, Lifecycle):
     __slots__ = (
         "__weakref__",
         "_aroutes",
-        "_by_type",
         "_captures",
-        "_closed",
-        "_codec",
-        "_dead_letters",
+        "_context",
         "_general",
         "_handlers",
+        "_life",
         "_link",
         "_linkers",
         "_lock",
         "_outbox",
-        "_registry",
-        "_relay",
-        "_relays",
-        "_retry",
         "_routes",
         "_runtime",
         "_sleep",
-        "_worker",
+        "_transactions",
     )
 
     def __init__(
@@ -190,18 +201,11 @@ class EventBus(Transactions, Lifecycle):
         process from consuming.
         A message delivered more than ``max_deliveries`` times (10) is dead-lettered.
         """
-        self._registry = default_registry if registry is None else registry
-        self._codec: Codec = JSONCodec(self._registry) if codec is None else codec
+        registry = default_registry if registry is None else registry
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}")
-        self._retry = RetryPolicy() if retry is None else retry
-        self._dead_letters: DeadLetterStore = (
-            MemoryDeadLetterStore() if dead_letters is None else dead_letters
-        )
         self._sleep = sleep
         self._outbox = outbox
-        self._relay: Relay | None = None
-        self._relays = relay
         self._runtime = Runtime(
             concurrency=concurrency,
             workers=workers,
@@ -209,9 +213,28 @@ class EventBus(Transactions, Lifecycle):
             shutdown_timeout=shutdown_timeout,
             on_exit=_stop_at_exit(self),
         )
-        self._link = self._make_link(transport_url, transport, group, max_deliveries, worker)
-        self._handlers: dict[str, Handler] = {}
-        self._by_type: dict[type[Any], list[Handler]] = {}
+        self._link, consumes = _link(transport_url, transport, group, max_deliveries, worker)
+        self._handlers = HandlerTable()
+        self._transactions = Transactions(outbox)
+        self._context = context = Context(
+            runtime=self._runtime,
+            registry=registry,
+            codec=JSONCodec(registry) if codec is None else codec,
+            handlers=self._handlers,
+            dead_letters=MemoryDeadLetterStore() if dead_letters is None else dead_letters,
+            retry=RetryPolicy() if retry is None else retry,
+            transactions=self._transactions,
+            sender=self,
+        )
+        self._life = Lifecycle(
+            context,
+            outbox=outbox,
+            sink=_sink(context, outbox, self._link),
+            relays=relay,
+            link=self._link,
+            worker=consumes,
+            on_close=_weak_method(self._mark_closed),
+        )
         self._routes: dict[type[Any], _Cached] = {}
         self._aroutes: dict[type[Any], _Cached] = {}
         self._general: dict[type[Any], _Route] = {}
@@ -219,46 +242,10 @@ class EventBus(Transactions, Lifecycle):
         # Handlers that can see an envelope (non-inline ones, those that take it): while
         # there are any, every publish tracks its cause so their envelopes link up.
         self._linkers = 0
-        self._closed = False
         # Reentrant: a hook receiver connected from inside a route build must not deadlock.
         self._lock = threading.RLock()
         hooks._watch(self)
         _buses.add(self)
-
-    def _make_link(
-        self,
-        transport_url: str | None,
-        transport: Transport | None,
-        group: str | None,
-        max_deliveries: int | None,
-        worker: bool | None,
-    ) -> TransportLink | None:
-        arguments = {
-            "transport_url": transport_url,
-            "group": group,
-            "max_deliveries": max_deliveries,
-            "worker": worker,
-        }
-        if transport is not None and transport_url is not None:
-            raise ConfigurationError("give transport_url or transport, not both")
-        settings = load_settings(arguments)
-        self._worker = settings.worker
-        remake = None
-        if transport is None:
-            transport = transport_from_settings(settings)  # a refusal names the URL's source
-            url = settings.transport_url
-            if transport is not None and url is not None:
-                # A stopped bus starts again with a new transport made from the same URL.
-                remake = functools.partial(transport_from_url, url)
-        if transport is None:
-            return None
-        return TransportLink(
-            self,
-            transport,
-            group=settings.group,
-            max_deliveries=settings.max_deliveries,
-            remake=remake,
-        )
 
     @property
     def transport(self) -> Transport | None:
@@ -266,33 +253,33 @@ class EventBus(Transactions, Lifecycle):
         return None if self._link is None else self._link.transport
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._life.closed else "open"
         return f"<EventBus {state}, {len(self._handlers)} handlers>"
 
     @property
     def registry(self) -> EventRegistry:
         """The registry this bus resolves events in."""
-        return self._registry
+        return self._context.registry
 
     @property
     def codec(self) -> Codec:
         """How envelopes are written to the wire, the outbox and the dead letters."""
-        return self._codec
+        return self._context.codec
 
     @property
     def retry_policy(self) -> RetryPolicy:
         """The default retry policy of after-commit and durable handlers."""
-        return self._retry
+        return self._context.retry
 
     @property
     def dead_letters(self) -> DeadLetterStore:
         """Where envelopes that handlers gave up on are kept."""
-        return self._dead_letters
+        return self._context.dead_letters
 
     @property
     def closed(self) -> bool:
         """Whether ``close`` was called; a closed bus refuses publishes and subscriptions."""
-        return self._closed
+        return self._life.closed
 
     # -- subscribing -----------------------------------------------------------------
 
@@ -365,21 +352,20 @@ class EventBus(Transactions, Lifecycle):
         delivery: str,
         retry: RetryPolicy | None,
     ) -> F:
-        handler = inspect_handler(fn, event_type, name=name, delivery=delivery, retry=retry)
-        _check_resource(handler, self._outbox)
+        outbox = self._outbox
+        resource_type = None if outbox is None else outbox.resource_type
+        handler = inspect_handler(
+            fn,
+            event_type,
+            name=name,
+            delivery=delivery,
+            retry=retry,
+            resource_type=resource_type,
+        )
+        check_resource(handler, resource_type, outbox)
         with self._lock:
             self._check_open()
-            existing = self._handlers.get(handler.name)
-            if existing is not None:
-                raise DuplicateHandlerError(
-                    f"a handler named {handler.name!r} is already subscribed to this bus "
-                    f"(for {_names(existing.event_types)}); give this one another name with "
-                    "name='...'. Names key the inbox and the dead letters, so they must be "
-                    "unique and stable"
-                )
-            self._handlers[handler.name] = handler
-            for event_type_ in handler.event_types:
-                self._by_type.setdefault(event_type_, []).append(handler)
+            self._handlers.add(handler)
             linked = _links_causes(handler)
             if linked:
                 self._linkers += 1
@@ -391,13 +377,8 @@ class EventBus(Transactions, Lifecycle):
     def unsubscribe(self, handler: Callable[..., Any] | str) -> None:
         """Remove a handler, given as its name or the function that was subscribed."""
         with self._lock:
-            found = self._find(handler)
-            del self._handlers[found.name]
-            for event_type in found.event_types:
-                handlers = self._by_type[event_type]
-                handlers.remove(found)
-                if not handlers:
-                    del self._by_type[event_type]
+            found = self._handlers.find(handler)
+            self._handlers.remove(found)
             linked = _links_causes(found)
             if linked:
                 self._linkers -= 1
@@ -405,39 +386,17 @@ class EventBus(Transactions, Lifecycle):
         if linked:
             _tracking_changed()
 
-    def _find(self, handler: Callable[..., Any] | str) -> Handler:
-        if isinstance(handler, str):
-            found = self._handlers.get(handler)
-        else:
-            matches = [h for h in self._handlers.values() if h.fn == handler]
-            if len(matches) > 1:
-                raise ConfigurationError(
-                    f"{handler!r} is subscribed under several names "
-                    f"({', '.join(h.name for h in matches)}); unsubscribe it by name"
-                )
-            found = matches[0] if matches else None
-        if found is None:
-            raise ConfigurationError(f"no handler {handler!r} is subscribed to this bus")
-        return found
-
     def handlers_for(self, event_type: type[Any]) -> tuple[Handler, ...]:
         """The handlers a publish of ``event_type`` reaches, in dispatch order."""
         if not isinstance(event_type, type):
             raise TypeError(f"handlers_for() takes an event class, got {event_type!r}")
         with self._lock:
-            return self._collect(event_type)
+            return self._handlers.collect(event_type)
 
     @property
     def handlers(self) -> tuple[Handler, ...]:
         """Every subscribed handler, in subscription order."""
-        return tuple(self._handlers.values())
-
-    def _collect(self, event_type: type[Any]) -> tuple[Handler, ...]:
-        ordered: dict[str, Handler] = {}
-        for klass in event_type.__mro__:
-            for handler in self._by_type.get(klass, ()):
-                ordered.setdefault(handler.name, handler)
-        return tuple(ordered.values())
+        return tuple(self._handlers)
 
     # -- routes ----------------------------------------------------------------------
 
@@ -452,7 +411,7 @@ class EventBus(Transactions, Lifecycle):
 
     def _route(self, event_class: type[Any]) -> _Route:
         self._check_open()
-        info = self._registry.get(event_class)
+        info = self._context.registry.get(event_class)
         if info is None:
             raise NotAnEventError(self._not_an_event(event_class))
         from .hooks import _publish_observed  # noqa: PLC0415 - keeps hooks' import light
@@ -460,7 +419,7 @@ class EventBus(Transactions, Lifecycle):
         route = self._general.get(event_class)
         if route is None:
             observed = bool(self._captures) or _publish_observed()
-            route = _Route(info, self._collect(event_class), observed=observed)
+            route = _Route(info, self._handlers.collect(event_class), observed=observed)
             self._general[event_class] = route
         return route
 
@@ -485,7 +444,8 @@ class EventBus(Transactions, Lifecycle):
     def _not_an_event(self, event_class: type[Any]) -> str:
         if event_class is type:
             return "publish() takes an event instance, got a class: publish EventClass(...)"
-        registered = [k for k in event_class.__mro__[1:] if self._registry.get(k) is not None]
+        registry = self._context.registry
+        registered = [k for k in event_class.__mro__[1:] if registry.get(k) is not None]
         if registered:
             return (
                 f"{event_class.__qualname__} is a subclass of the event "
@@ -498,8 +458,7 @@ class EventBus(Transactions, Lifecycle):
         )
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise BusClosedError("this bus is closed; it publishes and subscribes no more")
+        self._life.check_open()
 
     # -- publishing ------------------------------------------------------------------
 
@@ -633,26 +592,21 @@ class EventBus(Transactions, Lifecycle):
             self._after_inline(route, frame, rows)
 
     def _run_inline(self, handler: Handler, event: object, frame: Frame, *, observed: bool) -> None:
-        """One inline handler: its failure reaches the caller, after its own retries."""
-        number, started, idle = 0, time.monotonic(), 0.0
+        """One inline handler: its failure reaches the caller, after its own retries
+        (``handler.retry`` only: an inline handler without one fails at once)."""
+        started, attempts = time.monotonic(), None
         while True:
-            number += 1
             try:
                 _call(handler, event, frame)
             except SkipEvent:
                 break
             except Exception as error:
-                delay = self._inline_failed(
-                    handler,
-                    frame,
-                    error,
-                    number=number,
-                    started=started,
-                    idle=idle,
-                    observed=observed,
-                )
+                if attempts is None:  # made on the first failure only: most calls never fail
+                    attempts = Attempts(self, handler, handler.retry, started)
+                delay = attempts.failed(error, envelope_of(frame) if observed else None)
+                if delay is None:
+                    raise
                 (self._sleep or time.sleep)(delay)
-                idle += delay
                 continue
             break
         if observed:
@@ -661,9 +615,8 @@ class EventBus(Transactions, Lifecycle):
     async def _arun_inline(
         self, handler: Handler, event: object, frame: Frame, *, observed: bool
     ) -> None:
-        number, started, idle = 0, time.monotonic(), 0.0
+        started, attempts = time.monotonic(), None
         while True:
-            number += 1
             try:
                 result = _call(handler, event, frame)
                 if inspect.isawaitable(result):
@@ -671,60 +624,19 @@ class EventBus(Transactions, Lifecycle):
             except SkipEvent:
                 break
             except Exception as error:
-                delay = self._inline_failed(
-                    handler,
-                    frame,
-                    error,
-                    number=number,
-                    started=started,
-                    idle=idle,
-                    observed=observed,
-                )
+                if attempts is None:
+                    attempts = Attempts(self, handler, handler.retry, started)
+                delay = attempts.failed(error, envelope_of(frame) if observed else None)
+                if delay is None:
+                    raise
                 if self._sleep is None:
                     await asyncio.sleep(delay)
                 else:
                     self._sleep(delay)
-                idle += delay
                 continue
             break
         if observed:
             self._handled(frame, handler)
-
-    def _inline_failed(
-        self,
-        handler: Handler,
-        frame: Frame,
-        error: Exception,
-        *,
-        number: int,
-        started: float,
-        idle: float,
-        observed: bool,
-    ) -> float:
-        """Report an inline failure; return the wait before retrying, or re-raise it."""
-        if observed:
-            self._failed(frame, handler, error)
-        policy = handler.retry
-        delay = (
-            None
-            if policy is None
-            else policy.next_delay(
-                attempt=number, error=error, elapsed=time.monotonic() - started, idle=idle
-            )
-        )
-        if delay is None:
-            raise error
-        if observed:
-            hooks._send(
-                hooks.handler_retrying,
-                self,
-                envelope=envelope_of(frame),
-                handler=handler.name,
-                error=error,
-                attempt=number,
-                delay=delay,
-            )
-        return delay
 
     def _rows(self, route: _Route, frame: Frame) -> list[PendingRow]:
         """Encode a durable publish's rows before any handler runs: a bad or oversized
@@ -732,7 +644,7 @@ class EventBus(Transactions, Lifecycle):
         if not route.durable:
             return []
         envelope = envelope_of(frame)
-        payload = self._codec.encode(envelope)
+        payload = self._context.codec.encode(envelope)
         if self._link is not None:
             # One row for the transport: the handlers may live in other processes, and
             # each worker's inbox and retries are per handler there.
@@ -745,7 +657,7 @@ class EventBus(Transactions, Lifecycle):
     def _after_inline(self, route: _Route, frame: Frame, rows: list[PendingRow]) -> None:
         """Write durable rows and hand over after-commit work: in the scope, or now."""
         scope = current_scope.get()
-        if scope is not None and scope.bus is not self:
+        if scope is not None and scope.owner is not self._transactions:
             scope = None  # another bus's transaction: this bus's outbox is not in it
         outbox = self._outbox
         if rows:
@@ -754,11 +666,11 @@ class EventBus(Transactions, Lifecycle):
                 # Written in one batch just before COMMIT, in the same transaction: one
                 # executemany costs less than a statement per publish.
                 if not scope.rows:
-                    scope.after_commit(self._nudge)
+                    scope.after_commit(self._life.nudge)
                 scope.rows.extend(rows)
             else:
                 outbox.write_now(rows)
-                self._nudge()
+                self._life.nudge()
         if route.after_commit:
             if scope is not None:
                 scope.after_commit(functools.partial(self._defer, route, frame))
@@ -768,8 +680,11 @@ class EventBus(Transactions, Lifecycle):
     def _defer(self, route: _Route, frame: Frame) -> None:
         """Hand the after-commit handlers to the runtime, isolated from the publisher."""
         envelope = envelope_of(frame)
+        context = self._context
         for handler in route.after_commit:
-            self._runtime.submit(functools.partial(deliver, self, handler, envelope), handler.name)
+            self._runtime.submit(
+                functools.partial(deliver, context, handler, envelope), handler.name
+            )
 
     def _frame(
         self, route: _Route, event: object, key: object, headers: object, *, is_async: bool
@@ -793,7 +708,7 @@ class EventBus(Transactions, Lifecycle):
                 "No handler was run"
             )
         if route.durable or route.after_commit:
-            self._check_scope(route, is_async=is_async)
+            self._transactions.check_publish(route, is_async)
         return full_frame(event, route, checked_key, checked_headers)
 
     def _announce(self, frame: Frame) -> None:
@@ -805,15 +720,6 @@ class EventBus(Transactions, Lifecycle):
 
     def _handled(self, frame: Frame, handler: Handler) -> None:
         hooks._send(hooks.event_handled, self, envelope=envelope_of(frame), handler=handler.name)
-
-    def _failed(self, frame: Frame, handler: Handler, error: Exception) -> None:
-        hooks._send(
-            hooks.handler_failed,
-            self,
-            envelope=envelope_of(frame),
-            handler=handler.name,
-            error=error,
-        )
 
     # -- captures (eventbus.testing) ---------------------------------------------------
 
@@ -832,9 +738,113 @@ class EventBus(Transactions, Lifecycle):
         """The outbox durable publishes write to, if this bus has one."""
         return self._outbox
 
+    # -- transactions (``Transactions``) ------------------------------------------------
+
+    def transaction(self, connection: R) -> AbstractContextManager[R]:
+        """A transaction on ``connection`` that publishes belong to.
+
+        Begins on entry (``BEGIN IMMEDIATE`` on sqlite3), commits on a clean exit, rolls
+        back when the block raises. Durable publishes inside write their outbox rows in
+        this transaction (in one batch, just before the commit); after-commit handlers
+        wait for the commit; a rollback drops both. Nested on the same connection, it is
+        a savepoint: rolling it back drops only what was published inside it.
+
+        On a connection or session already in a transaction (begun by the application or
+        a framework), it joins that transaction: the block is a savepoint in it, its rows
+        are written at the end of the block, and whoever began the transaction commits
+        or rolls back everything, after-commit handlers waiting for that commit.
+        """
+        return self._transactions.transaction(connection)
+
+    def atransaction(self, resource: R) -> AbstractAsyncContextManager[R]:
+        """``transaction()`` for an async resource (a SQLAlchemy ``AsyncSession``).
+
+        The same unit of work, awaited: begins on entry, writes the durable rows and
+        commits on a clean exit, rolls back when the block raises; after-commit handlers
+        wait for the commit. Nested on the same resource, it is a savepoint. On a
+        resource already in a transaction, it joins it, as ``transaction()`` does.
+        Publish inside with ``bus.publish`` or ``await bus.apublish``: neither does I/O
+        here.
+        """
+        return self._transactions.atransaction(resource)
+
+    # -- the work beside the publisher (``Lifecycle``) ----------------------------------
+
+    def start(self) -> None:
+        """Start the runtime in a thread of its own (sync applications), with the relay
+        and the worker.
+
+        Optional: the first after-commit delivery starts it. ``stop()`` (or the end of
+        the interpreter) finishes what is in flight, up to ``shutdown_timeout``; a later
+        ``start()`` brings everything back.
+        """
+        self._life.start()
+
+    async def astart(self) -> None:
+        """Run the runtime, the relay and the worker on the current event loop (an ASGI
+        lifespan's startup; ``async with bus`` does this too). Repeats after ``astop()``,
+        on a new loop if need be (each ``TestClient(app)`` has its own)."""
+        await self._life.astart()
+
+    def stop(self) -> None:
+        """Finish what is in flight (up to ``shutdown_timeout``), then stop the runtime,
+        the relay and the worker. The bus stays open: ``start()``, or the next deferred
+        delivery, brings them back. The end of the interpreter calls this.
+
+        Outbox rows waiting for a later retry are not waited for: they stay in the
+        outbox, for the next start (or another process). What is still running when the
+        time is up is logged by name and cancelled.
+        """
+        self._life.stop()
+
+    async def astop(self) -> None:
+        """``stop()`` from async code: an ASGI lifespan's shutdown. ``astart()`` may
+        follow, on this loop or a new one."""
+        await self._life.astop()
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until everything published so far is handled (tests).
+
+        After-commit deliveries and their retries, every outbox row that is due, and the
+        rows this process's relay put back for a later attempt: their retries too. With
+        ``EventBus(sleep=...)`` those waits are the injected sleep, so drain returns as
+        soon as the work is done. ``TimeoutError`` says what is still unfinished.
+        """
+        self._life.drain(timeout)
+
+    async def adrain(self, timeout: float | None = None) -> None:
+        """Wait until everything published so far is handled, from async code."""
+        await self._life.adrain(timeout)
+
+    def replay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
+        """Run a dead letter's handler again; on success the letter is gone.
+
+        On failure the letter stays, with the new error and more attempts. Two replays
+        of one letter at once run its handler once: the second raises
+        ``ReplayInProgressError``. ``lease`` bounds how long a replay may hold the
+        letter before another may take it over (its replayer died).
+        """
+        return self._life.replay(letter_id, lease=lease)
+
+    async def areplay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
+        """Run a dead letter's handler again, from async code."""
+        return await self._life.areplay(letter_id, lease=lease)
+
+    def close(self) -> None:
+        """Finish in-flight deliveries (up to ``shutdown_timeout``), stop, and refuse more:
+        final. Later publishes, subscriptions and starts raise ``BusClosedError``.
+
+        Use ``stop()`` where the bus may start again (an ASGI lifespan: ``astop()``).
+        """
+        self._life.close()
+
+    async def aclose(self) -> None:
+        """Close the bus from async code (``async with bus`` does this at the end)."""
+        await self._life.aclose()
+
     def _mark_closed(self) -> None:
+        """The lifecycle closed the bus for good: publishes and subscriptions stop."""
         with self._lock:
-            self._closed = True
             linked, self._linkers = self._linkers, 0
             self._invalidate()
         if linked:
@@ -874,6 +884,18 @@ def _stop_at_exit(bus: EventBus) -> Callable[[], None]:
     return stop
 
 
+def _weak_method(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` of the bus, not keeping the bus alive (see ``_stop_at_exit``)."""
+    reference = weakref.WeakMethod(method)
+
+    def call() -> None:
+        alive = reference()
+        if alive is not None:
+            alive()
+
+    return call
+
+
 def _call(handler: Handler, event: object, frame: Frame) -> Any:
     if handler.wants_envelope:
         return handler.fn(event, envelope_of(frame))
@@ -896,18 +918,6 @@ def _tracking_changed() -> None:
         bus._invalidate()
 
 
-def _check_resource(handler: Handler, outbox: OutboxStore | None) -> None:
-    """A connection-taking durable handler must take what its outbox's transactions yield."""
-    wanted = handler.connection_type
-    if wanted is None or outbox is None or issubclass(outbox.resource_type, wanted):
-        return
-    raise HandlerSignatureError(
-        f"handler {handler.name} takes a {wanted.__qualname__}, but this bus's outbox "
-        f"({outbox!r}) gives durable handlers a {outbox.resource_type.__qualname__}: "
-        "annotate that type instead"
-    )
-
-
 def _is_type_spec(target: object) -> bool:
     """Whether subscribe() was given event types (a class or a union), not a handler."""
     return isinstance(target, (type, types.UnionType)) or typing.get_origin(target) is typing.Union
@@ -917,5 +927,46 @@ def _links_causes(handler: Handler) -> bool:
     return handler.delivery != "inline" or handler.wants_envelope
 
 
-def _names(event_types: tuple[type[Any], ...]) -> str:
-    return " | ".join(t.__qualname__ for t in event_types)
+def _link(
+    transport_url: str | None,
+    transport: Transport | None,
+    group: str | None,
+    max_deliveries: int | None,
+    worker: bool | None,
+) -> tuple[TransportLink | None, bool]:
+    """The bus's transport, from its arguments or its settings, and whether this process
+    consumes it (its worker)."""
+    arguments = {
+        "transport_url": transport_url,
+        "group": group,
+        "max_deliveries": max_deliveries,
+        "worker": worker,
+    }
+    if transport is not None and transport_url is not None:
+        raise ConfigurationError("give transport_url or transport, not both")
+    settings = load_settings(arguments)
+    remake = None
+    if transport is None:
+        transport = transport_from_settings(settings)  # a refusal names the URL's source
+        url = settings.transport_url
+        if transport is not None and url is not None:
+            # A stopped bus starts again with a new transport made from the same URL.
+            remake = functools.partial(transport_from_url, url)
+    if transport is None:
+        return None, settings.worker
+    link = TransportLink(
+        transport,
+        group=settings.group,
+        max_deliveries=settings.max_deliveries,
+        remake=remake,
+    )
+    return link, settings.worker
+
+
+def _sink(context: Context, outbox: OutboxStore | None, link: TransportLink | None) -> Sink | None:
+    """Where the relay sends the outbox's rows: this process's durable handlers, or, with
+    a transport, a forwarder to it (which leaves rows for a handler to those handlers)."""
+    if outbox is None:
+        return None
+    local = LocalHandlers(context, outbox)
+    return local if link is None else Forwarder(link, context, local)

@@ -1,10 +1,11 @@
 """A bus's life: the runtime, the relay and the worker, draining, replays, closing.
 
-A mixin of ``EventBus``, kept apart because it owns one idea: the work that runs beside
-the publisher (after-commit deliveries, the relay, the transport's worker), how tests
-wait for it (``drain``), how it stops and starts again (``stop``/``start``, an ASGI
-lifespan's ``astop``/``astart``), and how it ends for good (``close``), each time
-finishing what is in flight.
+One idea, held by ``EventBus`` and delegated to: the work that runs beside the publisher
+(after-commit deliveries, the relay, the transport's worker), how tests wait for it
+(``drain``), how it stops and starts again (``stop``/``start``, an ASGI lifespan's
+``astop``/``astart``), and how it ends for good (``close``), each time finishing what is
+in flight. It holds the bus's delivery context, never the bus: the relay it starts takes
+the store and the sink the bus chose.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from ._replay import ReplayResult, replay_letter
-from .errors import ConfigurationError
+from ._delivery import ReplayResult, replay
+from .errors import BusClosedError, ConfigurationError
 from .outbox import Relay
+from .transports._worker import MemoryInbox
 
 if TYPE_CHECKING:
-    from ._bus import EventBus
-    from ._runtime import Runtime
+    from collections.abc import Callable
+
+    from ._context import Context
+    from .outbox._relay import Sink
     from .transports._link import TransportLink
     from .typing import OutboxStore
 
@@ -33,30 +37,63 @@ logger = logging.getLogger("eventbus.bus")
 
 
 class Lifecycle:
-    """Starting, draining and closing for ``EventBus``, which holds this state."""
+    """Starting, draining and closing a bus's work: its runtime, relay and worker.
 
-    __slots__ = ()
-    _closed: bool
-    _link: TransportLink | None
-    _lock: threading.RLock
-    _outbox: OutboxStore | None
-    _relay: Relay | None
-    _relays: bool
-    _runtime: Runtime
-    _worker: bool
+    ``sink`` is where the relay sends the rows of ``outbox`` (chosen by the bus);
+    ``relays``: whether this process relays at all; ``link`` and ``worker``: the
+    transport, and whether this process consumes it. ``on_close`` is called once the bus
+    is closed for good (the bus then refuses publishes).
+    """
 
-    def _check_open(self) -> None:
-        raise NotImplementedError  # EventBus's
+    __slots__ = (
+        "_context",
+        "_link",
+        "_lock",
+        "_on_close",
+        "_outbox",
+        "_relays",
+        "_runtime",
+        "_sink",
+        "_worker",
+        "closed",
+        "relay",
+    )
+
+    def __init__(
+        self,
+        context: Context,
+        *,
+        outbox: OutboxStore | None,
+        sink: Sink | None,
+        relays: bool,
+        link: TransportLink | None,
+        worker: bool,
+        on_close: Callable[[], None],
+    ) -> None:
+        self._context = context
+        self._runtime = context.runtime
+        self._outbox = outbox
+        self._sink = sink
+        self._relays = relays
+        self._link = link
+        self._worker = worker
+        self._on_close = on_close
+        self._lock = threading.RLock()
+        self.closed = False
+        self.relay: Relay | None = None
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise BusClosedError("this bus is closed; it publishes and subscribes no more")
 
     def _mark_closed(self) -> None:
-        raise NotImplementedError  # EventBus's
+        with self._lock:
+            self.closed = True
+        self._on_close()
 
-    def _bus(self) -> EventBus:
-        return cast("EventBus", self)
-
-    def _nudge(self) -> None:
+    def nudge(self) -> None:
         """Rows were committed: make sure the relay runs, and wake it."""
-        relay = self._relay
+        relay = self.relay
         if relay is None or not relay.active:
             relay = self._start_relay()
         if relay is not None:
@@ -65,15 +102,15 @@ class Lifecycle:
     def _start_relay(self) -> Relay | None:
         with self._lock:
             self._start_worker()
-            relay = self._relay
-            if (relay is not None and relay.active) or self._outbox is None or self._closed:
+            relay = self.relay
+            outbox, sink = self._outbox, self._sink
+            if (relay is not None and relay.active) or outbox is None or self.closed:
                 return relay
-            if not self._relays:
+            if not self._relays or sink is None:
                 return None
             self._runtime.ensure_started()
             if relay is None:
-                bus = self._bus()
-                relay = bus._relay = Relay(bus, self._outbox)
+                relay = self.relay = Relay(outbox, sink, runtime=self._runtime)
             else:
                 relay.rearm()  # stopped before: it runs again, on the loop there is now
             relay.active = True
@@ -83,7 +120,7 @@ class Lifecycle:
     def _start_worker(self) -> None:
         """Consume the transport for this bus's durable handlers (with the lock held)."""
         link = self._link
-        if link is None or link.worker is not None or not self._worker or self._closed:
+        if link is None or link.worker is not None or not self._worker or self.closed:
             return
         try:
             link.reopen()
@@ -92,49 +129,34 @@ class Lifecycle:
             logger.exception("the bus's worker cannot start again")
             return
         self._runtime.ensure_started()
-        link.make_worker(self._runtime.concurrency)
+        inbox = self._outbox if self._outbox is not None else MemoryInbox()
+        link.make_worker(self._context, inbox, self._runtime.concurrency)
         self._runtime.service(link.run_worker)
 
     # -- the runtime ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the runtime in a thread of its own (sync applications), with the relay
-        and the worker.
-
-        Optional: the first after-commit delivery starts it. ``stop()`` (or the end of
-        the interpreter) finishes what is in flight, up to ``shutdown_timeout``; a later
-        ``start()`` brings everything back.
-        """
-        self._check_open()
+        """``EventBus.start``: the runtime in a thread of its own, the relay, the worker."""
+        self.check_open()
         if self._link is not None:
             self._link.reopen()
         self._runtime.start()
         self._start_relay()
 
     async def astart(self) -> None:
-        """Run the runtime, the relay and the worker on the current event loop (an ASGI
-        lifespan's startup; ``async with bus`` does this too). Repeats after ``astop()``,
-        on a new loop if need be (each ``TestClient(app)`` has its own)."""
-        self._check_open()
+        """``EventBus.astart``: the same on the current event loop."""
+        self.check_open()
         if self._link is not None:
             self._link.reopen()
         self._runtime.attach()
         self._start_relay()
 
     def stop(self) -> None:
-        """Finish what is in flight (up to ``shutdown_timeout``), then stop the runtime,
-        the relay and the worker. The bus stays open: ``start()``, or the next deferred
-        delivery, brings them back. The end of the interpreter calls this.
-
-        Outbox rows waiting for a later retry are not waited for: they stay in the
-        outbox, for the next start (or another process). What is still running when the
-        time is up is logged by name and cancelled.
-        """
+        """``EventBus.stop``: finish what is in flight, then stop; the bus stays open."""
         self._stop(final=False)
 
     async def astop(self) -> None:
-        """``stop()`` from async code: an ASGI lifespan's shutdown. ``astart()`` may
-        follow, on this loop or a new one."""
+        """``EventBus.astop``: ``stop`` from async code."""
         await self._astop(final=False)
 
     def _stop(self, *, final: bool) -> None:
@@ -195,24 +217,18 @@ class Lifecycle:
     async def _stop_services(self, timeout: float) -> None:
         """On the runtime's loop: the relay finishes its batch in hand, the worker the
         messages in hand (both up to ``timeout``), and the transport closes."""
-        relay = self._relay
+        relay = self.relay
         if relay is not None and relay.active:
             await relay.aclose(timeout)
         if self._link is not None:
             await self._link.astop(timeout)
 
     def drain(self, timeout: float | None = None) -> None:
-        """Wait until everything published so far is handled (tests).
-
-        After-commit deliveries and their retries, every outbox row that is due, and the
-        rows this process's relay put back for a later attempt: their retries too. With
-        ``EventBus(sleep=...)`` those waits are the injected sleep, so drain returns as
-        soon as the work is done. ``TimeoutError`` says what is still unfinished.
-        """
+        """``EventBus.drain``: wait until everything published so far is handled."""
         self._drain(timeout, retries=True)
 
     async def adrain(self, timeout: float | None = None) -> None:
-        """Wait until everything published so far is handled, from async code."""
+        """``EventBus.adrain``: ``drain`` from async code."""
         await self._adrain(timeout, retries=True)
 
     def _drain(self, timeout: float | None, *, retries: bool) -> None:
@@ -252,7 +268,7 @@ class Lifecycle:
 
     def _next_retry(self) -> float | None:
         """Seconds until the relay's next retry is due; None when none waits."""
-        relay = self._relay
+        relay = self.relay
         return None if relay is None else relay.next_due()
 
     def _unfinished(self, timeout: float | None) -> str:
@@ -264,7 +280,7 @@ class Lifecycle:
         parts = []
         if self._runtime.pending:
             parts.append(f"{self._runtime.unfinished()} running")
-        relay = self._relay
+        relay = self.relay
         if relay is not None and (held := relay.unfinished()):
             parts.append(held)
         worker = None if self._link is None else self._link.worker
@@ -276,7 +292,7 @@ class Lifecycle:
         """One round of drain: the relay finds nothing due, the worker holds nothing;
         whether either delivered something meanwhile (which may have published more)."""
         delivered = False
-        relay = self._relay
+        relay = self.relay
         if relay is not None:
             delivered = await relay.settle()
         worker = None if self._link is None else self._link.worker
@@ -287,37 +303,27 @@ class Lifecycle:
     # -- dead letters ----------------------------------------------------------------
 
     def replay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
-        """Run a dead letter's handler again; on success the letter is gone.
-
-        On failure the letter stays, with the new error and more attempts. Two replays
-        of one letter at once run its handler once: the second raises
-        ``ReplayInProgressError``. ``lease`` bounds how long a replay may hold the
-        letter before another may take it over (its replayer died).
-        """
-        self._check_open()
+        """``EventBus.replay``: run a dead letter's handler again."""
+        self.check_open()
         return self._runtime.call(
-            replay_letter(self._bus(), _letter_id(letter_id), lease=lease), label="replay"
+            replay(self._context, _letter_id(letter_id), lease=lease), label="replay"
         )
 
     async def areplay(self, letter_id: uuid.UUID | str, *, lease: float = 300.0) -> ReplayResult:
-        """Run a dead letter's handler again, from async code."""
-        self._check_open()
+        """``EventBus.areplay``: ``replay`` from async code."""
+        self.check_open()
         return await self._runtime.acall(
-            replay_letter(self._bus(), _letter_id(letter_id), lease=lease), label="replay"
+            replay(self._context, _letter_id(letter_id), lease=lease), label="replay"
         )
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish in-flight deliveries (up to ``shutdown_timeout``), stop, and refuse more:
-        final. Later publishes, subscriptions and starts raise ``BusClosedError``.
-
-        Use ``stop()`` where the bus may start again (an ASGI lifespan: ``astop()``).
-        """
+        """``EventBus.close``: finish what is in flight, stop, and refuse more: final."""
         self._stop(final=True)
 
     async def aclose(self) -> None:
-        """Close the bus from async code (``async with bus`` does this at the end)."""
+        """``EventBus.aclose``: ``close`` from async code."""
         await self._astop(final=True)
 
 

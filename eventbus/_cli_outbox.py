@@ -17,6 +17,7 @@ from ._cli_app import (
     load_bus,
     serve_until_signalled,
 )
+from .typing import SupportsCreateSchema, SupportsSchemaSQL
 
 __all__ = ["add_outbox"]
 
@@ -78,18 +79,17 @@ def _init(args: argparse.Namespace) -> int:
         return EXIT_OK
     bus = _outbox_bus(args)
     outbox = bus.outbox
+    assert outbox is not None  # _outbox_bus refuses a bus without one
     if args.sql:
-        schema_sql = getattr(outbox, "schema_sql", None)
-        if schema_sql is None:
+        if not isinstance(outbox, SupportsSchemaSQL):
             print(f"eventbus: {outbox!r} cannot print its DDL", file=sys.stderr)
             return EXIT_USAGE
-        print(str(schema_sql()).strip())
+        print(str(outbox.schema_sql()).strip())
         return EXIT_OK
-    create = getattr(outbox, "create_schema", None)
-    if create is None:
+    if not isinstance(outbox, SupportsCreateSchema):
         print(f"eventbus: {outbox!r} does not create its own schema", file=sys.stderr)
         return EXIT_USAGE
-    create()
+    outbox.create_schema()
     print(f"outbox tables ready in {outbox!r}")
     return EXIT_OK
 

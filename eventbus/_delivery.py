@@ -1,51 +1,84 @@
-"""The per-handler pipeline for work that is not inline: attempt, retry, dead-letter, hooks.
+"""The delivery pipeline: how a handler is called, attempted, retried, dead-lettered, and
+replayed, whoever asks (after-commit deliveries, the relay's durable ones, the worker's,
+replays of dead letters).
 
-One delivery is one handler and one envelope. It runs on the bus's runtime, so a retrying
+One delivery is one handler and one envelope. It runs on the runtime, so a retrying
 handler waits on the loop without holding up other handlers or events (beyond the
-runtime's concurrency), and its failures never reach the publisher.
+runtime's concurrency), and its failures never reach the publisher. Everything here takes
+a ``Context`` (``eventbus._context``), never the bus. Each step has one home:
 
-Two things here are the only way to do them, whoever asks (in-process deliveries, the
-relay, the worker, replays):
-
+- ``call``/``acall`` call a handler, with its envelope as the cause of what it publishes
+  (the inline path of a publish has its own, tuned, inside ``_bus.py``);
 - ``run_handler`` is the per-handler step: a handler that takes a connection runs in a
-  transaction of its own with its inbox mark (exactly once); any other is called.
-- ``bury`` keeps a dead letter: it stores it, logs it and tells the hooks.
+  transaction of its own with its inbox mark (exactly once); any other is called;
+- ``Attempts`` counts a handler's attempts and asks its retry policy after a failure,
+  telling the hooks (``after_failure``); ``attempt`` is the loop around them;
+- ``dead_letter`` and ``bury`` keep a dead letter: stored, logged, the hooks told;
+- ``replay`` runs a dead letter's handler again through the same steps.
+
+Replaying. A replay takes the same per-handler step as the first delivery: a handler that
+takes a connection or session runs in a transaction of its own, with its inbox mark, so
+its effects and the mark commit together. The mark is honoured: when the inbox holds it,
+the handler's effects for that envelope were committed already (by a redelivery, or by an
+earlier replay whose letter could not be resolved), so the replay runs nothing and
+resolves the letter as ``already_handled``. (A dead-lettered handler never gets the mark:
+it is written only with the effects.) Handlers without a connection have no such mark
+(they run at least once) and are always run.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
+import os
+import socket
 import time
+import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from . import hooks
 from ._causation import current_frame
-from ._redact import masked_logger
-from ._scope import Scope, current_scope
-from .deadletters import DeadLetter
-from .errors import EncodeError, RejectEvent, SkipEvent
+from ._records import FORWARD, DeadLetter
+from ._redact import bounded, masked_logger
+from .errors import (
+    ConfigurationError,
+    DeadLetterNotReplayableError,
+    EncodeError,
+    RejectEvent,
+    ReplayInProgressError,
+    SkipEvent,
+)
 
 if TYPE_CHECKING:
-    from ._bus import EventBus
+    from contextvars import Token
+
+    from ._causation import Frame
+    from ._context import Context
     from ._envelope import Envelope
     from ._handlers import Handler
+    from ._retry import RetryPolicy
 
 __all__ = [
     "Attempted",
+    "Attempts",
     "Outcome",
+    "ReplayResult",
+    "acall",
+    "after_failure",
     "attempt",
     "bury",
-    "call_in_transaction",
+    "call",
     "dead_letter",
     "deliver",
+    "replay",
     "run_handler",
 ]
 
 logger = masked_logger("eventbus.delivery")
+replay_logger = masked_logger("eventbus.replay")
 
 
 class Outcome(enum.Enum):
@@ -72,10 +105,77 @@ class Attempted:
     first_failed_at: datetime | None = None
 
 
+# -- calling a handler -------------------------------------------------------------------
+
+
+def _arguments(handler: Handler, envelope: Envelope) -> tuple[Any, ...]:
+    return (envelope.event, envelope) if handler.wants_envelope else (envelope.event,)
+
+
+def _as_cause(envelope: Envelope) -> Token[Frame | None]:
+    """Make ``envelope`` the current cause: a frame whose envelope is already built, so
+    nested publishes link to it. Returns the token to reset."""
+    return current_frame.set([envelope.event, None, None, envelope])
+
+
+def call(handler: Handler, envelope: Envelope, *extra: Any) -> Any:
+    """Call a sync ``handler`` here, on ``envelope`` (and ``extra``: the connection of a
+    connection-taking handler), with the envelope as the cause of what it publishes;
+    returns what it returned. Call it on a worker thread, never on the loop."""
+    token = _as_cause(envelope)
+    try:
+        return handler.fn(*_arguments(handler, envelope), *extra)
+    finally:
+        current_frame.reset(token)
+
+
+async def acall(context: Context, handler: Handler, envelope: Envelope) -> None:
+    """Call ``handler`` on ``envelope`` from the loop: an async one awaited there, a sync
+    one on a worker thread; the envelope is the cause of what it publishes."""
+    token = _as_cause(envelope)
+    try:
+        if handler.is_async:
+            await handler.fn(*_arguments(handler, envelope))
+            return
+        # The worker thread runs in a copy of this context: the frame travels with it.
+        result = await context.runtime.run_sync(handler.fn, *_arguments(handler, envelope))
+        if inspect.isawaitable(result):
+            await result
+    finally:
+        current_frame.reset(token)
+
+
+def call_in_transaction(context: Context, handler: Handler, envelope: Envelope) -> bool:
+    """Run a connection-taking handler in a transaction of its own with its inbox mark;
+    whether it ran (False: a duplicate, done before with its effects). Sync: call it on a
+    worker thread."""
+    return context.transactions.handler_transaction(
+        handler.name, envelope.id, lambda connection: call(handler, envelope, connection)
+    )
+
+
+async def run_handler(context: Context, handler: Handler, envelope: Envelope) -> bool:
+    """Run ``handler`` on ``envelope`` once, the way every delivery does; whether it ran.
+
+    A handler that takes a connection (or session) runs in a transaction of its own in
+    which its inbox mark is written: False when the mark was there already (its effects
+    were committed before, so nothing ran). Any other handler is called, always.
+    """
+    if handler.wants_connection:
+        ran: bool = await context.runtime.run_sync(call_in_transaction, context, handler, envelope)
+        return ran
+    await acall(context, handler, envelope)
+    return True
+
+
+# -- attempts and retries ----------------------------------------------------------------
+
+
 def after_failure(
-    bus: EventBus,
+    sender: object,
+    policy: RetryPolicy | None,
     handler: Handler,
-    envelope: Envelope,
+    envelope: Envelope | None,
     error: Exception,
     *,
     attempt: int,
@@ -84,16 +184,21 @@ def after_failure(
 ) -> float | None:
     """Report a failed attempt to the hooks; the wait before the next one, or None.
 
-    The one place that asks the handler's policy (its own, else the bus's), for
-    in-process retries and for the relay's durable ones alike.
+    The one place that asks a retry policy, for inline retries, in-process deliveries and
+    the relay's durable ones alike. No ``policy``: the failure is final. No ``envelope``:
+    nothing observes (the inline path builds none then), so no hook is sent.
     """
-    hooks._send(hooks.handler_failed, bus, envelope=envelope, handler=handler.name, error=error)
-    policy = handler.retry or bus.retry_policy
+    if envelope is not None:
+        hooks._send(
+            hooks.handler_failed, sender, envelope=envelope, handler=handler.name, error=error
+        )
+    if policy is None:
+        return None
     delay = policy.next_delay(attempt=attempt, error=error, elapsed=elapsed, idle=idle)
-    if delay is not None:
+    if delay is not None and envelope is not None:
         hooks._send(
             hooks.handler_retrying,
-            bus,
+            sender,
             envelope=envelope,
             handler=handler.name,
             error=error,
@@ -103,69 +208,94 @@ def after_failure(
     return delay
 
 
-async def run_handler(bus: EventBus, handler: Handler, envelope: Envelope) -> bool:
-    """Run ``handler`` on ``envelope`` once, the way every delivery does; whether it ran.
+class Attempts:
+    """One handler's attempts at one envelope under ``policy``: how many failed, the time
+    since the first began (``started``, on the monotonic clock) and the time spent waiting
+    between them, and when the first failed.
 
-    A handler that takes a connection (or session) runs in a transaction of its own in
-    which its inbox mark is written: False when the mark was there already (its effects
-    were committed before, so nothing ran). Any other handler is called, always.
+    Every attempt loop is this and a way to wait: ``failed`` after each failure returns
+    the wait before the next try, or None (give up). A loop that rarely fails (an inline
+    handler's) makes it only then, with the time its first attempt began.
     """
-    if handler.wants_connection:
-        ran: bool = await bus._runtime.run_sync(call_in_transaction, bus, handler, envelope)
-        return ran
-    await _call(bus, handler, envelope)
-    return True
+
+    __slots__ = ("failures", "first_failed_at", "handler", "idle", "policy", "sender", "started")
+
+    def __init__(
+        self,
+        sender: object,
+        handler: Handler,
+        policy: RetryPolicy | None,
+        started: float | None = None,
+    ) -> None:
+        self.sender = sender
+        self.handler = handler
+        self.policy = policy
+        self.failures = 0
+        self.started = time.monotonic() if started is None else started
+        self.idle = 0.0
+        self.first_failed_at: datetime | None = None
+
+    def failed(self, error: Exception, envelope: Envelope | None) -> float | None:
+        """Count the failure (the hooks told when there is an ``envelope``); the wait
+        before the next attempt, or None to give up."""
+        self.failures += 1
+        self.first_failed_at = self.first_failed_at or datetime.now(UTC)
+        delay = after_failure(
+            self.sender,
+            self.policy,
+            self.handler,
+            envelope,
+            error,
+            attempt=self.failures,
+            elapsed=time.monotonic() - self.started,
+            idle=self.idle,
+        )
+        if delay is not None:
+            self.idle += delay
+        return delay
 
 
-async def attempt(bus: EventBus, handler: Handler, envelope: Envelope) -> Attempted:
-    """Run ``handler`` until it succeeds or its policy gives up; send the hooks."""
-    started = time.monotonic()
-    idle = 0.0
-    first_failed_at: datetime | None = None
-    number = 0
+async def attempt(context: Context, handler: Handler, envelope: Envelope) -> Attempted:
+    """Run ``handler`` until it succeeds or its policy (its own, else the context's) gives
+    up, waiting on the runtime between attempts; send the hooks."""
+    attempts = Attempts(context.sender, handler, handler.retry or context.retry)
     while True:
-        number += 1
         try:
-            ran = await run_handler(bus, handler, envelope)
+            ran = await run_handler(context, handler, envelope)
         except SkipEvent:
-            hooks._send(hooks.event_handled, bus, envelope=envelope, handler=handler.name)
-            return Attempted(Outcome.SKIPPED, number, None, first_failed_at)
+            _handled(context, handler, envelope)
+            outcome = Outcome.SKIPPED
         except Exception as error:
-            first_failed_at = first_failed_at or datetime.now(UTC)
-            delay = after_failure(
-                bus,
-                handler,
-                envelope,
-                error,
-                attempt=number,
-                elapsed=time.monotonic() - started,
-                idle=idle,
-            )
+            delay = attempts.failed(error, envelope)
             if delay is None:
-                return Attempted(Outcome.FAILED, number, error, first_failed_at)
-            await bus._runtime.sleep(delay)
-            idle += delay
+                return Attempted(Outcome.FAILED, attempts.failures, error, attempts.first_failed_at)
+            await context.runtime.sleep(delay)
+            continue
         else:
-            if not ran:
-                return Attempted(Outcome.DUPLICATE, number, None, first_failed_at)
-            hooks._send(hooks.event_handled, bus, envelope=envelope, handler=handler.name)
-            return Attempted(Outcome.HANDLED, number, None, first_failed_at)
+            if ran:
+                _handled(context, handler, envelope)
+            outcome = Outcome.HANDLED if ran else Outcome.DUPLICATE
+        return Attempted(outcome, attempts.failures + 1, None, attempts.first_failed_at)
 
 
-async def deliver(bus: EventBus, handler: Handler, envelope: Envelope) -> Outcome:
+def _handled(context: Context, handler: Handler, envelope: Envelope) -> None:
+    hooks._send(hooks.event_handled, context.sender, envelope=envelope, handler=handler.name)
+
+
+async def deliver(context: Context, handler: Handler, envelope: Envelope) -> Outcome:
     """Attempt the delivery; when the policy gives up, write a dead letter.
 
     In process, nothing else holds the envelope: a letter that cannot be stored is
     logged (with the envelope) and the delivery ends.
     """
-    result = await attempt(bus, handler, envelope)
+    result = await attempt(context, handler, envelope)
     if result.outcome is not Outcome.FAILED:
         return result.outcome
     error = result.error
     assert error is not None
     try:
         await dead_letter(
-            bus,
+            context,
             handler,
             envelope,
             error,
@@ -180,19 +310,27 @@ async def deliver(bus: EventBus, handler: Handler, envelope: Envelope) -> Outcom
             handler.name,
             envelope,
         )
-        hooks._send(
-            hooks.event_dead_lettered,
-            bus,
-            envelope=envelope,
-            handler=handler.name,
-            error=error,
-            letter=None,
-        )
+        _lost(context, handler, envelope, error)
     return Outcome.DEAD_LETTERED
 
 
+def _lost(context: Context, handler: Handler, envelope: Envelope, error: BaseException) -> None:
+    """``event_dead_lettered`` for a letter that could not be kept (``letter=None``)."""
+    hooks._send(
+        hooks.event_dead_lettered,
+        context.sender,
+        envelope=envelope,
+        handler=handler.name,
+        error=error,
+        letter=None,
+    )
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
 async def dead_letter(
-    bus: EventBus,
+    context: Context,
     handler: Handler,
     envelope: Envelope,
     error: BaseException,
@@ -214,7 +352,7 @@ async def dead_letter(
             error=error,
             attempts=attempts,
             first_failed_at=first_failed_at or datetime.now(UTC),
-            codec=bus.codec,
+            codec=context.codec,
             payload=payload,
         )
     except EncodeError:
@@ -224,21 +362,14 @@ async def dead_letter(
             envelope.name,
             handler.name,
         )
-        hooks._send(
-            hooks.event_dead_lettered,
-            bus,
-            envelope=envelope,
-            handler=handler.name,
-            error=error,
-            letter=None,
-        )
+        _lost(context, handler, envelope, error)
         return None
-    await bury(bus, letter, envelope=envelope, error=error)
+    await bury(context, letter, envelope=envelope, error=error)
     return letter
 
 
 async def bury(
-    bus: EventBus,
+    context: Context,
     letter: DeadLetter,
     *,
     envelope: Envelope | None = None,
@@ -252,7 +383,7 @@ async def bury(
     keeps it, to try again, rather than drop it.
     """
     try:
-        await bus._runtime.run_sync(bus.dead_letters.add, letter)
+        await context.runtime.run_sync(context.dead_letters.add, letter)
     except Exception:
         logger.critical(
             "could not store dead letter %s (%s gave up on %s, envelope %s: %s: %s)",
@@ -289,7 +420,7 @@ async def bury(
     if envelope is not None and error is not None:
         hooks._send(
             hooks.event_dead_lettered,
-            bus,
+            context.sender,
             envelope=envelope,
             handler=letter.handler,
             error=error,
@@ -297,55 +428,121 @@ async def bury(
         )
 
 
-async def _call(bus: EventBus, handler: Handler, envelope: Envelope) -> None:
-    """Call the handler with the envelope as the current cause of nested publishes."""
-    args: tuple[Any, ...] = (
-        (envelope.event, envelope) if handler.wants_envelope else (envelope.event,)
+# -- replaying a dead letter -------------------------------------------------------------
+
+
+@attrs.frozen
+class ReplayResult:
+    """What one replay did: ``"replayed"`` (the handler ran; the letter is gone),
+    ``"already_handled"`` (the handler's inbox says its effects were committed before, so
+    nothing ran; the letter is gone) or ``"failed"`` (the letter stays, with the new
+    error)."""
+
+    letter_id: uuid.UUID
+    handler: str
+    outcome: Literal["replayed", "already_handled", "failed"]
+    attempts: int
+    error: str | None = None
+    """The new error, ``Type: message``, when the replay failed."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the letter is resolved (replayed, or found already handled)."""
+        return self.outcome != "failed"
+
+
+def _owner() -> str:
+    """Who holds a claim: readable in the store, unique per replay."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+async def replay(context: Context, letter_id: uuid.UUID, *, lease: float) -> ReplayResult:
+    """Claim the letter, run its handler, then resolve it or store the new failure."""
+    store = context.dead_letters
+    run = context.runtime.run_sync
+    owner = _owner()
+    letter = await run(lambda: store.claim(letter_id, owner=owner, lease=lease))
+    if letter is None:
+        raise ReplayInProgressError(
+            f"dead letter {letter_id} is being replayed by someone else right now; "
+            "its handler is not run twice"
+        )
+    try:
+        _check_replayable(letter)
+        handler = _handler_of(context, letter.handler, letter_id)
+        envelope = letter.envelope(context.codec)
+        _check_takes(handler, envelope, letter_id)
+    except BaseException:
+        await run(lambda: store.release(letter_id, owner=owner))
+        raise
+    result = await attempt(context, handler, envelope)
+    if result.outcome in (Outcome.HANDLED, Outcome.SKIPPED, Outcome.DUPLICATE):
+        if not await run(lambda: store.resolve(letter_id, owner=owner)):
+            # Our lease ran out mid-replay and another replayer took the letter over: the
+            # handler may run again there (at least once), and the letter is theirs now.
+            replay_logger.warning(
+                "replay of dead letter %s succeeded after its %ss lease ran out; "
+                "another replay holds it now and may run %s again",
+                letter_id,
+                lease,
+                handler.name,
+            )
+        if result.outcome is Outcome.DUPLICATE:
+            replay_logger.info(
+                "dead letter %s resolved without running %s: its inbox holds envelope %s, "
+                "whose effects were committed before",
+                letter_id,
+                handler.name,
+                envelope.id,
+            )
+            return ReplayResult(letter_id, handler.name, "already_handled", 0)
+        return ReplayResult(letter_id, handler.name, "replayed", result.attempts)
+    error = result.error
+    assert error is not None
+    updated = letter.failed_again(error, attempts=result.attempts)
+    await run(lambda: store.release(letter_id, owner=owner, updated=updated))
+    return ReplayResult(
+        letter_id,
+        handler.name,
+        "failed",
+        result.attempts,
+        f"{updated.error_type}: {updated.message}",
     )
-    # A frame whose envelope is already built: nested publishes link to this envelope.
-    token = current_frame.set([envelope.event, None, None, envelope])
-    try:
-        if handler.is_async:
-            await handler.fn(*args)
-            return
-        result = await bus._runtime.run_sync(handler.fn, *args)
-        if inspect.isawaitable(result):
-            await result
-    finally:
-        current_frame.reset(token)
 
 
-def call_in_transaction(bus: EventBus, handler: Handler, envelope: Envelope) -> bool:
-    """Run a connection-taking handler in a transaction of its own with its inbox mark;
-    whether it ran.
+def _check_replayable(letter: DeadLetter) -> None:
+    """Letters the bus wrote for bytes no handler took: say so, and what can be done."""
+    if not letter.handler.startswith("@"):  # handler names cannot start with '@'
+        return
+    what = (
+        "a message the broker refused for good"
+        if letter.handler == FORWARD
+        else "a message the worker could not hand to any handler"
+    )
+    raise DeadLetterNotReplayableError(
+        f"dead letter {letter.id} ({letter.handler}) holds {what} ({letter.error_type}: "
+        f"{bounded(letter.message, 300)}); no handler can take it, so it cannot be "
+        f"replayed. What can be done: look at it (eventbus dlq show {letter.id}), "
+        f"export its raw bytes to fix them and publish them again (eventbus dlq export "
+        f"{letter.id} --raw > message.bin), or purge it (eventbus dlq purge {letter.id})"
+    )
 
-    Its effects and the mark commit together (exactly once); a duplicate finds the mark
-    and runs nothing (False). What the handler publishes belongs to that transaction too: its
-    durable rows are written in it and its after-commit handlers wait for its commit, so
-    a follow-up event is published exactly when the effects are. Sync: call it on a
-    worker thread.
-    """
-    outbox = bus.outbox
-    assert outbox is not None  # subscribe() refuses a connection-taking handler without one
-    token = current_frame.set([envelope.event, None, None, envelope])
-    try:
-        with outbox.handler_transaction() as connection:
-            if not outbox.mark(handler.name, envelope.id, connection):
-                return False  # a duplicate: done before, with its effects, in one commit
-            args: tuple[Any, ...] = (envelope.event,)
-            if handler.wants_envelope:
-                args = (*args, envelope)
-            scope = Scope(bus, connection)
-            scope_token = current_scope.set(scope)
-            try:
-                handler.fn(*args, connection)
-                if scope.rows:
-                    outbox.write(connection, scope.rows)
-            finally:
-                current_scope.reset(scope_token)
-        callbacks = scope.committed()
-    finally:
-        current_frame.reset(token)
-    for callback in callbacks:
-        callback()
-    return True
+
+def _handler_of(context: Context, name: str, letter_id: uuid.UUID) -> Handler:
+    handler = context.handlers.get(name)
+    if handler is None:
+        raise ConfigurationError(
+            f"dead letter {letter_id} belongs to handler {name!r}, which is not "
+            "subscribed to this bus; subscribe it (with that name) before replaying"
+        )
+    return handler
+
+
+def _check_takes(handler: Handler, envelope: Envelope, letter_id: uuid.UUID) -> None:
+    if not isinstance(envelope.event, handler.event_types):
+        raise ConfigurationError(
+            f"dead letter {letter_id} holds a {envelope.name!r} event, which handler "
+            f"{handler.name!r} does not take any more (it takes "
+            f"{' | '.join(t.__qualname__ for t in handler.event_types)}); the name was "
+            "reused for another handler: subscribe the old one under its name to replay"
+        )

@@ -1,4 +1,5 @@
-"""Handler introspection: which events a function takes, how it is called, its name."""
+"""Handlers: which events a function takes, how it is called, its name; and the table of
+a bus's handlers, by name and by event class, which the machinery below the bus reads."""
 
 from __future__ import annotations
 
@@ -6,18 +7,24 @@ import functools
 import inspect
 import re
 import sqlite3
+import threading
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import attrs
 
 from ._envelope import Envelope
 from ._retry import RetryPolicy
-from .errors import ConfigurationError, HandlerSignatureError
+from .errors import ConfigurationError, DuplicateHandlerError, HandlerSignatureError
 
-__all__ = ["Delivery", "Handler", "inspect_handler"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ._events import EventRegistry
+
+__all__ = ["Delivery", "Handler", "HandlerTable", "inspect_handler"]
 
 Delivery = Literal["inline", "after_commit", "durable"]
 DELIVERIES: tuple[Delivery, ...] = ("inline", "after_commit", "durable")
@@ -62,8 +69,13 @@ def inspect_handler(
     name: str | None,
     delivery: str,
     retry: RetryPolicy | None = None,
+    resource_type: type[Any] | None = None,
 ) -> Handler:
-    """Build a ``Handler`` from a function, validating everything a publish relies on."""
+    """Build a ``Handler`` from a function, validating everything a publish relies on.
+
+    ``resource_type``: what the bus's outbox gives connection-taking handlers, if it has
+    one (the bus then checks that such a handler takes that, ``check_resource``).
+    """
     if not callable(fn) or isinstance(fn, type):
         raise HandlerSignatureError(
             f"a handler must be a function, a method or a callable object, got {fn!r}"
@@ -107,18 +119,19 @@ def inspect_handler(
         if not params:
             raise HandlerSignatureError(f"{label} takes no parameters; it must take the event")
         _check_compatible(event_types, annotated, label)
-    wants_envelope, connection_type = _extras(params, hints, label)
+    wants_envelope, connection_type = _extras(params, hints, label, resource_type)
     wants_connection = connection_type is not None
     if wants_connection and is_async:
         raise HandlerSignatureError(
             f"{label} is async and takes a connection; a connection-taking durable handler "
             "runs in a database transaction on a worker thread, so it must be a plain def"
         )
-    if wants_connection and delivery != "durable":
+    if connection_type is not None and delivery != "durable":
         raise HandlerSignatureError(
-            f"{label} takes a connection, which only durable handlers get (its "
-            "transaction also records that the handler ran): subscribe it with "
-            "delivery='durable'"
+            f"{label} takes a {connection_type.__qualname__} after the event, which only "
+            "a durable handler may: a connection (or session) of the outbox's database, "
+            "whose transaction also records that the handler ran. Subscribe it with "
+            "delivery='durable', or give the parameter a default"
         )
     return Handler(
         name=_handler_name(fn, name, label),
@@ -226,7 +239,10 @@ def _type_label(annotation: Any) -> str:
 
 
 def _extras(
-    params: list[inspect.Parameter], hints: dict[str, Any], label: str
+    params: list[inspect.Parameter],
+    hints: dict[str, Any],
+    label: str,
+    resource_type: type[Any] | None,
 ) -> tuple[bool, type[Any] | None]:
     """What the handler takes after the event: (an envelope?, a connection type or None)."""
     wants_envelope = False
@@ -234,7 +250,9 @@ def _extras(
     for param in params[1:]:
         annotation = hints.get(param.name)
         takes_envelope = annotation is Envelope and not wants_envelope and connection_type is None
-        takes_connection = _is_connection(annotation) and connection_type is None
+        takes_connection = connection_type is None and _is_connection(
+            param, annotation, resource_type
+        )
         if takes_envelope or takes_connection:
             if param.kind not in _POSITIONAL:
                 raise HandlerSignatureError(
@@ -258,19 +276,37 @@ def _extras(
     return wants_envelope, connection_type
 
 
-# What a durable handler may take to write in the transaction that records it ran:
-# sqlite3 connections here; integrations add theirs (SQLAlchemy's Session).
-_RESOURCE_TYPES: list[type[Any]] = [sqlite3.Connection]
+def _is_connection(
+    param: inspect.Parameter, annotation: object, resource_type: type[Any] | None
+) -> bool:
+    """Whether ``param`` is where a durable handler takes a connection (or session).
+
+    What the bus's outbox gives (and stdlib sqlite3 connections, the core's own kind) is
+    one, with a default or not. A required parameter annotated with any other class that
+    is not a builtin is taken for one too, so that the bus can say what its outbox gives
+    instead (``check_resource``) rather than call it an unknown parameter.
+    """
+    if not isinstance(annotation, type) or get_origin(annotation) is not None:
+        return False
+    if annotation is Envelope:
+        return False
+    known = (sqlite3.Connection,) if resource_type is None else (sqlite3.Connection, resource_type)
+    if issubclass(annotation, known):
+        return True
+    return param.default is inspect.Parameter.empty and annotation.__module__ != "builtins"
 
 
-def register_resource_type(resource_type: type[Any]) -> None:
-    """Let durable handlers take ``resource_type`` (called by outbox integrations)."""
-    if resource_type not in _RESOURCE_TYPES:
-        _RESOURCE_TYPES.append(resource_type)
-
-
-def _is_connection(annotation: object) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, tuple(_RESOURCE_TYPES))
+def check_resource(handler: Handler, resource_type: type[Any] | None, outbox: object) -> None:
+    """A connection-taking handler must take what its bus's outbox (``outbox``, which
+    gives ``resource_type``) yields; a bus without an outbox refuses it at publish."""
+    wanted = handler.connection_type
+    if wanted is None or resource_type is None or issubclass(resource_type, wanted):
+        return
+    raise HandlerSignatureError(
+        f"handler {handler.name} takes a {wanted.__qualname__}, but this bus's outbox "
+        f"({outbox!r}) gives durable handlers a {resource_type.__qualname__}: "
+        "annotate that type instead"
+    )
 
 
 def _handler_name(fn: Callable[..., Any], name: str | None, label: str) -> str:
@@ -294,3 +330,109 @@ def _handler_name(fn: Callable[..., Any], name: str | None, label: str) -> str:
     if not module or not qualname:
         raise ConfigurationError(f"{label} has no qualified name: pass name='...'")
     return f"{module}.{qualname}"
+
+
+class HandlerTable:
+    """The handlers subscribed to one bus, by name and by event class.
+
+    The bus changes it (under its lock); the relay, the worker and replays read it from
+    any thread: a name looked up, or the durable handlers of an event class (cached per
+    class until the table changes).
+    """
+
+    __slots__ = ("_by_name", "_by_type", "_durable", "_lock")
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Handler] = {}
+        self._by_type: dict[type[Any], list[Handler]] = {}
+        self._durable: dict[type[Any], tuple[Handler, ...]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __iter__(self) -> Iterator[Handler]:
+        """Every handler, in subscription order."""
+        return iter(tuple(self._by_name.values()))
+
+    def get(self, name: str) -> Handler | None:
+        """The handler named ``name``, if one is subscribed."""
+        return self._by_name.get(name)
+
+    def add(self, handler: Handler) -> None:
+        with self._lock:
+            existing = self._by_name.get(handler.name)
+            if existing is not None:
+                raise DuplicateHandlerError(
+                    f"a handler named {handler.name!r} is already subscribed to this bus "
+                    f"(for {_names(existing.event_types)}); give this one another name with "
+                    "name='...'. Names key the inbox and the dead letters, so they must be "
+                    "unique and stable"
+                )
+            self._by_name[handler.name] = handler
+            for event_type in handler.event_types:
+                self._by_type.setdefault(event_type, []).append(handler)
+            self._durable = {}
+
+    def remove(self, handler: Handler) -> None:
+        with self._lock:
+            del self._by_name[handler.name]
+            for event_type in handler.event_types:
+                handlers = self._by_type[event_type]
+                handlers.remove(handler)
+                if not handlers:
+                    del self._by_type[event_type]
+            self._durable = {}
+
+    def find(self, handler: Callable[..., Any] | str) -> Handler:
+        """The handler subscribed as ``handler`` (its name, or the function itself)."""
+        if isinstance(handler, str):
+            found = self._by_name.get(handler)
+        else:
+            matches = [h for h in self._by_name.values() if h.fn == handler]
+            if len(matches) > 1:
+                raise ConfigurationError(
+                    f"{handler!r} is subscribed under several names "
+                    f"({', '.join(h.name for h in matches)}); unsubscribe it by name"
+                )
+            found = matches[0] if matches else None
+        if found is None:
+            raise ConfigurationError(f"no handler {handler!r} is subscribed to this bus")
+        return found
+
+    def collect(self, event_type: type[Any]) -> tuple[Handler, ...]:
+        """The handlers a publish of ``event_type`` reaches, in dispatch order: those of
+        the class first, then of its bases along the MRO, each in subscription order."""
+        with self._lock:
+            return self._collect(event_type)
+
+    def durable_for(self, event_type: type[Any]) -> tuple[Handler, ...]:
+        """The durable handlers of ``event_type``, in dispatch order."""
+        durable = self._durable.get(event_type)
+        if durable is None:
+            with self._lock:
+                durable = tuple(h for h in self._collect(event_type) if h.delivery == "durable")
+                self._durable[event_type] = durable
+        return durable
+
+    def _collect(self, event_type: type[Any]) -> tuple[Handler, ...]:
+        ordered: dict[str, Handler] = {}
+        for klass in event_type.__mro__:
+            for handler in self._by_type.get(klass, ()):
+                ordered.setdefault(handler.name, handler)
+        return tuple(ordered.values())
+
+    def durable_topics(self, registry: EventRegistry) -> list[str]:
+        """Every registered event name whose class one of the durable handlers takes."""
+        wanted = [h for h in self if h.delivery == "durable"]
+        return sorted(
+            {
+                info.name
+                for info in registry
+                if any(issubclass(info.cls, t) for h in wanted for t in h.event_types)
+            }
+        )
+
+
+def _names(event_types: tuple[type[Any], ...]) -> str:
+    return " | ".join(t.__qualname__ for t in event_types)

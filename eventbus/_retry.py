@@ -4,10 +4,15 @@ A policy is a pure decision: given the attempt number, the error and the time si
 first attempt, it returns how long to wait before the next attempt, or None to give up.
 Keeping it pure lets the same policy drive in-process retries (a sleep on the runtime)
 and durable ones (an ``available_at`` stored in the outbox, which survives a restart).
+
+``Backoff`` paces the machinery's own retries, which are not a handler's and never give
+up (reconnecting to a broker, subscribing again, publishing a row the broker did not
+confirm): the one place those waits are computed, by the core and by the transports.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any, cast
 
 import attrs
@@ -17,7 +22,7 @@ from tenacity.wait import WaitBaseT
 
 from .errors import ConfigurationError, RejectEvent, RetryLater, SerializationError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["Backoff", "RetryPolicy"]
 
 # Never worth a retry: the same bytes will fail to decode or encode the same way again.
 _NEVER_RETRY: tuple[type[BaseException], ...] = (SerializationError,)
@@ -121,3 +126,40 @@ def _state(*, attempt: int, error: BaseException, elapsed: float, idle: float) -
     state.outcome_timestamp = elapsed
     state.idle_for = idle
     return state
+
+
+@attrs.frozen
+class Backoff:
+    """Waits that grow from ``first`` up to ``cap`` seconds, ``factor`` times each time (they
+    double), for retries that never give up; ``jitter`` (0 to 1) takes up to that share off
+    each wait, at random, so that many retriers (relays, consumers) do not fall into step::
+
+        backoff = Backoff(first=0.2, cap=30.0, jitter=0.5)
+        await asyncio.sleep(backoff.delay(failures))  # 0.1-0.2 s, 0.2-0.4 s, ... 15-30 s
+    """
+
+    first: float
+    cap: float
+    jitter: float = 0.0
+    factor: float = 2.0
+
+    def __attrs_post_init__(self) -> None:
+        if not (0 < self.first <= self.cap and 0 <= self.jitter <= 1 and self.factor >= 1):
+            raise ConfigurationError(
+                "Backoff needs 0 < first <= cap, 0 <= jitter <= 1 and factor >= 1, got "
+                f"first={self.first!r}, cap={self.cap!r}, jitter={self.jitter!r}, "
+                f"factor={self.factor!r}"
+            )
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failures in a row (0: the first retry)."""
+        wait = self.first
+        if self.factor > 1:
+            for _ in range(failures):  # stops at the cap: a few steps, however many failures
+                wait *= self.factor
+                if wait >= self.cap:
+                    wait = self.cap
+                    break
+        if self.jitter:
+            wait *= 1.0 - random.uniform(0.0, self.jitter)  # noqa: S311 - jitter, not a secret
+        return wait

@@ -275,6 +275,15 @@ class Runtime:
             if run.pending == 0:
                 self._idle.notify_all()
 
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the loop soon, from any thread (setting an event there, say);
+        nothing when no loop runs, or it closed meanwhile."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(callback)
+
     async def run_sync(self, function: Callable[..., T], *args: Any) -> T:
         """Run a sync function in the worker pool, in a copy of the current context."""
         context = contextvars.copy_context()

@@ -25,6 +25,11 @@ signal                    keyword arguments                           sent
 ``event_dead_lettered``   envelope, handler, error, letter            a handler gave up
 ``outbox_relayed``        envelopes (a tuple)                         the relay sent a batch
 ========================  ==========================================  =====================
+
+``outbox_relayed`` names the envelopes the relay delivered to this process's handlers or
+forwarded to a transport. Forwarding moves the stored bytes and never needs an envelope:
+those rows are decoded for the hook only while a receiver of the bus's hook is
+connected, so with none the forwarder decodes nothing.
 """
 
 from __future__ import annotations
@@ -99,6 +104,14 @@ class _Hook(NamedSignal):
     def _senders_of(self, receiver: Callable[..., Any]) -> set[Any]:
         by_receiver: dict[Any, set[Any]] = getattr(self, "_by_receiver", {})
         return by_receiver.get(make_id(receiver), set())
+
+
+def _heard(signal: NamedSignal, sender: object) -> bool:
+    """Whether a receiver would hear ``sender`` on ``signal`` now: whether what it would be
+    sent is worth building (the forwarder decodes rows for ``outbox_relayed`` only then)."""
+    if signal.is_muted or not signal.receivers:
+        return False
+    return any(True for _ in signal.receivers_for(sender))
 
 
 def _send(signal: NamedSignal, sender: object, **kwargs: Any) -> None:

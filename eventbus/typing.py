@@ -1,7 +1,20 @@
-"""Protocols for the seams of eventbus, for type annotations and third-party backends."""
+"""Protocols for the seams of eventbus, for type annotations and third-party backends.
+
+Every seam is here: the codec, the stores (outbox, inbox, dead letters), the transaction
+controls a store supplies, and the transport with what it delivers. A backend is written
+against these and the plain values they name (``eventbus.outbox``, ``eventbus.transports``,
+``eventbus.DeadLetter``), nothing private.
+
+A backend's optional abilities are small protocols of their own (``Supports...``), and
+eventbus tests a backend with ``isinstance`` against them, once, when it takes the
+backend in hand: a method with the right name is all it takes to offer one. They keep
+the concrete names the backends have always had (``listen``, ``is_contention``,
+``touch``, ...).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 from ._events import EventInstance
@@ -13,16 +26,30 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from ._envelope import Envelope
-    from .deadletters import DeadLetter
-    from .outbox import ClaimedRow, OutboxStatus, PendingRow
-    from .transports import Capabilities, Message
+    from ._records import Capabilities, ClaimedRow, DeadLetter, Message, OutboxStatus, PendingRow
 
 __all__ = [
+    "AsyncTransactionControl",
     "Codec",
+    "CommitHook",
     "DeadLetterStore",
     "EventInstance",
+    "Inbox",
     "OutboxStore",
     "Received",
+    "SupportsAsyncTransactionControl",
+    "SupportsAsyncWrite",
+    "SupportsContention",
+    "SupportsCreateSchema",
+    "SupportsDeclare",
+    "SupportsListen",
+    "SupportsOpenTransaction",
+    "SupportsPending",
+    "SupportsRedeliveryTimeout",
+    "SupportsSchemaSQL",
+    "SupportsTouch",
+    "SupportsTransactionControl",
+    "TransactionControl",
     "Transport",
 ]
 
@@ -103,9 +130,30 @@ class DeadLetterStore(Protocol):
     def close(self) -> None: ...
 
 
+# -- the outbox, the inbox, and what a store may offer ----------------------------------
+
+
 @runtime_checkable
-class OutboxStore(Protocol):
-    """The outbox table in the application's database, and the inbox beside it.
+class Inbox(Protocol):
+    """Per handler, the envelopes it has processed: at-least-once delivery made
+    effectively-once. Keyed by (handler name, envelope id), never by a broker's id.
+
+    ``mark`` records a pair once and says whether it was new; given the ``connection``
+    of a handler's transaction, it writes there, so the mark commits with the handler's
+    effects (or not at all). A bus's worker uses its outbox as its inbox; without one, a
+    bounded inbox in memory.
+    """
+
+    def seen(self, handler: str, envelope_id: uuid.UUID) -> bool: ...
+
+    def seen_many(self, pairs: Sequence[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]: ...
+
+    def mark(self, handler: str, envelope_id: uuid.UUID, connection: Any = None) -> bool: ...
+
+
+@runtime_checkable
+class OutboxStore(Inbox, Protocol):
+    """The outbox table in the application's database, with the inbox beside it.
 
     ``write`` runs in the caller's transaction, through the caller's connection (or
     session); everything else is the relay's, in short transactions of its own. Changes
@@ -119,20 +167,15 @@ class OutboxStore(Protocol):
     ``ClaimedRow.first_failed_at``) and later reschedules keep it: the row's dead letter
     says when it first failed (a store that keeps none returns None, and the letter says
     the time it is written). The ``error`` it stores is masked with ``eventbus.redact``.
+    ``complete`` writes the inbox marks of ``processed`` even when the fence deletes no
+    row: those handlers did run.
 
-    Optional, looked up by name: ``transaction_control(resource)`` (how
-    ``bus.transaction`` drives the store's kind of connection), and for
-    ``bus.atransaction``, ``async_transaction_control(resource)`` (an
-    ``AsyncTransactionControl``, or None for a resource it does not know) with
-    ``async def awrite(resource, rows)``, the async ``write``; ``listen(wake)`` (commits
-    in other processes wake the relay; returns a function that stops listening);
-    ``is_contention(error)`` (a lock wait or deadlock of the store's driver, retried
-    without counting an attempt); ``schema_sql()`` and ``create_schema()`` (for
-    ``eventbus outbox init``); ``open_transaction()`` (a resource of the store's
-    database with a transaction that the current thread or task began and that is still
-    open, or None: a durable or after-commit publish outside ``bus.transaction()`` is
-    refused while there is one). ``complete`` writes the inbox marks of ``processed`` even
-    when the fence deletes no row: those handlers did run.
+    What a store may offer beyond this, each its own protocol: ``SupportsTransactionControl``
+    (``bus.transaction`` on the store's kind of connection), ``SupportsAsyncTransactionControl``
+    with ``SupportsAsyncWrite`` (``bus.atransaction``), ``SupportsListen`` (commits in other
+    processes wake the relay), ``SupportsContention`` (its driver's lock waits are retried
+    uncounted), ``SupportsOpenTransaction`` (a publish that would escape an open transaction
+    is refused), ``SupportsSchemaSQL`` and ``SupportsCreateSchema`` (``eventbus outbox init``).
     """
 
     batch: int
@@ -163,15 +206,128 @@ class OutboxStore(Protocol):
 
     def status(self) -> OutboxStatus: ...
 
-    def seen(self, handler: str, envelope_id: uuid.UUID) -> bool: ...
-
-    def seen_many(self, pairs: Sequence[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]: ...
-
-    def mark(self, handler: str, envelope_id: uuid.UUID, connection: Any = None) -> bool: ...
-
     def handler_transaction(self) -> AbstractContextManager[Any]: ...
 
     def close(self) -> None: ...
+
+
+CommitHook = Callable[[list[Callable[[], None]]], None]
+"""Keeps callbacks until the transaction open on a resource commits (then runs them), and
+drops them if the part of that transaction open at the call rolls back."""
+
+
+class TransactionControl(Protocol):
+    """Begin, end and nest transactions on one resource (connection or session): how
+    ``bus.transaction(resource)`` drives it. The core has one for stdlib ``sqlite3``
+    connections; a store supplies one for its own kind (``SupportsTransactionControl``)."""
+
+    def in_transaction(self) -> bool: ...
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def savepoint(self) -> object: ...
+
+    def release(self, savepoint: object) -> None: ...
+
+    def rollback_to(self, savepoint: object) -> None: ...
+
+    def owner_commit(self) -> CommitHook | None:
+        """For a transaction open before ``bus.transaction()`` (which joins it): how to
+        wait for its commit, or None when this resource cannot report it."""
+
+
+class AsyncTransactionControl(Protocol):
+    """``TransactionControl`` for an async resource: the same steps, awaited."""
+
+    def in_transaction(self) -> bool: ...
+
+    async def begin(self) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+    async def savepoint(self) -> object: ...
+
+    async def release(self, savepoint: object) -> None: ...
+
+    async def rollback_to(self, savepoint: object) -> None: ...
+
+    def owner_commit(self) -> CommitHook | None:
+        """As ``TransactionControl.owner_commit`` (registering callbacks does no I/O)."""
+
+
+@runtime_checkable
+class SupportsTransactionControl(Protocol):
+    """A store that drives its own kind of connection in ``bus.transaction()``."""
+
+    def transaction_control(self, resource: object) -> TransactionControl | None:
+        """The control for ``resource``, or None for a resource the store does not know."""
+
+
+@runtime_checkable
+class SupportsAsyncTransactionControl(Protocol):
+    """A store that drives async resources (an ``AsyncSession``) in ``bus.atransaction()``;
+    it must offer ``SupportsAsyncWrite`` too."""
+
+    def async_transaction_control(self, resource: object) -> AsyncTransactionControl | None:
+        """The async control for ``resource``, or None for a resource it does not know."""
+
+
+@runtime_checkable
+class SupportsAsyncWrite(Protocol):
+    """A store that writes outbox rows through an async resource: ``write``, awaited."""
+
+    async def awrite(self, resource: Any, rows: Sequence[PendingRow]) -> None: ...
+
+
+@runtime_checkable
+class SupportsListen(Protocol):
+    """A store whose database tells of commits in other processes (PostgreSQL LISTEN)."""
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from any thread) when another process commits outbox rows;
+        returns how to stop listening. Only an early wake-up: the relay polls anyway."""
+
+
+@runtime_checkable
+class SupportsContention(Protocol):
+    """A store that recognises its driver's lock waits and deadlocks."""
+
+    def is_contention(self, error: BaseException) -> bool:
+        """Whether ``error`` is the database being busy, not the handler being wrong: the
+        relay then tries the row again soon without counting an attempt."""
+
+
+@runtime_checkable
+class SupportsOpenTransaction(Protocol):
+    """A store that knows which transactions the current thread or task has open."""
+
+    def open_transaction(self) -> object | None:
+        """A resource of the store's database with a transaction that the current thread
+        or task began and that is still open, or None. A durable or after-commit publish
+        outside ``bus.transaction()`` is refused while there is one."""
+
+
+@runtime_checkable
+class SupportsSchemaSQL(Protocol):
+    """A store that can print its DDL (``eventbus outbox init --sql``)."""
+
+    def schema_sql(self) -> str: ...
+
+
+@runtime_checkable
+class SupportsCreateSchema(Protocol):
+    """A store that can create its own tables (``eventbus outbox init``)."""
+
+    def create_schema(self) -> None: ...
+
+
+# -- transports --------------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -182,10 +338,7 @@ class Received(Protocol):
     registry, the allow-list), so a transport never decides what gets deserialised.
     ``message_id`` is the broker's own id (a stream entry id, a delivery tag): for logs
     only, never for deduplication. ``delivery_count`` is 1 on the first delivery.
-
-    Optional, looked up by name: ``async def touch()``, "still being handled", which
-    a transport that redelivers after a timeout offers (the worker calls it every third
-    of the transport's ``redelivery_timeout`` while handlers run).
+    A transport that redelivers after a timeout offers ``SupportsTouch`` on its messages.
     """
 
     topic: str
@@ -199,27 +352,32 @@ class Received(Protocol):
 
 
 @runtime_checkable
+class SupportsTouch(Protocol):
+    """A received message that can be kept alive while its handlers run."""
+
+    async def touch(self) -> None:
+        """Tell the broker the message is still being handled: the worker calls it every
+        third of the transport's ``redelivery_timeout`` while handlers run."""
+
+
+@runtime_checkable
 class Transport(Protocol):
     """Carries envelopes between processes; ``eventbus.transports.MemoryTransport`` is the
     reference. Async only: the bus runs it on its runtime.
 
     ``publish`` returns only when the broker has confirmed every message (raise
     otherwise: the relay then keeps the rows and tries again, so a message is never
-    marked sent unconfirmed). ``subscribe`` yields messages of ``topics`` for the
-    consumer ``group`` until the iterator is closed; messages that were not acked by
-    then are delivered again (to this group), in order. Errors in
-    ``retryable_errors`` are transient (a lost connection): the caller retries.
+    marked sent unconfirmed; ``MessageRejectedError`` for a message the broker will never
+    take). ``subscribe`` yields messages of ``topics`` for the consumer ``group`` until the
+    iterator is closed (an async generator's ``aclose``, which the worker calls when it
+    stops or subscribes again); messages that were not acked by then are delivered again
+    (to this group), in order.
 
-    Optional, looked up by name: ``redelivery_timeout`` (seconds), for transports that
-    hand an unacknowledged message to another consumer after a while; then ``Received``
-    offers ``touch()``. ``async def declare(topics, /, *, group)``, for transports that
-    keep a message only for groups that exist when it is published (RabbitMQ): make the
-    group's subscription exist without consuming; a bus's worker calls it before the
-    bus's relay publishes anything.
+    What a transport may offer beyond this, each its own protocol:
+    ``SupportsRedeliveryTimeout``, ``SupportsDeclare``, ``SupportsPending``.
     """
 
     capabilities: ClassVar[Capabilities]
-    retryable_errors: ClassVar[tuple[type[BaseException], ...]]
 
     @classmethod
     def from_url(cls, url: str, /, **options: Any) -> Self: ...
@@ -231,3 +389,32 @@ class Transport(Protocol):
     def subscribe(self, topics: Sequence[str], /, *, group: str) -> AsyncIterator[Received]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsRedeliveryTimeout(Protocol):
+    """A transport that hands an unacknowledged message to another consumer after a while
+    (a Redis min-idle, a NATS ack-wait); its messages then offer ``SupportsTouch``."""
+
+    @property
+    def redelivery_timeout(self) -> float:
+        """Seconds after which an unacknowledged message goes to another consumer."""
+
+
+@runtime_checkable
+class SupportsDeclare(Protocol):
+    """A transport that keeps a message only for groups that exist when it is published
+    (RabbitMQ): a bus's worker declares its group's subscription before the bus's relay
+    publishes anything."""
+
+    async def declare(self, topics: Sequence[str], /, *, group: str) -> None:
+        """Make the group's subscription to ``topics`` exist, without consuming."""
+
+
+@runtime_checkable
+class SupportsPending(Protocol):
+    """A transport that can tell how many messages wait for a group (``bus.drain`` waits
+    for them: the memory transport)."""
+
+    def pending(self, group: str) -> int:
+        """Messages of ``group`` not acknowledged yet, ready or held."""

@@ -46,8 +46,10 @@ if TYPE_CHECKING:
     import sqlalchemy
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
-# One more kind, "sqlite3", is not in the default: a SQLite file for the stdlib
-# ``SQLiteOutbox``, which the outbox contract suite (tests/contract/conftest.py) asks for.
+# Two more kinds are not in the default: "sqlite3", a SQLite file for the stdlib
+# ``SQLiteOutbox``, and "third-party", one for the store a third party would write
+# (tests/third_party.py), which the outbox contract suite (tests/contract/conftest.py)
+# asks for.
 
 
 @attrs.frozen
@@ -72,9 +74,9 @@ class Backend:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """One of the databases; servers that do not answer skip (fail under CI=true)."""
     kind: str = request.param
-    if kind == "sqlite3":  # a file for the stdlib store: needs no SQLAlchemy
+    if kind in ("sqlite3", "third-party"):  # a file for the stdlib store: needs no SQLAlchemy
         return Backend(
-            "sqlite3",
+            kind,
             f"sqlite:///{tmp_path / 'app.db'}",
             concurrent_writers=False,
             skip_locked=False,

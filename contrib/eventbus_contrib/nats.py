@@ -100,7 +100,7 @@ from nats.js.api import (
 
 from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
-from eventbus.transports import Capabilities, Message, url_options
+from eventbus.transports import Backoff, Capabilities, Message, url_options
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -135,8 +135,8 @@ _ERR_STREAM_NAME_IN_USE = 10058
 # delay that outlasts its own requests (see _Subscription.close).
 _PULL_EXPIRES_MAX = 5.0
 _PULL_MARGIN = 1.0
-_BACKOFF_FIRST = 0.2
-_BACKOFF_MAX = 5.0
+_BACKOFF = Backoff(first=0.2, cap=5.0)
+"""A subscription's waits between attempts to pull from a consumer it cannot reach."""
 
 
 @attrs.frozen
@@ -370,7 +370,8 @@ class _Subscription:
         self.held: set[_NATSReceived] = set()
         self.inbox = ""
         self.sub: Subscription | None = None
-        self.backoff = _BACKOFF_FIRST
+        self.failures = 0
+        """Pulls that failed in a row (the next wait is ``_BACKOFF.delay(failures)``)."""
         # Under ack_wait, so a redelivery after ack_wait never meets a request of a
         # consumer that died (see _PULL_EXPIRES_MAX).
         self.expires = min(_PULL_EXPIRES_MAX, max(0.5, options.ack_wait / 2))
@@ -462,7 +463,6 @@ class NATSTransport:
         native_dead_letter=False,
         delayed_redelivery=False,  # NAK can take a delay, but Received.nack has none
     )
-    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
 
     def __init__(self, endpoint: _Endpoint, options: _Options) -> None:
         self._endpoint = endpoint
@@ -812,11 +812,13 @@ class NATSTransport:
                 if not pull.ready:
                     await subscription.prepare(pull)
                 await subscription.request(nc, pull)
-                subscription.backoff = _BACKOFF_FIRST
+                subscription.failures = 0
             except ConfigurationError:
                 raise
             except (nats.errors.Error, TransportError) as error:
                 pull.ready = False
+                delay = _BACKOFF.delay(subscription.failures)
+                subscription.failures += 1
                 # While the connection is down, its callbacks have said so already.
                 level = logging.WARNING if nc.is_connected else logging.DEBUG
                 logger.log(
@@ -825,10 +827,9 @@ class NATSTransport:
                     self._endpoint.display(),
                     pull.durable,
                     redact(repr(error)),
-                    subscription.backoff,
+                    delay,
                 )
-                await asyncio.sleep(subscription.backoff)
-                subscription.backoff = min(subscription.backoff * 2, _BACKOFF_MAX)
+                await asyncio.sleep(delay)
                 return None
         queue = subscription.queue
         now = time.monotonic()

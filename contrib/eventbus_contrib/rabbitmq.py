@@ -103,7 +103,7 @@ from pamqp.commands import Basic
 
 from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
-from eventbus.transports import Capabilities, Message, url_options
+from eventbus.transports import Backoff, Capabilities, Message, url_options
 
 __all__ = ["MessageTooLargeError", "RabbitMQQuorumTransport", "RabbitMQTransport"]
 
@@ -118,7 +118,7 @@ _PERSISTENT = 2
 _BOUNCE_DELAY = 1.0
 """Seconds before a message of a topic this consumer did not ask for goes back to the
 group: without the pause, a lone consumer and the broker would pass it back and forth."""
-_SETUP_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+_SETUP_BACKOFF = Backoff(first=0.2, cap=5.0)
 _CONNECT_TIMEOUT = 10.0
 _CHANNEL_REOPEN = 5.0
 _OWN_QUERY = frozenset({"heartbeat", "reconnect_interval", "fail_fast"})
@@ -263,7 +263,7 @@ class _Subscription:
             except TransportError as error:
                 if self._transport._closed:
                     raise
-                delay = _SETUP_BACKOFF[min(attempt, len(_SETUP_BACKOFF) - 1)]
+                delay = _SETUP_BACKOFF.delay(attempt)
                 attempt += 1
                 logger.warning(
                     "RabbitMQ subscription of group %r (%s) cannot start: %s; retrying in %g s",
@@ -367,7 +367,6 @@ class RabbitMQTransport:
     capabilities: ClassVar[Capabilities] = Capabilities(
         persistent=True, ordered_per_key=True, consumer_groups=True, counts_deliveries=False
     )
-    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
 
     def __init__(
         self,

@@ -80,7 +80,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 import re
 import secrets
 import socket
@@ -91,7 +90,7 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from eventbus import RedactingFilter, redact
 from eventbus.errors import ConfigurationError, MissingDependencyError, TransportError
-from eventbus.transports import Capabilities, Message, url_options
+from eventbus.transports import Backoff, Capabilities, Message, url_options
 
 try:
     import redis.asyncio as aioredis
@@ -136,8 +135,10 @@ _DEFAULTS: Final[dict[str, Any]] = {
     "maxlen": None,
 }
 
-_BACKOFF_FIRST: Final = 0.1
-_BACKOFF_MAX: Final = 5.0
+_BACKOFF: Final = Backoff(first=0.1, cap=5.0, jitter=0.5)
+"""A consumer's waits between attempts to read from a Redis it lost."""
+_ACK_BACKOFF: Final = Backoff(first=0.05, cap=1.0, factor=4.0)
+"""The waits between attempts at one XACK (0.05 s, then 0.2 s)."""
 _TRIM_EVERY: Final = 1.0
 """Seconds between two automatic trims of one stream: the check reads every group."""
 _TRIM_SCAN: Final = 1000
@@ -454,7 +455,7 @@ class _Subscription:
                         f"XACK of {received!r} failed ({redact(str(error))}); it stays pending "
                         "and is delivered again"
                     ) from error
-                await asyncio.sleep(0.05 * 4**attempt)
+                await asyncio.sleep(_ACK_BACKOFF.delay(attempt))
         self.held.discard(key)
 
     async def touch(self, received: _Received) -> None:
@@ -545,7 +546,6 @@ class RedisStreamsTransport:
         counts_deliveries=True,
         new_groups_read_history=True,
     )
-    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
 
     def __init__(
         self,
@@ -729,8 +729,7 @@ class RedisStreamsTransport:
         if not isinstance(group, str) or not group.strip():
             raise ConfigurationError(f"a consumer group is a non-empty name, got {group!r}")
         subscription = _Subscription(self, list(dict.fromkeys(topics)), group)
-        delay = _BACKOFF_FIRST
-        failing = False
+        failures = 0
         try:
             while not self._closed:
                 if not subscription.ready:
@@ -740,7 +739,7 @@ class RedisStreamsTransport:
                         if self.closed:
                             return
                         subscription.reconnected()
-                        pause = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not a secret
+                        pause = _BACKOFF.delay(failures)
                         logger.warning(
                             "consumer %s of group %r cannot read from Redis at %s (%s); "
                             "trying again in %.1f s",
@@ -750,23 +749,21 @@ class RedisStreamsTransport:
                             redact(str(error)),
                             pause,
                         )
-                        failing = True
+                        failures += 1
                         await asyncio.sleep(pause)
-                        delay = min(delay * 2, _BACKOFF_MAX)
                         continue
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         # seen with redis-py 8.1: a cancel that lands in a blocked XREADGROUP
                         # can be lost and the read returns empty; honour it here
                         raise asyncio.CancelledError
-                    if failing:
+                    if failures:
                         logger.warning(
                             "consumer %s of group %r reads from Redis again",
                             subscription.name,
                             group,
                         )
-                        failing = False
-                    delay = _BACKOFF_FIRST
+                        failures = 0
                 while subscription.ready and not self._closed:
                     yield subscription.ready.pop(0)
         finally:

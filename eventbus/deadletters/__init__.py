@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._letter import DeadLetter
+from .._records import DeadLetter
 from ._memory import MemoryDeadLetterStore
 from ._sqlite import SQLiteDeadLetterStore
 

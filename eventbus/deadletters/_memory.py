@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 import attrs
 
+from .._records import DeadLetter
 from ..errors import ConfigurationError, DeadLetterNotFoundError, DeadLetterStoreError
-from ._letter import DeadLetter
 
 __all__ = ["MemoryDeadLetterStore"]
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .._records import DeadLetter
 from ..errors import ConfigurationError, DeadLetterStoreError
-from ._letter import DeadLetter
 from ._memory import (
     _checked_id,
     _checked_lease,

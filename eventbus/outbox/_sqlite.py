@@ -34,10 +34,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._records import ClaimedRow, OutboxStatus, PendingRow
 from .._redact import redact
 from .._transactions import SQLiteTransaction
 from ..errors import ConfigurationError, OutboxError
-from ._rows import ClaimedRow, OutboxStatus, PendingRow
 
 __all__ = ["SQLiteOutbox"]
 

@@ -1,70 +1,50 @@
-"""A bus's link to its transport: connecting once, forwarding outbox rows, the worker.
+"""A bus's link to its transport: connecting it once, running the worker, stopping.
 
-With a transport configured, a durable publish writes one outbox row per event for the
-destination ``FORWARD`` (not one per handler: the handlers may live in other processes),
-and the relay hands such rows here. They are published per topic (the event's name) and
-completed only once the broker confirmed them; a failure keeps them for a later try, with
-a growing delay, and never buries them, except a message the broker will never take
-(``MessageRejectedError``), which becomes a dead letter.
+The link owns the transport of one bus. The relay's forwarder (``_forward``) publishes
+through it once connected, and waits for this bus's worker to declare its subscription
+first (on a transport that keeps messages only for groups that exist: RabbitMQ).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 from typing import TYPE_CHECKING
 
-from .. import hooks
-from .._delivery import bury
 from .._redact import describe_error, masked_logger
-from ..deadletters import DeadLetter
-from ..errors import ConfigurationError, MessageRejectedError
-from ..outbox._rows import first_failure
-from ._message import Message
+from .._retry import Backoff
+from ..errors import ConfigurationError
+from ..typing import SupportsDeclare
 from ._worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._bus import EventBus
-    from .._envelope import Envelope
-    from ..outbox import ClaimedRow
-    from ..typing import OutboxStore, Transport
+    from .._context import Context
+    from ..typing import Inbox, Transport
 
-__all__ = ["FORWARD", "TransportLink"]
+__all__ = ["TransportLink"]
 
 logger = masked_logger("eventbus.transport")
 
-FORWARD = "@transport"
-"""The outbox destination of rows bound for the transport (handler names cannot start with
-'@'); also the handler name of dead letters for messages the broker refused for good."""
-
-_MAX_RETRY_DELAY = 30.0
 _DECLARE_WAIT = 10.0
 """Seconds the relay waits, at most, for its bus's worker to declare its subscription."""
-
-
-def retry_delay(attempts: int) -> float:
-    """The wait before the next try of a row the broker did not confirm: 0.2 s doubling to
-    30 s, with jitter so relays do not retry in step."""
-    base: float = min(_MAX_RETRY_DELAY, 0.2 * 2.0 ** min(attempts, 16))
-    return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+_RECONNECT = Backoff(first=0.5, cap=30.0)
+"""The worker's waits between attempts to reach its broker."""
 
 
 class TransportLink:
-    """Owns the transport of one bus: connects it once, forwards rows, runs the worker."""
+    """Owns the transport of one bus: connects it once (whoever asks first: the worker or
+    the relay's forwarder), runs the worker, and stops them."""
 
     def __init__(
         self,
-        bus: EventBus,
         transport: Transport,
         *,
         group: str,
         max_deliveries: int,
         remake: Callable[[], Transport] | None = None,
     ) -> None:
-        self._bus = bus
         self.transport = transport
         self.group = group
         self.max_deliveries = max_deliveries
@@ -112,10 +92,13 @@ class TransportLink:
                 self._connected = True
         return self.transport
 
-    def make_worker(self, concurrency: int) -> Worker:
+    def make_worker(self, context: Context, inbox: Inbox, concurrency: int) -> Worker:
+        """The worker that runs ``context``'s durable handlers on this transport, with
+        ``inbox`` (the bus's outbox, or one in memory)."""
         self.worker = Worker(
-            self._bus,
+            context,
             self.transport,
+            inbox,
             group=self.group,
             max_deliveries=self.max_deliveries,
             concurrency=concurrency,
@@ -138,7 +121,7 @@ class TransportLink:
                     # The broker is out of reach: the relay need not wait for a
                     # declaration that is not coming soon (what it publishes is kept).
                     self._declared.set()
-                    delay = min(30.0, 0.5 * 2.0 ** min(attempt, 6))
+                    delay = _RECONNECT.delay(attempt)
                     logger.warning(
                         "cannot connect the worker's transport (%s); trying again in %.1f s",
                         describe_error(error, limit=500),
@@ -157,14 +140,14 @@ class TransportLink:
 
     async def _declare(self, worker: Worker) -> None:
         """Make the worker's subscription exist at the broker before it consumes, on a
-        transport that can (``declare``, optional): a RabbitMQ group's queue, without
+        transport that can (``SupportsDeclare``): a RabbitMQ group's queue, without
         which the relay's first messages would come back unroutable."""
-        declare = getattr(self.transport, "declare", None)
+        transport = self.transport
         topics = worker.topics()
-        if declare is None or not topics:
+        if not isinstance(transport, SupportsDeclare) or not topics:
             return
         try:
-            await declare(topics, group=self.group)
+            await transport.declare(topics, group=self.group)
         except Exception as error:
             # The subscription declares again, with its own retries; the relay's rows
             # that come back meanwhile are kept and retried.
@@ -173,7 +156,7 @@ class TransportLink:
                 describe_error(error, limit=500),
             )
 
-    async def _worker_declared(self) -> None:
+    async def worker_declared(self) -> None:
         """A bus that runs a worker publishes only once the worker has declared its
         subscription, waiting at most ``_DECLARE_WAIT`` (then it publishes anyway: what
         the broker returns is kept and retried)."""
@@ -184,100 +167,6 @@ class TransportLink:
                 await self._declared.wait()
         except TimeoutError:
             self._declared.set()  # waited enough: from now on, publish at once
-
-    async def forward(
-        self, outbox: OutboxStore, owner: str, rows: list[ClaimedRow]
-    ) -> tuple[list[int], list[Envelope]]:
-        """Publish rows bound for the transport; returns the ids to complete and, when a
-        hook listens, the envelopes sent. Rows that failed are rescheduled here."""
-        by_topic: dict[str, list[ClaimedRow]] = {}
-        for row in rows:
-            by_topic.setdefault(row.name, []).append(row)
-        sent: list[ClaimedRow] = []
-        done: list[int] = []
-        await self._worker_declared()
-        try:
-            transport = await self.ready()
-        except Exception as error:
-            await self._reschedule(outbox, owner, rows, error)
-            return [], []
-        for topic, group in by_topic.items():
-            try:
-                await transport.publish(topic, *(_message(row) for row in group))
-            except MessageRejectedError:
-                await self._isolate(transport, outbox, owner, group, sent=sent, done=done)
-            except Exception as error:
-                await self._reschedule(outbox, owner, group, error)
-            else:
-                sent.extend(group)
-        done.extend(row.id for row in sent)
-        envelopes: list[Envelope] = []
-        if sent and hooks.outbox_relayed.receivers:
-            for row in sent:
-                try:
-                    envelopes.append(self._bus.codec.decode(row.payload))
-                except Exception:  # noqa: S112 - the hook sees what can be decoded
-                    continue
-        return done, envelopes
-
-    async def _isolate(
-        self,
-        transport: Transport,
-        outbox: OutboxStore,
-        owner: str,
-        rows: list[ClaimedRow],
-        *,
-        sent: list[ClaimedRow],
-        done: list[int],
-    ) -> None:
-        """A batch the broker refused: publish one by one, so only the poison is buried."""
-        for row in rows:
-            try:
-                await transport.publish(row.name, _message(row))
-            except MessageRejectedError as error:
-                if await self._bury(row, error):
-                    done.append(row.id)
-                else:  # the letter could not be stored: the row stays, for a later try
-                    await self._reschedule(outbox, owner, [row], error)
-            except Exception as error:
-                await self._reschedule(outbox, owner, [row], error)
-            else:
-                sent.append(row)
-
-    async def _reschedule(
-        self, outbox: OutboxStore, owner: str, rows: list[ClaimedRow], error: BaseException
-    ) -> None:
-        text = describe_error(error)
-        logger.warning(
-            "the transport did not confirm %d outbox rows (%s); they are kept and retried",
-            len(rows),
-            text,
-        )
-        run = self._bus._runtime.run_sync
-        for row in rows:
-            delay = retry_delay(row.attempts)
-            await run(
-                lambda row=row, delay=delay: outbox.reschedule(
-                    row.id, owner=owner, attempts=row.attempts + 1, delay=delay, error=text
-                )
-            )
-
-    async def _bury(self, row: ClaimedRow, error: MessageRejectedError) -> bool:
-        """Keep a row the broker refused for good as a dead letter; whether it was kept."""
-        letter = DeadLetter.raw(
-            payload=row.payload,
-            envelope_id=row.envelope_id,
-            event_name=row.name,
-            handler=FORWARD,
-            error=error,
-            attempts=row.attempts + 1,
-            first_failed_at=first_failure(row),
-        )
-        try:
-            await bury(self._bus, letter)
-        except Exception:  # logged by bury()
-            return False
-        return True
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Stop the worker, let the messages in hand finish and be acknowledged (up to
@@ -307,7 +196,3 @@ class TransportLink:
             self._lock = None
             self.worker = None
             self._worker_task = None
-
-
-def _message(row: ClaimedRow) -> Message:
-    return Message(row.envelope_id, row.name, row.key, row.payload)

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .._records import Capabilities, Message
 from .._redact import redact
 from ..errors import ConfigurationError, TransportError
-from ._message import Capabilities, Message
 from ._options import url_options
 
 if TYPE_CHECKING:
@@ -175,7 +175,6 @@ class MemoryTransport:
     capabilities: ClassVar[Capabilities] = Capabilities(
         persistent=False, ordered_per_key=True, consumer_groups=True, counts_deliveries=True
     )
-    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, name: str | None = None) -> None:
         if name is None:

@@ -20,35 +20,36 @@ import contextlib
 import functools
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any, cast
 
 from .._delivery import Outcome, attempt, bury, dead_letter
 from .._envelope import uuid7
+from .._records import WORKER_HANDLER, DeadLetter
 from .._redact import describe_error, masked_logger
-from ..deadletters import DeadLetter
+from .._retry import Backoff
 from ..deadletters._peek import peek
 from ..errors import SerializationError, UnknownEventError
+from ..typing import SupportsPending, SupportsRedeliveryTimeout, SupportsTouch
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Sequence
 
-    from .._bus import EventBus
+    from .._context import Context
     from .._envelope import Envelope
     from .._handlers import Handler
-    from ..typing import Received, Transport
+    from ..typing import Inbox, Received, Transport
 
-__all__ = ["WORKER_HANDLER", "Worker"]
+__all__ = ["MemoryInbox", "Worker"]
 
 logger = masked_logger("eventbus.worker")
 
-WORKER_HANDLER = "@worker"
-"""The handler name of dead letters the worker writes itself (garbage, delivery limit)."""
-
 _MAX_KEPT_PAYLOAD = 1024 * 1024
-_RESUBSCRIBE_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+_RESUBSCRIBE = Backoff(first=0.1, cap=5.0)
+"""The waits before subscribing again after the subscription failed."""
 
 
-class _MemoryInbox:
+class MemoryInbox:
     """Handlers' processed envelope ids, for a worker whose bus has no outbox database.
 
     Bounded, and lost with the process: with a database (``EventBus(outbox=...)``) the
@@ -60,7 +61,11 @@ class _MemoryInbox:
         self._size = size
         self._lock = threading.Lock()
 
-    def seen_many(self, pairs: list[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
+    def seen(self, handler: str, envelope_id: uuid.UUID) -> bool:
+        with self._lock:
+            return (handler, envelope_id) in self._seen
+
+    def seen_many(self, pairs: Sequence[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
         with self._lock:
             return {pair for pair in pairs if pair in self._seen}
 
@@ -77,23 +82,38 @@ class _MemoryInbox:
 
 
 class Worker:
-    """Runs a bus's durable handlers on what a transport delivers to ``group``."""
+    """Runs the durable handlers of ``context`` on what ``transport`` delivers to
+    ``group``, skipping those ``inbox`` says ran already."""
 
     def __init__(
         self,
-        bus: EventBus,
+        context: Context,
         transport: Transport,
+        inbox: Inbox,
         *,
         group: str,
         max_deliveries: int,
         concurrency: int = 64,
     ) -> None:
-        self._bus = bus
+        self._context = context
         self._transport = transport
         self.group = group
         self._max_deliveries = max_deliveries
         self._slots = asyncio.Semaphore(concurrency)
-        self._inbox: Any = bus.outbox if bus.outbox is not None else _MemoryInbox()
+        self._inbox = inbox
+        # What the transport offers beyond the protocol, looked at once: a transport that
+        # redelivers after a timeout has its messages touched every third of it; one that
+        # counts what waits for a group lets drain wait for that too.
+        timeout = (
+            transport.redelivery_timeout
+            if isinstance(transport, SupportsRedeliveryTimeout)
+            else None
+        )
+        self._touch_every = timeout / 3 if timeout else None
+        self._touches: dict[type[Any], bool] = {}
+        self._pending: Callable[[str], int] | None = (
+            transport.pending if isinstance(transport, SupportsPending) else None
+        )
         self._tails: dict[str, asyncio.Task[None]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._consuming: asyncio.Task[None] | None = None
@@ -102,15 +122,8 @@ class Worker:
         """Messages settled so far (acked after handling or dead-lettering)."""
 
     def topics(self) -> list[str]:
-        """Every registered event name whose class one of this bus's durable handlers takes."""
-        wanted = [h for h in self._bus.handlers if h.delivery == "durable"]
-        return sorted(
-            {
-                info.name
-                for info in self._bus.registry
-                if any(issubclass(info.cls, t) for h in wanted for t in h.event_types)
-            }
-        )
+        """Every registered event name whose class one of the durable handlers takes."""
+        return self._context.handlers.durable_topics(self._context.registry)
 
     async def run(self) -> None:
         """Consume until stopped; then let the messages in hand finish."""
@@ -129,7 +142,7 @@ class Worker:
                     if not self._stopping:
                         raise
                 except Exception:
-                    delay = _RESUBSCRIBE_DELAYS[min(failures, len(_RESUBSCRIBE_DELAYS) - 1)]
+                    delay = _RESUBSCRIBE.delay(failures)
                     failures += 1
                     logger.warning(
                         "the worker's subscription failed; subscribing again in %.1f s",
@@ -141,8 +154,12 @@ class Worker:
                     failures = 0
                 finally:
                     await self._finish_in_flight()
-                    with contextlib.suppress(Exception):
-                        await iterator.aclose()  # type: ignore[attr-defined]
+                    # Closing the subscription hands back what it held unacknowledged:
+                    # the async generators transports write close; any other iterator
+                    # is let go.
+                    if isinstance(iterator, AsyncGenerator):
+                        with contextlib.suppress(Exception):
+                            await iterator.aclose()
         finally:
             self._consuming = None
 
@@ -165,7 +182,7 @@ class Worker:
 
     async def _decode(self, received: Received) -> Envelope | None:
         try:
-            return self._bus.codec.decode(received.body)
+            return self._context.codec.decode(received.body)
         except (SerializationError, UnknownEventError):
             return None
 
@@ -212,14 +229,14 @@ class Worker:
         """While handlers run, tell the broker the message is still in hand, so a slow
         handler does not get it redelivered to another consumer meanwhile (on transports
         that redeliver after a timeout: Redis ``claim_idle``, NATS ``ack_wait``)."""
-        timeout = getattr(self._transport, "redelivery_timeout", None)
-        touch = getattr(received, "touch", None)
-        if not timeout or touch is None:
+        every = self._touch_every
+        if every is None or not self._touches_messages(received):
             return None
+        touch = cast("SupportsTouch", received).touch
 
         async def keep_touching() -> None:
             while True:
-                await asyncio.sleep(timeout / 3)
+                await asyncio.sleep(every)
                 try:
                     await touch()
                 except Exception:
@@ -227,18 +244,27 @@ class Worker:
 
         return asyncio.create_task(keep_touching())
 
+    def _touches_messages(self, received: Received) -> bool:
+        """Whether messages of this kind offer ``touch`` (asked once per class: an
+        isinstance against a runtime protocol is too slow for every message)."""
+        kind = type(received)
+        touches = self._touches.get(kind)
+        if touches is None:
+            touches = self._touches[kind] = isinstance(received, SupportsTouch)
+        return touches
+
     def _why_undecodable(self, received: Received) -> str:
         try:
-            self._bus.codec.decode(received.body)
+            self._context.codec.decode(received.body)
         except (SerializationError, UnknownEventError) as error:
             return describe_error(error)
         return "not an envelope"  # pragma: no cover - decode failed a moment ago
 
     async def _run_handlers(self, envelope: Envelope) -> None:
-        handlers = self._bus._route(type(envelope.event)).durable
+        handlers = self._context.handlers.durable_for(type(envelope.event))
         if not handlers:
             return
-        run = self._bus._runtime.run_sync
+        run = self._context.runtime.run_sync
         pairs = [(handler.name, envelope.id) for handler in handlers]
         seen = await run(self._inbox.seen_many, pairs)
         for handler in handlers:
@@ -247,12 +273,12 @@ class Worker:
             await self._deliver(handler, envelope)
 
     async def _deliver(self, handler: Handler, envelope: Envelope) -> None:
-        result = await attempt(self._bus, handler, envelope)
+        result = await attempt(self._context, handler, envelope)
         if result.outcome is Outcome.FAILED:
             assert result.error is not None
             # Raises when the store fails: the message is not acknowledged, and comes back.
             await dead_letter(
-                self._bus,
+                self._context,
                 handler,
                 envelope,
                 result.error,
@@ -263,7 +289,7 @@ class Worker:
             # Handled or dead-lettered: marked now, so a redelivery skips the handler. A
             # connection-taking handler's mark means "its effects are committed" (it is
             # written with them), never "gave up": a replay of its letter must run it.
-            await self._bus._runtime.run_sync(self._inbox.mark, handler.name, envelope.id)
+            await self._context.runtime.run_sync(self._inbox.mark, handler.name, envelope.id)
 
     async def _bury(self, received: Received, envelope: Envelope | None, reason: str) -> None:
         """Keep a message that cannot be handled as a dead letter, raw, then let it go.
@@ -297,7 +323,7 @@ class Worker:
             message=f"message {received.message_id} on {received.topic}: {reason}",
             attempts=received.delivery_count,
         )
-        await bury(self._bus, letter)
+        await bury(self._context, letter)
 
     @property
     def in_hand(self) -> int:
@@ -312,7 +338,7 @@ class Worker:
         """Wait until nothing is in hand (and, on a transport that can tell, nothing is
         waiting for this group); returns whether anything was handled meanwhile."""
         before = self.handled
-        pending = getattr(self._transport, "pending", None)
+        pending = self._pending
         while True:
             await self._finish_in_flight()
             waiting = pending(self.group) if pending is not None else 0

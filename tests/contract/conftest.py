@@ -1,13 +1,14 @@
 """The ``outbox`` fixture: every outbox store behind one face, for the contract suite.
 
 ``outbox`` is the store of the test's ``backend``: the stdlib ``SQLiteOutbox`` for
-``sqlite3``, ``SQLAlchemyOutbox`` for ``sqlite``, ``postgresql`` and ``mariadb`` (servers
-that do not answer skip, or fail under CI=true: see tests/conftest.py); the contract
-module parametrises ``backend`` over all four. The harness does, per
-store, what the protocol leaves to the application: open an application transaction,
-write an application table in it, read the outbox table raw, open the same tables again
-(another relay), or empty ones (a migration). Tests switch on ``outbox.backend``'s
-capabilities, never on its name.
+``sqlite3``, the store a third party would write on the public surface alone
+(tests/third_party.py) for ``third-party``, ``SQLAlchemyOutbox`` for ``sqlite``,
+``postgresql`` and ``mariadb`` (servers that do not answer skip, or fail under CI=true:
+see tests/conftest.py); the contract module parametrises ``backend`` over all five. The
+harness does, per store, what the protocol leaves to the application: open an
+application transaction, write an application table in it, read the outbox table raw,
+open the same tables again (another relay), or empty ones (a migration). Tests switch on
+``outbox.backend``'s capabilities, never on its name.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 from eventbus.outbox import SQLiteOutbox
 from eventbus.typing import OutboxStore
+from tests.third_party import ThirdPartyOutbox
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -128,8 +130,12 @@ class SQLite3Harness(Harness):
         self._directory = directory
         self._connections: list[sqlite3.Connection] = []
 
+    def _make(self, path: Path, **options: Any) -> OutboxStore:
+        """The store under test on the SQLite file ``path``."""
+        return SQLiteOutbox(path, **options)
+
     def _open(self, **options: Any) -> OutboxStore:
-        return SQLiteOutbox(self.path, **options)
+        return self._make(self.path, **options)
 
     def _open_elsewhere(self, *, schema_sql: bool) -> OutboxStore:
         path = self._directory / f"elsewhere-{len(self._opened)}.db"
@@ -139,7 +145,7 @@ class SQLite3Harness(Harness):
                 connection.executescript(SQLiteOutbox.schema_sql())
             finally:
                 connection.close()
-        return SQLiteOutbox(path, create=False)
+        return self._make(path, create=False)
 
     def _open_earlier_release(self, *, create: bool) -> OutboxStore:
         path = self._directory / "earlier-release.db"
@@ -152,7 +158,7 @@ class SQLite3Harness(Harness):
                     "payload, created_at, available_at) VALUES ("
                     f"'{uuid.uuid4()}', 'order.placed', 'h', NULL, X'7B226E223A307D', 0, 0);"
                 )
-        return SQLiteOutbox(path, create=create)
+        return self._make(path, create=create)
 
     def _connect(self) -> sqlite3.Connection:
         # Transactions managed explicitly, as the store's docs ask of an application.
@@ -193,6 +199,14 @@ class SQLite3Harness(Harness):
         super().close()
         for connection in self._connections:
             connection.close()
+
+
+class ThirdPartyHarness(SQLite3Harness):
+    """``ThirdPartyOutbox`` on the same file and tables: a store written against
+    ``eventbus.typing`` alone passes what the built-in ones pass."""
+
+    def _make(self, path: Path, **options: Any) -> OutboxStore:
+        return ThirdPartyOutbox(path, **options)
 
 
 class SQLAlchemyHarness(Harness):
@@ -315,6 +329,8 @@ def outbox(backend: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     harness: Harness
     if backend.name == "sqlite3":
         harness = SQLite3Harness(backend, tmp_path)
+    elif backend.name == "third-party":
+        harness = ThirdPartyHarness(backend, tmp_path)
     else:
         harness = SQLAlchemyHarness(
             backend,

@@ -1,6 +1,7 @@
 """The OutboxStore contract, written once and run against every store.
 
-Each test runs on the stdlib ``SQLiteOutbox`` and on ``SQLAlchemyOutbox`` on SQLite,
+Each test runs on the stdlib ``SQLiteOutbox``, on a store written by a third party on the
+public surface alone (tests/third_party.py), and on ``SQLAlchemyOutbox`` on SQLite,
 PostgreSQL and MariaDB (the ``outbox`` fixture, tests/contract/conftest.py). What the
 relay relies on: rows written in the caller's transaction appear at its commit and
 vanish at its rollback; claims come back oldest first and byte for byte; a lease keeps a
@@ -33,10 +34,11 @@ OTHER = "relay-b"
 # The harness (tests/contract/conftest.py); Any, as the fixture is not importable here.
 Outbox = Any
 
-# Every store: the stdlib one (sqlite3) and SQLAlchemy's on each database. Indirect, so
+# Every store: the stdlib one (sqlite3), a third party's written on the public surface
+# alone (tests/third_party.py), and SQLAlchemy's on each database. Indirect, so
 # tests/conftest.py still probes the servers and skips those that are down.
 pytestmark = pytest.mark.parametrize(
-    "backend", ["sqlite3", "sqlite", "postgresql", "mariadb"], indirect=True
+    "backend", ["sqlite3", "third-party", "sqlite", "postgresql", "mariadb"], indirect=True
 )
 
 

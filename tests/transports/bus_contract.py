@@ -36,7 +36,7 @@ from eventbus import (
 )
 from eventbus.testing import capture_events
 from eventbus.transports import Capabilities, Message
-from eventbus.typing import Transport
+from eventbus.typing import OutboxStore, Transport
 from tests.servers import BrokerNamespace, broker_namespace, fresh_name
 
 REGISTRY = EventRegistry()
@@ -100,9 +100,13 @@ class BusOverTransport:
             self.space.keep_group(self.group)
             yield
 
+    def make_outbox(self) -> OutboxStore:
+        """The outbox of the test's buses, on ``self.database`` (a SQLite file)."""
+        return SQLiteOutbox(self.database, poll_interval=0.05)
+
     @contextlib.asynccontextmanager
     async def bus(self, **options: Any) -> AsyncIterator[EventBus]:
-        outbox = SQLiteOutbox(self.database, poll_interval=0.05)
+        outbox = self.make_outbox()
         options.setdefault("retry", FAST)
         bus = EventBus(
             registry=REGISTRY,

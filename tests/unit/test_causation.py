@@ -5,6 +5,7 @@ import contextlib
 import gc
 import threading
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -573,3 +574,32 @@ def test_closing_the_only_tracking_bus_stops_tracking_elsewhere():
     tracking.close()
     plain.publish(A())
     assert plain._routes[A][1] == 0  # plain again
+
+
+def test_a_tracking_bus_nobody_holds_is_freed_at_once(tmp_path):
+    """Nothing the bus holds holds it back: without the cyclic collector, a forgotten bus
+    is gone when its last reference is, and so is its say in whether buses track."""
+    from eventbus import SQLiteOutbox
+
+    outbox = SQLiteOutbox(tmp_path / "app.db")
+    plain = EventBus(registry=REGISTRY)
+    plain.subscribe(A, name="plain.a")(_ignore)
+    gc.collect()
+    gc.disable()
+    try:
+        for options in ({}, {"outbox": outbox, "relay": False}):
+            tracking = EventBus(registry=REGISTRY, **options)
+            tracking.subscribe(Unrelated, name="durable", delivery="durable")(_ignore)
+            plain.publish(A())
+            assert plain._routes[A][1] == 1  # tracked, because that bus can see envelopes
+            reference = weakref.ref(tracking)
+            del tracking
+            assert reference() is None, f"a bus with {options} lives on in a cycle"
+            assert not [bus for bus in _bus._buses if bus._linkers]
+            plain._invalidate()  # what the next subscribe or hook change does
+            plain.publish(A())
+            assert plain._routes[A][1] == 0  # plain again
+    finally:
+        gc.enable()
+        plain.close()
+        outbox.close()

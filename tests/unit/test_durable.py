@@ -684,10 +684,43 @@ def test_a_handler_must_take_what_the_outbox_gives(tmp_path):
         store.close()
 
 
+class _Unit:
+    """A connection type no part of eventbus knows: only the outbox below declares it."""
+
+
+class _UnitOutbox(SQLiteOutbox):
+    resource_type = _Unit
+
+
+def test_a_handler_takes_what_its_outbox_declares_with_nothing_registered(tmp_path):
+    """What a connection-taking handler may take comes from the bus's own outbox
+    (``resource_type``), not from a list every integration adds to at import."""
+    from eventbus.errors import HandlerSignatureError as SignatureError
+
+    store = _UnitOutbox(tmp_path / "app.db")
+    bus = EventBus(registry=REGISTRY, outbox=store, relay=False)
+    try:
+
+        @bus.subscribe(name="apply", delivery="durable")
+        def apply(event: OrderPlaced, unit: _Unit) -> None: ...
+
+        (handler,) = bus.handlers
+        assert handler.connection_type is _Unit
+        with pytest.raises(SignatureError, match="only a durable handler may"):
+
+            @bus.subscribe(name="inline")
+            def inline(event: OrderPlaced, unit: _Unit) -> None: ...
+
+        assert [h.name for h in bus.handlers] == ["apply"]
+    finally:
+        bus.close()
+        store.close()
+
+
 def test_lock_contention_is_recognised_through_wrapping_errors():
     import sqlite3 as sqlite
 
-    from eventbus.outbox._relay import _contention
+    from eventbus.outbox._local import contention as _contention
 
     wrapper = RuntimeError("wrapped")
     wrapper.__cause__ = sqlite.OperationalError("database is locked")

@@ -78,14 +78,19 @@ def test_the_filter_leaves_a_record_without_secrets_as_it_was() -> None:
 def test_every_eventbus_logger_masks_what_it_logs(caplog: pytest.LogCaptureFixture) -> None:
     import eventbus._delivery
     import eventbus.hooks
+    import eventbus.outbox._local
     import eventbus.outbox._relay
+    import eventbus.transports._forward
     import eventbus.transports._link
     import eventbus.transports._worker
 
     loggers = [
         eventbus._delivery.logger,
+        eventbus._delivery.replay_logger,
         eventbus.hooks.logger,
+        eventbus.outbox._local.logger,
         eventbus.outbox._relay.logger,
+        eventbus.transports._forward.logger,
         eventbus.transports._link.logger,
         eventbus.transports._worker.logger,
     ]

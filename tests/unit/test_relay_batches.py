@@ -21,7 +21,7 @@ import tenacity
 
 from eventbus import Envelope, EventBus, EventRegistry, RetryPolicy, event, hooks
 from eventbus.outbox import ClaimedRow, PendingRow, SQLiteOutbox
-from eventbus.outbox import _relay as relay_module
+from eventbus.outbox import _local as local_sink
 
 REGISTRY = EventRegistry()
 
@@ -132,7 +132,7 @@ def test_a_row_the_inbox_holds_is_completed_without_running_its_handler(
 def test_quick_sync_handlers_run_on_the_claiming_thread(
     make_bus: Callable[..., EventBus], path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(relay_module, "_INLINE_BUDGET", 60.0)  # whatever the machine's load
+    monkeypatch.setattr(local_sink, "_INLINE_BUDGET", 60.0)  # whatever the machine's load
     bus = make_bus()
     threads: set[str] = set()
     bus.subscribe(OrderPlaced, name="quick", delivery="durable")(
@@ -149,7 +149,7 @@ def test_quick_sync_handlers_run_on_the_claiming_thread(
 def test_slow_sync_handlers_spread_over_the_worker_threads(
     make_bus: Callable[..., EventBus], path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(relay_module, "_INLINE_BUDGET", -1.0)  # always past: all fan out
+    monkeypatch.setattr(local_sink, "_INLINE_BUDGET", -1.0)  # always past: all fan out
     bus = make_bus()
     threads: set[str] = set()
     both = threading.Barrier(2, timeout=5)

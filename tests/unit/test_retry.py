@@ -111,3 +111,56 @@ def test_a_single_exception_class_is_accepted():
 def test_retry_later_refuses_negative_delays():
     with pytest.raises(ValueError, match=">= 0"):
         RetryLater(-1)
+
+
+# -- Backoff: the machinery's own waits (reconnecting, resubscribing, republishing) ---------
+
+
+def test_a_backoff_doubles_from_first_up_to_its_cap():
+    from eventbus.transports import Backoff
+
+    backoff = Backoff(first=0.1, cap=5.0)
+    assert [backoff.delay(n) for n in range(9)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+    assert backoff.delay(10**9) == 5.0  # however long it has failed: no overflow, the cap
+
+
+def test_a_backoff_grows_by_its_factor():
+    from eventbus.transports import Backoff
+
+    assert [Backoff(first=0.05, cap=1.0, factor=4.0).delay(n) for n in range(4)] == [
+        0.05,
+        0.2,
+        0.8,
+        1.0,
+    ]
+    assert {Backoff(first=0.3, cap=1.0, factor=1.0).delay(n) for n in range(50)} == {0.3}
+
+
+def test_jitter_takes_at_most_its_share_off_each_wait():
+    from eventbus.transports import Backoff
+
+    backoff = Backoff(first=0.2, cap=30.0, jitter=0.5)
+    for failures in range(12):
+        full = min(30.0, 0.2 * 2**failures)
+        waits = {backoff.delay(failures) for _ in range(50)}
+        assert all(full * 0.5 <= wait <= full for wait in waits), (failures, waits)
+        assert len(waits) > 1  # random: relays retrying together drift apart
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"first": 0.0, "cap": 1.0},
+        {"first": -1.0, "cap": 1.0},
+        {"first": 2.0, "cap": 1.0},
+        {"first": 0.1, "cap": 1.0, "jitter": 1.5},
+        {"first": 0.1, "cap": 1.0, "jitter": -0.1},
+        {"first": 0.1, "cap": 1.0, "factor": 0.5},
+    ],
+    ids=repr,
+)
+def test_a_backoff_that_would_not_grow_sanely_is_refused(kwargs):
+    from eventbus.transports import Backoff
+
+    with pytest.raises(ConfigurationError, match="Backoff needs"):
+        Backoff(**kwargs)

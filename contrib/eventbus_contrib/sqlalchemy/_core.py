@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 
 from eventbus import RedactingFilter, redact
-from eventbus._handlers import register_resource_type
-from eventbus._transactions import AsyncTransactionControl, CommitHook, TransactionControl
 from eventbus.errors import ConfigurationError, MissingDependencyError, OutboxError
 from eventbus.outbox import ClaimedRow, OutboxStatus, PendingRow
+from eventbus.typing import AsyncTransactionControl, CommitHook, TransactionControl
 
 __all__ = [
     "AsyncTransactionControl",
@@ -28,7 +27,6 @@ __all__ = [
     "TransactionControl",
     "logger",
     "redact",
-    "register_resource_type",
 ]
 
 logger = logging.getLogger("eventbus.sqlalchemy")

@@ -28,7 +28,6 @@ from ._core import (
     OutboxStatus,
     PendingRow,
     redact,
-    register_resource_type,
 )
 from ._dialects import dialect_for
 from ._resources import Resources, asyncio_module, unscoped
@@ -39,10 +38,6 @@ if TYPE_CHECKING:
     from ._core import AsyncTransactionControl, TransactionControl
 
 __all__ = ["SQLAlchemyOutbox"]
-
-# Durable handlers may take ``session: Session``: the relay hands them the session of
-# handler_transaction(), in which their inbox mark is written too.
-register_resource_type(Session)
 
 _CHUNK_ROWS: Final = 500
 _CHUNK_BYTES: Final = 2 * 1024 * 1024

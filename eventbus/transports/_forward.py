@@ -1,0 +1,185 @@
+"""The forwarder: the relay's sink for a bus with a transport (Watermill's forwarder).
+
+With a transport configured, a durable publish writes one outbox row per event for the
+destination ``FORWARD`` (not one per handler: the handlers may live in other processes),
+and the relay hands such rows here. They are published per topic (the event's name), as
+the bytes the codec wrote at publish time, never decoded, and completed only once the
+broker confirmed them; a failure keeps them for a later try, with a growing delay, and
+never buries them, except a message the broker will never take
+(``MessageRejectedError``), which becomes a dead letter. Rows for a handler (written
+before the bus had a transport) go to the sink for this process's handlers.
+
+``outbox_relayed`` names envelopes: the forwarded rows are decoded for it only while a
+receiver of this bus's hook is connected, so with none the forwarder never decodes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .. import hooks
+from .._delivery import bury
+from .._records import FORWARD, DeadLetter, Message, first_failure
+from .._redact import describe_error, masked_logger
+from .._retry import Backoff
+from ..errors import MessageRejectedError
+from ..outbox._relay import Batch, Retry
+
+if TYPE_CHECKING:
+    from .._context import Context
+    from .._envelope import Envelope
+    from .._records import ClaimedRow
+    from ..outbox._relay import Sink
+    from ..typing import Transport
+    from ._link import TransportLink
+
+__all__ = ["Forwarder"]
+
+logger = masked_logger("eventbus.transport")
+
+_UNCONFIRMED = Backoff(first=0.2, cap=30.0, jitter=0.5)
+"""The wait before the next try of a row the broker did not confirm: 0.2 s doubling to
+30 s, with jitter so relays do not retry in step."""
+
+
+@attrs.define(eq=False)
+class _ForwardBatch(Batch):
+    forward: list[ClaimedRow] = attrs.Factory(list)
+    """Rows bound for the transport: published, then completed, on the loop."""
+    sent: list[ClaimedRow] = attrs.Factory(list)
+    """Rows the broker confirmed."""
+    local: Batch | None = None
+    """The other rows, as the local sink took them."""
+
+
+class Forwarder:
+    """Publishes outbox rows to the transport of ``link`` (a relay's sink); rows for a
+    handler go to ``local``."""
+
+    def __init__(self, link: TransportLink, context: Context, local: Sink) -> None:
+        self._link = link
+        self._context = context
+        self._local = local
+
+    def take(self, rows: list[ClaimedRow]) -> Batch:
+        """On the worker thread: set the transport's rows aside for the loop; the local
+        sink takes the others."""
+        forward = [row for row in rows if row.destination == FORWARD]
+        if not forward:
+            return self._local.take(rows)
+        others = [row for row in rows if row.destination != FORWARD]
+        local = self._local.take(others) if others else None
+        return _ForwardBatch(rows, left=True, forward=forward, local=local)
+
+    async def finish(self, batch: Batch) -> None:
+        """Publish the transport's rows (the confirmed ones are finished), then let the
+        local sink finish its own."""
+        if not isinstance(batch, _ForwardBatch):
+            await self._local.finish(batch)
+            return
+        await self._publish(batch)
+        batch.finished.extend(row.id for row in batch.sent)
+        local = batch.local
+        if local is not None:
+            await self._local.finish(local)
+            batch.finished.extend(local.finished)
+            batch.processed.extend(local.processed)
+            batch.retries.extend(local.retries)
+
+    def relayed(self, batch: Batch) -> None:
+        """``outbox_relayed`` for the published rows (decoded only for a receiver)."""
+        if not isinstance(batch, _ForwardBatch):
+            self._local.relayed(batch)
+            return
+        sender = self._context.sender
+        if batch.sent and hooks._heard(hooks.outbox_relayed, sender):
+            envelopes = self._decoded(batch.sent)
+            if envelopes:
+                hooks._send(hooks.outbox_relayed, sender, envelopes=envelopes)
+        if batch.local is not None:
+            self._local.relayed(batch.local)
+
+    def _decoded(self, rows: list[ClaimedRow]) -> tuple[Envelope, ...]:
+        decode = self._context.codec.decode
+        envelopes: list[Envelope] = []
+        for row in rows:
+            try:
+                envelopes.append(decode(row.payload))
+            except Exception:  # noqa: S112 - the hook sees what can be decoded
+                continue
+        return tuple(envelopes)
+
+    async def _publish(self, batch: _ForwardBatch) -> None:
+        """Publish per topic; what the broker did not confirm is retried later."""
+        by_topic: dict[str, list[ClaimedRow]] = {}
+        for row in batch.forward:
+            by_topic.setdefault(row.name, []).append(row)
+        link = self._link
+        await link.worker_declared()
+        try:
+            transport = await link.ready()
+        except Exception as error:
+            _unconfirmed(batch, batch.forward, error)
+            return
+        for topic, rows in by_topic.items():
+            try:
+                await transport.publish(topic, *(_message(row) for row in rows))
+            except MessageRejectedError:
+                await self._isolate(transport, rows, batch)
+            except Exception as error:
+                _unconfirmed(batch, rows, error)
+            else:
+                batch.sent.extend(rows)
+
+    async def _isolate(
+        self, transport: Transport, rows: list[ClaimedRow], batch: _ForwardBatch
+    ) -> None:
+        """A batch the broker refused: publish one by one, so only the poison is buried."""
+        for row in rows:
+            try:
+                await transport.publish(row.name, _message(row))
+            except MessageRejectedError as error:
+                if await self._bury(row, error):
+                    batch.finished.append(row.id)
+                else:  # the letter could not be stored: the row stays, for a later try
+                    _unconfirmed(batch, [row], error)
+            except Exception as error:
+                _unconfirmed(batch, [row], error)
+            else:
+                batch.sent.append(row)
+
+    async def _bury(self, row: ClaimedRow, error: MessageRejectedError) -> bool:
+        """Keep a row the broker refused for good as a dead letter; whether it was kept."""
+        letter = DeadLetter.raw(
+            payload=row.payload,
+            envelope_id=row.envelope_id,
+            event_name=row.name,
+            handler=FORWARD,
+            error=error,
+            attempts=row.attempts + 1,
+            first_failed_at=first_failure(row),
+        )
+        try:
+            await bury(self._context, letter)
+        except Exception:  # logged by bury()
+            return False
+        return True
+
+
+def _unconfirmed(batch: Batch, rows: list[ClaimedRow], error: BaseException) -> None:
+    """Keep rows the broker did not confirm, for a later try (not one drain waits for)."""
+    text = describe_error(error)
+    logger.warning(
+        "the transport did not confirm %d outbox rows (%s); they are kept and retried",
+        len(rows),
+        text,
+    )
+    batch.retries.extend(
+        Retry(row, text, _UNCONFIRMED.delay(row.attempts), waited=False) for row in rows
+    )
+
+
+def _message(row: ClaimedRow) -> Message:
+    return Message(row.envelope_id, row.name, row.key, row.payload)

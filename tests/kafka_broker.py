@@ -18,6 +18,9 @@ What the tests' URL says about this broker, and why:
   Redpanda take it; the transport's default stays on.
 * ``session_timeout=6``: tansu holds a JoinGroup for half the session timeout before
   answering, so every rebalance waits that long; 6 s is the smallest Kafka allows.
+* ``fetch_wait=0.01``: tansu answers a fetch only when its wait is over, even when
+  messages arrived meanwhile (Kafka answers at once), so a message waited for half of
+  the default 0.5 s on average.
 
 Everything is lost when it stops, so tests of a broker restart do not apply to it.
 """
@@ -39,7 +42,7 @@ from typing import Any
 
 __all__ = ["TEST_OPTIONS", "names", "remove", "running_url", "start", "stop"]
 
-TEST_OPTIONS = "idempotent=false&session_timeout=6"
+TEST_OPTIONS = "idempotent=false&session_timeout=6&fetch_wait=0.01"
 """What the tests' Kafka URL carries for this broker (see the module docstring)."""
 
 _state: dict[str, Any] = {}

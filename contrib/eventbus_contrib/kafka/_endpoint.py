@@ -33,6 +33,7 @@ class Options:
     session_timeout: float = 10.0
     handback_wait: float = 10.0
     commit_interval: float = 0.2
+    fetch_wait: float = 0.5
     publish_timeout: float = 30.0
     max_message_bytes: int = 1_048_576
     sasl_mechanism: str = "PLAIN"
@@ -45,7 +46,7 @@ class Options:
 DEFAULTS: Final[dict[str, Any]] = {a.name: a.default for a in attrs.fields(Options)}
 
 _WHOLE = ("partitions", "replication", "batch", "max_message_bytes")
-_SECONDS = ("session_timeout", "handback_wait", "commit_interval", "publish_timeout")
+_SECONDS = ("session_timeout", "handback_wait", "commit_interval", "fetch_wait", "publish_timeout")
 _TEXT = ("prefix", "sasl_mechanism", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "client_id")
 
 

@@ -10,7 +10,8 @@ URLs::
 Options, as keywords of ``from_url`` or in the URL's query (keywords win): ``prefix``
 (``"eventbus"``), ``partitions`` (8), ``replication`` (1), ``idempotent`` (true),
 ``batch`` (100), ``session_timeout`` (10 s), ``handback_wait`` (10 s),
-``commit_interval`` (0.2 s), ``publish_timeout`` (30 s), ``max_message_bytes``
+``commit_interval`` (0.2 s), ``fetch_wait`` (0.5 s), ``publish_timeout`` (30 s),
+``max_message_bytes``
 (1,048,576), ``sasl_mechanism`` (``PLAIN``), ``ssl_cafile``, ``ssl_certfile``,
 ``ssl_keyfile``, ``client_id`` (``"eventbus"``). aiokafka reads nothing from a URL, so
 any other name is refused.
@@ -214,6 +215,8 @@ class _Subscription:
             heartbeat_interval_ms=int(chosen.session_timeout * 1000 / 3),
             rebalance_timeout_ms=int((chosen.handback_wait + chosen.session_timeout) * 1000),
             max_partition_fetch_bytes=max(1_048_576, chosen.max_message_bytes * 2),
+            fetch_max_wait_ms=int(chosen.fetch_wait * 1000),
+            consumer_timeout_ms=min(200, int(chosen.fetch_wait * 1000)),
             **settings,
         )
         self.reader = aiokafka.AIOKafkaConsumer(enable_auto_commit=False, **settings)

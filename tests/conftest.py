@@ -189,9 +189,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     anything named with this run's id. Runs once, on the controller."""
     config = session.config
     try:
-        if _is_xdist_worker(config) or not run_named_anything():
-            return  # a worker, or a run that named nothing on a server: nothing to look for
+        if _is_xdist_worker(config):
+            # Its Kafka test broker stops with it: say what is left there, for the controller.
+            kafka_broker.note_leftovers(os.environ[RUN_VARIABLE], run_prefix())
+            return
+        if not run_named_anything():
+            return  # a run that named nothing on a server: nothing to look for
         found = leftovers.find(run_prefix())
+        noted = kafka_broker.noted_leftovers(os.environ[RUN_VARIABLE])
+        if noted:
+            found.names["kafka, on the brokers of xdist workers"] = noted
         forget_run()
         config.stash[_LEFT] = found
         if found and session.exitstatus == pytest.ExitCode.OK:

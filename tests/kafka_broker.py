@@ -40,7 +40,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TEST_OPTIONS", "names", "remove", "running_url", "start", "stop"]
+__all__ = [
+    "TEST_OPTIONS",
+    "names",
+    "note_leftovers",
+    "noted_leftovers",
+    "remove",
+    "running_url",
+    "start",
+    "stop",
+]
 
 TEST_OPTIONS = "idempotent=false&session_timeout=6&fetch_wait=0.01"
 """What the tests' Kafka URL carries for this broker (see the module docstring)."""
@@ -183,6 +192,34 @@ async def names(url: str) -> tuple[list[str], list[str]]:
     finally:
         await admin.close()
     return topics, groups
+
+
+def _notes(run: str) -> list[Path]:
+    return sorted(Path(tempfile.gettempdir()).glob(f"eventbus-test-run-{run}-kafka-*.txt"))
+
+
+def note_leftovers(run: str, prefix: str) -> None:
+    """In a pytest-xdist worker, before its broker stops: write down what its tests left
+    on it (names starting with ``prefix``), for the controller's check at the run's end."""
+    url = running_url()
+    if url is None:
+        return
+    from tests.servers import run_coroutine
+
+    topics, groups = run_coroutine(names(url))
+    left = [n for n in (*topics, *groups) if n.lower().startswith(prefix.lower())]
+    if left:
+        note = Path(tempfile.gettempdir()) / f"eventbus-test-run-{run}-kafka-{os.getpid()}.txt"
+        note.write_text("\n".join(left))
+
+
+def noted_leftovers(run: str) -> list[str]:
+    """What the workers of run ``run`` wrote down (the notes are removed)."""
+    left: list[str] = []
+    for note in _notes(run):
+        left.extend(note.read_text().split())
+        note.unlink(missing_ok=True)
+    return left
 
 
 async def remove(url: str, prefix: str) -> None:

@@ -105,6 +105,26 @@ class TestKafkaTransport(TransportContract):
             finally:
                 await consumer.close()
 
+    async def test_closing_the_transport_ends_its_subscriptions_and_hands_over(self) -> None:
+        transport = await self.make()
+        consumer = await self.subscribed(transport)
+        await transport.publish(
+            self.topic, *(message(self.topic, f"m{i}".encode(), key="k") for i in range(2))
+        )
+        held = await consumer.take(2)
+        await transport.aclose()
+        async with asyncio.timeout(10):
+            await consumer._task  # the iteration ended by itself
+        async with self.transport() as fresh, self.consumer(fresh) as successor:
+            # An orderly handover: both at once (not one at a time, as after a death),
+            # each counted.
+            again = await successor.take(2)
+            assert [(r.body, r.delivery_count) for r in again] == [(b"m0", 2), (b"m1", 2)]
+            for received in again:
+                await received.ack()
+        for received in held:
+            await received.ack()  # after the handover: a no-op, not an error
+
     async def test_a_killed_consumers_messages_come_back_one_at_a_time_counted(
         self, tmp_path: Path
     ) -> None:

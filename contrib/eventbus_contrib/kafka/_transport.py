@@ -478,6 +478,7 @@ class KafkaTransport:
         self._topics: set[str] = set()
         self._lock: asyncio.Lock | None = None
         self._closed = False
+        self._closing = False
         self._subscriptions: set[_Subscription] = set()
 
     @classmethod
@@ -495,7 +496,7 @@ class KafkaTransport:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or self._closing
 
     def topic(self, topic: str) -> str:
         return topic_name(self.options.prefix, topic)
@@ -607,7 +608,7 @@ class KafkaTransport:
     # -- publishing ---------------------------------------------------------------------
 
     async def publish(self, topic: str, /, *messages: Message) -> None:
-        if self._closed:
+        if self._closed or self._closing:
             raise TransportError(f"{self!r} is closed; make a new one")
         if not is_topic(topic):
             raise MessageRejectedError(
@@ -682,7 +683,7 @@ class KafkaTransport:
         return self._consume(topics, group)
 
     async def _consume(self, topics: Sequence[str], group: str) -> AsyncIterator[Received]:
-        if self._closed:
+        if self._closed or self._closing:
             raise TransportError(f"{self!r} is closed; make a new one")
         if isinstance(topics, str) or not isinstance(topics, Sequence) or not topics:
             raise ConfigurationError(
@@ -703,26 +704,29 @@ class KafkaTransport:
             await self.ensure_topics(list(subscription.topics))
             await self.ensure_topics([subscription.state_topic], deliveries=True)
             await subscription.open()
-            while not self._closed:
+            while not self.closed:
                 try:
                     received = await subscription.next()
                 except Exception:
                     if subscription.closed or self.closed:
                         break  # the transport was closed under it: the iteration ends
                     raise
-                if self.closed:
-                    break
+                if subscription.closed:
+                    break  # closed with the transport while it waited
                 yield received
         finally:
             self._subscriptions.discard(subscription)
             await subscription.close()
 
     async def aclose(self) -> None:
+        """End the subscriptions (each hands its partitions over: commits and leaves its
+        records, with the producer still open), then close the clients."""
         if self._closed:
             return
-        self._closed = True
+        self._closing = True
         for subscription in list(self._subscriptions):
             await subscription.close()
+        self._closed = True
         producer, admin = self._producer, self._admin
         self._producer = self._admin = None
         await _stop(producer, admin)

@@ -36,15 +36,18 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "TEST_OPTIONS",
+    "Tansu",
     "names",
     "note_leftovers",
     "noted_leftovers",
+    "own_broker",
     "remove",
     "running_url",
     "start",
@@ -100,6 +103,60 @@ def running_url() -> str | None:
     return url if isinstance(url, str) else None
 
 
+class Tansu:
+    """One tansu process: listening on 127.0.0.1:``port``, telling clients to connect to
+    127.0.0.1:``advertised`` (another port when a test's proxy stands in front of it)."""
+
+    def __init__(self, binary: str, port: int, advertised: int | None = None) -> None:
+        self.binary = binary
+        self.port = port
+        self.advertised = advertised or port
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for its life
+            prefix="eventbus-tansu-", suffix=".log", delete=False
+        )
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.advertised}?{TEST_OPTIONS}"
+
+    def start(self) -> bool:
+        """Start it and wait until it listens; whether it does."""
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "broker",
+                "--listener-url", f"tcp://127.0.0.1:{self.port}",
+                "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised}",
+                "--storage-engine", "memory://tansu/",
+            ],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if _answers(self.port):
+                return True
+            time.sleep(0.05)
+        self.stop(keep_log=True)
+        return False
+
+    def output(self) -> str:
+        with open(self.log.name, encoding="utf-8", errors="replace") as written:  # noqa: PTH123
+            return written.read()[-500:].strip()
+
+    def stop(self, *, keep_log: bool = False) -> None:
+        """Stop it by its pid (SIGTERM, then SIGKILL), and remove its log."""
+        if self.process is not None:
+            _kill(self.process)
+            self.process = None
+        self.log.close()
+        if not keep_log:
+            Path(self.log.name).unlink(missing_ok=True)
+
+
 def start() -> tuple[str | None, str]:
     """The test broker's URL (started now if this process has none yet), or None and why."""
     if running_url() is not None:
@@ -110,40 +167,36 @@ def start() -> tuple[str | None, str]:
     if binary is None:
         _state["failed"] = why
         return None, why
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the broker's life
-        prefix="eventbus-tansu-", suffix=".log", delete=False
-    )
     for _ in range(3):  # a free port can be taken by someone else before tansu binds it
-        port = _free_port()
-        listener = f"tcp://127.0.0.1:{port}"
-        process = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                "--listener-url", listener,
-                "--advertised-listener-url", listener,
-                "--storage-engine", "memory://tansu/",
-            ],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and process.poll() is None:
-            if _answers(port):
-                _state.update(
-                    process=process, log=log, url=f"kafka://127.0.0.1:{port}?{TEST_OPTIONS}"
-                )
-                atexit.register(stop)
-                return running_url(), ""
-            time.sleep(0.05)
-        _kill(process)
-    log.close()
-    with open(log.name, encoding="utf-8", errors="replace") as written:  # noqa: PTH123
-        tail = written.read()[-500:]
-    _state["failed"] = f"the tansu test broker did not start: {tail.strip() or 'no output'}"
+        broker = Tansu(binary, _free_port())
+        if broker.start():
+            _state.update(broker=broker, url=broker.url)
+            atexit.register(stop)
+            return running_url(), ""
+        output = broker.output()
+        broker.stop()
+    _state["failed"] = f"the tansu test broker did not start: {output or 'no output'}"
     return None, str(_state["failed"])
+
+
+@contextlib.contextmanager
+def own_broker(advertised: Callable[[int], int] | None = None) -> Iterator[Tansu]:
+    """A broker of a test's own (stopped on the way out, also when the test fails):
+    ``advertised`` is given the port it will listen on and returns the port clients are
+    to use (a proxy's), before it starts. Skips (fails in CI) without the binary."""
+    from tests.servers import unavailable
+
+    binary, why = _binary()
+    if binary is None:
+        unavailable(why)
+    port = _free_port()
+    broker = Tansu(binary, port, advertised(port) if advertised is not None else None)
+    try:
+        if not broker.start():
+            unavailable(f"a tansu broker did not start: {broker.output() or 'no output'}")
+        yield broker
+    finally:
+        broker.stop()
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
@@ -161,14 +214,10 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 def stop() -> None:
     """Stop the broker this process started (by its pid), and remove its files."""
-    process = _state.pop("process", None)
+    broker = _state.pop("broker", None)
     _state.pop("url", None)
-    if process is not None:
-        _kill(process)
-    log = _state.pop("log", None)
-    if log is not None:
-        log.close()
-        Path(log.name).unlink(missing_ok=True)
+    if broker is not None:
+        broker.stop()
     copy = _state.pop("copy", None)
     if copy is not None:
         shutil.rmtree(copy, ignore_errors=True)

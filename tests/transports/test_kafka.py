@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from eventbus import EventBus, EventRegistry, SQLiteOutbox, event
 from eventbus.errors import ConfigurationError, MessageRejectedError, TransportError
 from eventbus.transports import Message, transport_from_url
 from eventbus.typing import Transport
@@ -155,6 +156,53 @@ class TestKafkaTransport(TransportContract):
                     (received,) = await last.take()
                     assert (received.body, received.delivery_count) == (body, 2)
                     await received.ack()
+
+
+NOTES = EventRegistry()
+
+
+@event("kafka.note_written", registry=NOTES)
+class NoteWritten:
+    text: str
+
+
+class TestOversizeThroughTheRelay:
+    async def test_an_event_over_the_size_limit_is_dead_lettered_and_the_rest_delivered(
+        self, tmp_path: Path
+    ) -> None:
+        seen: list[int] = []
+        with broker_namespace("kafka") as space:
+            outbox = SQLiteOutbox(tmp_path / "app.db", poll_interval=0.05)
+            bus = EventBus(
+                registry=NOTES,
+                outbox=outbox,
+                transport=KafkaTransport.from_url(space.url, max_message_bytes=2_000),
+                group=space.group(),
+            )
+
+            @bus.subscribe(delivery="durable", name="notes.keep")
+            def keep(event: NoteWritten) -> None:
+                seen.append(len(event.text))
+
+            try:
+                await bus.astart()
+                connection = outbox.connect()
+                with bus.transaction(connection):
+                    for size in (10, 5_000, 20):
+                        bus.publish(NoteWritten(text="x" * size), key="note")
+                connection.close()
+                async with asyncio.timeout(30):
+                    while len(seen) < 2 or bus.dead_letters.count() < 1:
+                        await asyncio.sleep(0.05)
+                (letter,) = bus.dead_letters.list()
+                assert letter.handler == "@transport"
+                assert "max_message_bytes" in letter.message
+                assert bus.codec.decode(letter.payload).event == NoteWritten(text="x" * 5_000)
+                assert seen == [10, 20]
+                assert outbox.status().pending == 0
+            finally:
+                await bus.aclose()
+                outbox.close()
 
 
 async def _die_holding(url: str, topic: str, group: str, count: int, folder: Path) -> None:

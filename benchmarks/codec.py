@@ -13,12 +13,18 @@ One process, interleaved samples (the minimum of each kept), ratios in the same 
                    hand-written code calls it; json.loads of the very bytes decode reads):
                    the floor for encode and decode
 
-    python benchmarks/codec.py [--quick] [--samples N]
+With ``--against DIR``, the eventbus package in DIR (a checkout of another commit, e.g.
+``git archive main eventbus | tar -x -C DIR``) is loaded beside this one under another
+name, and its encode and decode of the same envelope are sampled in the same rounds:
+the ratios then compare the two codecs on the same machine at the same moment.
+
+    python benchmarks/codec.py [--quick] [--samples N] [--against DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -26,7 +32,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import SimpleNamespace
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import eventbus
 from eventbus import EventRegistry, JSONCodec
@@ -114,6 +121,43 @@ def cases() -> dict[str, Callable[[], object]]:
     }
 
 
+def load_before(directory: str) -> ModuleType:
+    """The eventbus package in ``directory``, imported as ``eventbus_before``."""
+    package = Path(directory) / "eventbus"
+    spec = importlib.util.spec_from_file_location(
+        "eventbus_before", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no eventbus package in {directory}")
+    sys.dont_write_bytecode = True  # leave the other tree as it is
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["eventbus_before"] = module  # its relative imports resolve under this name
+    spec.loader.exec_module(module)
+    return module
+
+
+def cases_before(before: ModuleType) -> dict[str, Callable[[], object]]:
+    """Encode and decode of the same envelope by the codec of the other tree."""
+    other = before.EventRegistry()
+    cls = before.event("bench.order_placed", registry=other)(
+        type("OrderPlaced", (), {"__annotations__": dict(OrderPlaced.__annotations__)})
+    )
+    event = cls(order_id="o-1", customer="alice", total=Decimal("12.50"), quantity=2)
+    envelope = before.Envelope(
+        id=ENVELOPE.id,
+        name=ENVELOPE.name,
+        version=ENVELOPE.version,
+        occurred_at=ENVELOPE.occurred_at,
+        event=event,
+        correlation_id=ENVELOPE.correlation_id,
+    )
+    codec = before.JSONCodec(other)
+    if codec.encode(envelope) != RAW:
+        raise SystemExit("the two codecs write different bytes for the same envelope")
+    encode, decode, raw = codec.encode, codec.decode, RAW
+    return {"encode (before)": lambda: encode(envelope), "decode (before)": lambda: decode(raw)}
+
+
 def sample(function: Callable[[], object], loops: int) -> float:
     """ns per call over ``loops`` calls."""
     counter = time.perf_counter_ns
@@ -127,10 +171,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer loops, for a smoke run")
     parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--against", metavar="DIR", help="also time the codec of DIR/eventbus")
     args = parser.parse_args()
     loops = 2_000 if args.quick else 20_000
     samples = args.samples or (5 if args.quick else 15)
     table = cases()
+    if args.against:
+        table.update(cases_before(load_before(args.against)))
     assert CODEC.decode(RAW) == ENVELOPE
     best = dict.fromkeys(table, float("inf"))
     for function in table.values():
@@ -151,6 +198,9 @@ def main() -> int:
             "hand uuid4 + dumps [floor]",
         ),
     }
+    if args.against:
+        ratios["encode / encode (before)"] = ("encode", "encode (before)")
+        ratios["decode / decode (before)"] = ("decode", "decode (before)")
     print(f"\n{'ratio':<36} {'x':>8}")
     for label, (ours, floor) in ratios.items():
         print(f"{label:<36} {best[ours] / best[floor]:>8.2f}")

@@ -170,10 +170,14 @@ class SQLiteOutbox:
         self._lock = threading.Lock()
         self._closed = False
         self._connection = self._connect()
-        if create:
-            self.create_schema()
-        else:
-            self._check_columns()
+        try:
+            if create:
+                self.create_schema()
+            else:
+                self._check_columns()
+        except BaseException:
+            self._connection.close()  # a store that could not open leaves nothing open
+            raise
 
     @property
     def path(self) -> str:

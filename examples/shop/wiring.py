@@ -47,9 +47,13 @@ class Shop:
     flow: FlowRecorder
 
     def close(self) -> None:
-        """Finish the bus's work in flight, write the flow recorded, release the database."""
+        """Finish the bus's work in flight, write the flow recorded, then close the stores
+        ``create_app`` opened (the bus leaves them to whoever made them) and the database."""
         self.bus.close()
         self.flow.close()
+        if self.bus.outbox is not None:
+            self.bus.outbox.close()
+        self.bus.dead_letters.close()
         self.db.close()
 
 

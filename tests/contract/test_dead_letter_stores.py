@@ -13,6 +13,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -803,7 +804,10 @@ def test_schema_sql_is_what_the_store_creates(db_path: Path, tmp_path: Path) -> 
     ddl = SQLiteDeadLetterStore.schema_sql()
     assert "CREATE TABLE IF NOT EXISTS eventbus_dead_letters" in ddl
 
-    with sqlite3.connect(db_path) as created, sqlite3.connect(":memory:") as migrated:
+    with (
+        closing(sqlite3.connect(db_path)) as created,
+        closing(sqlite3.connect(":memory:")) as migrated,
+    ):
         migrated.executescript(ddl)
         migrated.executescript(ddl)  # idempotent
         created_schema = _schema(created)
@@ -829,9 +833,8 @@ def test_schema_sql_is_what_the_store_creates(db_path: Path, tmp_path: Path) -> 
 
     # A database migrated from the DDL is opened as it is.
     premade = tmp_path / "premade.db"
-    with sqlite3.connect(premade) as conn:
+    with closing(sqlite3.connect(premade)) as conn:
         conn.executescript(ddl)
-    conn.close()
     store = SQLiteDeadLetterStore(premade)
     try:
         letter = make_letter()
@@ -848,12 +851,11 @@ def test_rows_are_stored_readably(db_path: Path) -> None:
     )
     store.add(letter)
     store.close()
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn:
         row = conn.execute(
             "SELECT id, envelope_id, last_failed_at, last_failed_ts, typeof(payload), "
             "claim_owner, claim_until FROM eventbus_dead_letters"
         ).fetchone()
-    conn.close()
     assert row == (
         str(letter.id),
         str(letter.envelope_id),
@@ -866,9 +868,8 @@ def test_rows_are_stored_readably(db_path: Path) -> None:
 
 
 def test_a_table_without_the_needed_columns_is_refused(db_path: Path) -> None:
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("CREATE TABLE eventbus_dead_letters (id TEXT PRIMARY KEY)")
-    conn.close()
     with pytest.raises(DeadLetterStoreError, match="claim_owner"):
         SQLiteDeadLetterStore(db_path)
 
@@ -877,9 +878,8 @@ def test_sqlite_errors_name_the_operation_and_chain_the_cause(db_path: Path) -> 
     store = SQLiteDeadLetterStore(db_path)
     try:
         store.add(make_letter())
-        with sqlite3.connect(db_path) as saboteur:
+        with closing(sqlite3.connect(db_path)) as saboteur, saboteur:
             saboteur.execute("DROP TABLE eventbus_dead_letters")
-        saboteur.close()
         with pytest.raises(DeadLetterStoreError, match="list failed") as listing:
             store.list()
         assert isinstance(listing.value.__cause__, sqlite3.OperationalError)

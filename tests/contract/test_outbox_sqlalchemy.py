@@ -319,6 +319,41 @@ def test_memory_databases_are_refused(url: str) -> None:
         engine.dispose()
 
 
+def test_a_database_the_outbox_does_not_serve_is_refused(tmp_path: Path) -> None:
+    """The store picks how to speak to its database once, from the engine: any other
+    database is refused then, naming those it serves."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    engine.dialect.name = "firebird"  # no other database's driver is installed here
+    try:
+        with pytest.raises(ConfigurationError, match="MariaDB, MySQL and SQLite, not firebird"):
+            SQLAlchemyOutbox(engine)
+    finally:
+        engine.dispose()
+
+
+def test_mariadb_urls_are_served_like_mysql_ones(
+    backend: Any, engine: sa.Engine, prefix: str
+) -> None:
+    """SQLAlchemy names the dialect of ``mariadb+pymysql://`` URLs ``mariadb`` and that of
+    ``mysql+pymysql://`` ones ``mysql``: the outbox serves both, and a store on one takes
+    the sessions of the other, on the same server."""
+    if backend.name != "mariadb":
+        pytest.skip("MariaDB's own URL scheme")
+    mariadb = sa.create_engine(
+        sa.make_url(backend.url).set(drivername="mariadb+pymysql"),
+        connect_args={"connect_timeout": 3},
+    )
+    try:
+        assert mariadb.dialect.name == "mariadb"
+        store = SQLAlchemyOutbox(mariadb, prefix=prefix)
+        with Session(engine) as session, session.begin():
+            store.write(session, [pending(1)])
+        assert numbers(claim(store)) == [1]
+        store.close()
+    finally:
+        mariadb.dispose()
+
+
 def test_a_busy_sqlite_database_leaves_the_session_as_it_was(tmp_path: Path) -> None:
     """bus.transaction() begins IMMEDIATE on SQLite: when another writer holds the lock
     past the busy timeout, the session is not left half-begun."""

@@ -182,3 +182,27 @@ def test_schema_sql_is_what_the_store_creates(tmp_path: Path) -> None:
         ("table", "eventbus_outbox"),
         ("table", "eventbus_inbox"),
     }
+
+
+def test_a_store_that_refuses_its_tables_leaves_no_connection_open(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create=False on tables the store cannot use raises; the connection it opened to
+    find out is closed, not left for the garbage collector (Python 3.13 warns then)."""
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE eventbus_outbox (id INTEGER PRIMARY KEY)")
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recording(*args: object, **kwargs: object) -> sqlite3.Connection:
+        connection = connect(*args, **kwargs)  # type: ignore[call-overload]
+        opened.append(connection)
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", recording)
+    with pytest.raises(OutboxError):
+        SQLiteOutbox(path, create=False)
+    assert opened
+    for connection in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            connection.execute("SELECT 1")

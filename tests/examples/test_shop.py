@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,12 +27,11 @@ def test_the_embedded_default_tells_the_whole_story(tmp_path: Path) -> None:
     out = run_shop(data_dir)
     check_story(out)
     assert f"SQLite file {data_dir / 'shop.sqlite3'}" in out
-    with sqlite3.connect(data_dir / "shop.sqlite3") as connection:
+    with closing(sqlite3.connect(data_dir / "shop.sqlite3")) as connection:
         # The rejected order left nothing behind, and the outbox was emptied.
         orders = connection.execute("SELECT order_id FROM orders ORDER BY order_id").fetchall()
         assert orders == [("o-1001",), ("o-1002",), ("o-1003",)]
         assert connection.execute("SELECT COUNT(*) FROM eventbus_outbox").fetchone() == (0,)
-    connection.close()
 
     # Every run starts from a clean slate: the same story again, in the same folder,
     # which loses only the files the shop made there.

@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,7 @@ def _chaos(proxy: TCPProxy, stop: threading.Event) -> None:
 
 
 def _applied(database: Path) -> list[int]:
-    with sqlite3.connect(database) as reader:
+    with closing(sqlite3.connect(database)) as reader:
         return [row[0] for row in reader.execute("SELECT number FROM applied")]
 
 
@@ -94,7 +95,7 @@ def _buses(url: str, group: str, tmp_path: Path) -> tuple[EventBus, EventBus]:
     publisher_db, worker_db = tmp_path / "publisher.db", tmp_path / "worker.db"
     publisher_outbox = SQLiteOutbox(publisher_db, poll_interval=0.1)
     worker_outbox = SQLiteOutbox(worker_db, poll_interval=0.1)
-    with sqlite3.connect(worker_db) as setup:
+    with closing(sqlite3.connect(worker_db)) as setup, setup:
         setup.execute("CREATE TABLE applied (number INTEGER NOT NULL)")
     publisher = EventBus(
         registry=REGISTRY, outbox=publisher_outbox, transport_url=url, group=group, worker=False

@@ -79,6 +79,10 @@ class TransportContract:
     """What every transport promises. Subclass per backend; provide ``make``."""
 
     transport_class: ClassVar[type[Transport]]
+    patient: ClassVar[dict[str, Any]] = {}
+    """Options under which a message held but not yet settled stays with its consumer for
+    longer than any test: for the tests that are not about redelivery, whose consumers a
+    busy machine can leave holding messages past a short redelivery time."""
 
     @property
     def capabilities(self) -> Capabilities:
@@ -200,7 +204,7 @@ class TransportContract:
     async def test_consumers_of_one_group_share_the_messages(self) -> None:
         if not self.capabilities.consumer_groups:
             pytest.skip("this transport has no consumer groups")
-        async with self.transport() as transport:
+        async with self.transport(**self.patient) as transport:
             first = await self.subscribed(transport)
             second = Consumer(transport, [self.topic], self.group)
             await asyncio.sleep(0.3)
@@ -211,11 +215,15 @@ class TransportContract:
                 async with asyncio.timeout(WAIT):
                     while len(seen) < len(bodies):
                         for consumer in (first, second):
-                            with contextlib.suppress(TimeoutError):
+                            try:
                                 async with asyncio.timeout(0.05):
                                     received = await consumer._queue.get()
-                                    seen.append(received.body)
-                                    await received.ack()
+                            except TimeoutError:
+                                continue
+                            seen.append(received.body)
+                            # Outside the short timeout: an ack cut off by it, on a busy
+                            # machine, left the message to come back to the other consumer.
+                            await received.ack()
                 assert sorted(seen) == sorted(bodies)  # each exactly once
                 await first.nothing()
                 await second.nothing()

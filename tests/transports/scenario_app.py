@@ -13,6 +13,7 @@ import os
 import sqlite3
 import sys
 import time
+from contextlib import closing
 
 from eventbus import EventBus, EventRegistry, SQLiteOutbox, event
 
@@ -53,7 +54,7 @@ def send_receipt(event: PaymentTaken, connection: sqlite3.Connection) -> None:
 
 
 def _ledger() -> None:
-    with sqlite3.connect(DATABASE) as connection:
+    with closing(sqlite3.connect(DATABASE)) as connection, connection:
         connection.execute(
             "CREATE TABLE IF NOT EXISTS ledger (what TEXT NOT NULL, order_id TEXT NOT NULL)"
         )

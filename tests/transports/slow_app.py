@@ -10,6 +10,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 from eventbus import EventBus, SQLiteOutbox
@@ -24,7 +25,7 @@ bus = EventBus(registry=REGISTRY, outbox=SQLiteOutbox(DATABASE))
 
 
 def note(what: str, report_id: str) -> None:
-    with sqlite3.connect(DATABASE, timeout=10) as connection:
+    with closing(sqlite3.connect(DATABASE, timeout=10)) as connection, connection:
         connection.execute("CREATE TABLE IF NOT EXISTS ledger (what TEXT, report_id TEXT)")
         connection.execute("INSERT INTO ledger VALUES (?, ?)", (what, report_id))
 

@@ -51,6 +51,7 @@ def streams(nats_url: str) -> Iterator[list[str]]:
 
 class TestNATSTransport(TransportContract):
     transport_class: ClassVar[type[Transport]] = NATSTransport
+    patient: ClassVar[dict[str, Any]] = {"ack_wait": 60.0}
 
     @pytest.fixture(autouse=True)
     def _namespace(self, nats_url: str, streams: list[str]) -> None:

@@ -41,6 +41,7 @@ def redis_url() -> str:
 
 class TestRedisStreamsTransport(TransportContract):
     transport_class: ClassVar[type[Transport]] = RedisStreamsTransport
+    patient: ClassVar[dict[str, Any]] = {"claim_idle": 60.0}
 
     @pytest.fixture(autouse=True)
     def _namespace(self) -> Iterator[None]:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ FAST_REDELIVERY = {
 def _ledger(database: Path) -> list[tuple[str, str]]:
     if not database.exists():
         return []
-    with sqlite3.connect(database, timeout=10) as connection:
+    with closing(sqlite3.connect(database, timeout=10)) as connection:
         try:
             return connection.execute("SELECT what, report_id FROM ledger").fetchall()
         except sqlite3.OperationalError:
@@ -85,9 +86,8 @@ def _finish_on_sigterm(url: str, group: str, tmp_path: Path) -> None:
     try:
         time.sleep(1.5)  # the worker's group exists before the publish
         connection = sqlite3.connect(tmp_path / "publisher.sqlite3", isolation_level=None)
-        with publisher.transaction(connection):
+        with closing(connection), publisher.transaction(connection):
             publisher.publish(ReportRequested(report_id="r-1"))
-        connection.close()
         _wait_for(lambda: ("started", "r-1") in _ledger(database))
         first.send_signal(signal.SIGTERM)
         _, errors = first.communicate(timeout=30)

@@ -146,6 +146,10 @@ codec = JSONCodec(registry)
 data = codec.encode(captured.envelopes[0])
 assert_type(data, bytes)
 assert_type(codec.decode(data), Envelope)
+tolerant = JSONCodec(registry, tolerant=True, max_size=65_536)
+assert_type(tolerant.tolerant, bool)
+EventBus(registry=registry, codec=tolerant)
+JSONCodec(registry, tolerant="yes")  # type: ignore[arg-type]
 assert_type(eventbus.uuid7().version, int | None)
 
 

@@ -494,6 +494,10 @@ def test_replay_skips_a_letter_being_replayed_elsewhere(
     assert [letter.id for letter in stored(shop)] == [letters[1].id]
 
 
+# In the serial pass: in most parallel runs of the suite here (on every Python) the SIGINT
+# sent during the first replay (0.5 s) did not stop the command, which replayed all three;
+# alone it always does. The workers' SIGINT handler and signal mask were found unchanged.
+@pytest.mark.slow
 def test_ctrl_c_lets_the_replay_in_flight_finish(shop: Path, letters: list[DeadLetter]) -> None:
     (shop / "slow-charge").write_text("0.5")
     argv, env = command(shop, "replay", "--all", app="shop:bus")

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
@@ -273,8 +274,11 @@ def test_a_resource_it_cannot_drive_is_refused(
             with pytest.raises(ConfigurationError, match=r"bus\.transaction\(\)"):
                 async with bus.atransaction(session):
                     pass
-        with pytest.raises(ConfigurationError, match="cannot drive a Connection"):
-            async with bus.atransaction(sqlite3.connect(":memory:")):
+        with (
+            closing(sqlite3.connect(":memory:")) as raw,
+            pytest.raises(ConfigurationError, match="cannot drive a Connection"),
+        ):
+            async with bus.atransaction(raw):
                 pass
         async with AsyncSession() as unbound:  # bound to no engine
             with pytest.raises(ConfigurationError, match="bound to an async engine"):
@@ -294,6 +298,35 @@ def test_a_resource_it_cannot_drive_is_refused(
         assert async_engine is not None
 
     run_async(postgresql, body)
+    assert outbox_rows(engine, bus) == 0
+
+
+def test_a_session_of_an_autocommit_async_engine_is_refused(
+    bus: EventBus, engine: sa.Engine, orders: sa.Table, postgresql: str
+) -> None:
+    """Its rows would commit at once, whatever became of the transaction. The engine-wide
+    setting shows only in the driver's flag (read through the async adapter)."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    got: list[int] = []
+    bus.subscribe(OrderPlaced, name="keep", delivery="durable")(lambda e: got.append(e.number))
+
+    async def body(async_engine: AsyncEngine) -> None:
+        autocommit = create_async_engine(
+            postgresql, connect_args=CONNECT_ARGS, isolation_level="AUTOCOMMIT"
+        )
+        try:
+            async with AsyncSession(autocommit) as session:
+                with pytest.raises(ConfigurationError, match="AUTOCOMMIT"):
+                    async with bus.atransaction(session):
+                        await bus.apublish(OrderPlaced(number=1))
+        finally:
+            await autocommit.dispose()
+        assert async_engine is not None
+
+    run_async(postgresql, body)
+    bus.drain(timeout=10)
+    assert got == []
     assert outbox_rows(engine, bus) == 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def bus(tmp_path: Path) -> Iterator[EventBus]:
         outbox=outbox,
         retry=RetryPolicy(stop=tenacity.stop_after_attempt(1), wait=tenacity.wait_none()),
     )
-    with sqlite3.connect(tmp_path / "app.db") as connection:
+    with closing(sqlite3.connect(tmp_path / "app.db")) as connection, connection:
         connection.execute("CREATE TABLE charges (order_id TEXT PRIMARY KEY)")
     yield bus
     bus.close()
@@ -64,13 +65,12 @@ def test_a_follow_up_is_published_with_the_handlers_effects(bus: EventBus, tmp_p
     def receipt(event: PaymentTaken) -> None:
         receipts.append(event.order_id)
 
-    connection = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
-    for order_id in ("o-1", "declined", "o-2"):
-        with bus.transaction(connection):
-            bus.publish(OrderPlaced(order_id=order_id))
-    bus.drain(timeout=20)
-    assert sorted(receipts) == ["o-1", "o-2"]
-    charged = connection.execute("SELECT order_id FROM charges ORDER BY order_id").fetchall()
+    with closing(sqlite3.connect(tmp_path / "app.db", isolation_level=None)) as connection:
+        for order_id in ("o-1", "declined", "o-2"):
+            with bus.transaction(connection):
+                bus.publish(OrderPlaced(order_id=order_id))
+        bus.drain(timeout=20)
+        assert sorted(receipts) == ["o-1", "o-2"]
+        charged = connection.execute("SELECT order_id FROM charges ORDER BY order_id").fetchall()
     assert charged == [("o-1",), ("o-2",)]  # the declined charge rolled back with its publish
     assert [letter.handler for letter in bus.dead_letters.list()] == ["payments.take"]
-    connection.close()

@@ -1,6 +1,6 @@
 """SQLAlchemy transactions that the bus did not begin: joining them, and seeing them.
 
-Two things, both for ``eventbus_contrib.sqlalchemy``:
+Two things, for the outbox and its transaction controls:
 
 - **After the owner's commit.** ``bus.transaction(session)`` on a session already in a
   transaction joins it; what waits for the commit (after-commit handlers, the relay's
@@ -28,7 +28,6 @@ a transaction ends: its pending entry is dropped then, and the listeners stay id
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -39,9 +38,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
-__all__ = ["after_session_commit", "open_resources", "watch_engine", "watch_sessions"]
+from ._core import logger
 
-logger = logging.getLogger("eventbus.sqlalchemy")
+__all__ = ["after_session_commit", "open_resources", "watch_engine", "watch_sessions"]
 
 _PENDING: Final = "eventbus_after_commit"
 """The ``session.info`` key of what waits for commits: {transaction: [callbacks]}."""

@@ -281,10 +281,13 @@ async def remove(url: str, prefix: str) -> None:
         if doomed:
             await admin.delete_topics(doomed)
         for group in (g for g in groups if g.startswith(prefix)):
-            # aiokafka's admin client has no call for it: send the request itself.
+            # aiokafka's admin client has no call for it: send the request itself (a
+            # class since aiokafka 0.13, a list of versions before).
             from aiokafka.protocol.admin import DeleteGroupsRequest
 
+            build = DeleteGroupsRequest if isinstance(DeleteGroupsRequest, type) else None
+            request = build([group]) if build else DeleteGroupsRequest[0]([group])
             node = await admin.find_coordinator(group)
-            await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
+            await admin._send_request_to_node(node, request)
     finally:
         await admin.close()

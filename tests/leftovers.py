@@ -184,7 +184,9 @@ def _kafka(which: int) -> Callable[[], list[str]]:
 
     def names() -> list[str]:
         if not broker_reachable("kafka"):
-            raise _UncheckedError("not reachable (no test broker runs in this process)")
+            raise _UncheckedError(
+                "no test broker runs in this process (xdist workers check their own)"
+            )
         try:
             import aiokafka  # noqa: F401
         except ImportError:

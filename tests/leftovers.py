@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -183,16 +184,19 @@ def _kafka(which: int) -> Callable[[], list[str]]:
     """Kafka's topics (0) or consumer groups (1)."""
 
     def names() -> list[str]:
+        from tests import kafka_broker
+
+        if not os.environ.get("EVENTBUS_TEST_KAFKA_URL") and kafka_broker.running_url() is None:
+            # The test broker keeps everything in memory and lives as long as the process
+            # that started it, which checks it before stopping it (an xdist worker writes
+            # down what it found for the controller): with none here, nothing can be left.
+            return []
         if not broker_reachable("kafka"):
-            raise _UncheckedError(
-                "no test broker runs in this process (xdist workers check their own)"
-            )
+            raise _UncheckedError("not reachable")
         try:
             import aiokafka  # noqa: F401
         except ImportError:
             raise _UncheckedError("aiokafka is not installed") from None
-        from tests import kafka_broker
-
         return run_coroutine(kafka_broker.names(broker_url("kafka")))[which]
 
     return names

@@ -10,11 +10,11 @@ URLs::
 Options, as keywords of ``from_url`` or in the URL's query (keywords win): ``prefix``
 (``"eventbus"``), ``partitions`` (8), ``replication`` (1), ``idempotent`` (true),
 ``batch`` (100), ``session_timeout`` (10 s), ``handback_wait`` (10 s),
-``commit_interval`` (0.2 s), ``fetch_wait`` (0.5 s), ``publish_timeout`` (30 s),
-``max_message_bytes``
-(1,048,576), ``sasl_mechanism`` (``PLAIN``), ``ssl_cafile``, ``ssl_certfile``,
-``ssl_keyfile``, ``client_id`` (``"eventbus"``). aiokafka reads nothing from a URL, so
-any other name is refused.
+``commit_interval`` (0.2 s), ``fetch_wait`` (0.5 s: how long the broker may hold an
+empty fetch), ``publish_timeout`` (30 s), ``max_message_bytes`` (1,048,576),
+``sasl_mechanism`` (``PLAIN``), ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile``,
+``client_id`` (``"eventbus"``). aiokafka reads nothing from a URL, so any other name is
+refused.
 
 At the broker:
 
@@ -34,10 +34,12 @@ At the broker:
   ``<prefix>..deliveries.<g>`` (the ``..`` keeps it apart from event topics), what each
   owner of a partition handed out (``eventbus_contrib.kafka._ledger``): written before a
   fetch's messages are handed out, and when a partition is let go. After an owner died,
-  the next one hands out the messages it may have held one at a time, each after writing
+  the next one hands out the messages it may have held one at a time (one in hand across
+  all its partitions, and only once what was settled is committed), each after writing
   which one it is, so a message that kills every consumer is counted up exactly and the
-  worker dead-letters it past ``max_deliveries``; in an orderly handover (a rebalance, a
-  close) the unsettled messages are counted and the settled ones skipped.
+  worker dead-letters it past ``max_deliveries``, while its neighbours are counted at
+  most once more than they were delivered; in an orderly handover (a rebalance, a close)
+  the unsettled messages are counted and the settled ones skipped.
 * **Rebalances.** A member that loses partitions stops handing out their messages, waits
   up to ``handback_wait`` for those in hand to be settled, commits, then lets them go: the
   next owner resumes from the committed offset. Kafka's partition ownership keeps one

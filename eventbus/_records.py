@@ -137,7 +137,8 @@ class Capabilities:
     persistent: bool
     """Messages survive a restart of the broker (within the durability it documents)."""
     ordered_per_key: bool
-    """One consumer of a group receives one topic's messages in publish order."""
+    """One consumer of a group receives one topic's messages of one key in publish order
+    (a partitioned topic, as Kafka's, may interleave different keys)."""
     consumer_groups: bool
     """Consumers sharing a group share the work: each message goes to one of them."""
     counts_deliveries: bool

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 
-from tests import leftovers
+from tests import kafka_broker, leftovers
 from tests.servers import (
     RUN_VARIABLE,
     database_connect_args,
@@ -190,13 +190,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """After every test and fixture (on every worker), fail the run if the servers hold
     anything named with this run's id. Runs once, on the controller."""
     config = session.config
-    if _is_xdist_worker(config) or not run_named_anything():
-        return  # a worker, or a run that named nothing on a server: nothing to look for
-    found = leftovers.find(run_prefix())
-    forget_run()
-    config.stash[_LEFT] = found
-    if found and session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    try:
+        if _is_xdist_worker(config):
+            # Its Kafka test broker stops with it: say what is left there, for the controller.
+            kafka_broker.note_leftovers(os.environ[RUN_VARIABLE], run_prefix())
+            return
+        if not run_named_anything():
+            return  # a run that named nothing on a server: nothing to look for
+        found = leftovers.find(run_prefix())
+        noted = kafka_broker.noted_leftovers(os.environ[RUN_VARIABLE])
+        if noted:
+            found.names["kafka, on the brokers of xdist workers"] = noted
+        forget_run()
+        config.stash[_LEFT] = found
+        if found and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    finally:
+        kafka_broker.stop()  # the Kafka test broker this process started, if any (by pid)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

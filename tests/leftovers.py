@@ -17,13 +17,16 @@ any test may run.
 
 A server that does not answer, or whose client library is not installed, is left out and
 said so (``Found.unchecked``); RabbitMQ is listed through ``rabbitmqctl`` (AMQP cannot list
-queues), so it is checked only where that command works.
+queues), so it is checked only where that command works. Kafka is checked where
+``EVENTBUS_TEST_KAFKA_URL`` points, or on the test broker this process started (which
+keeps nothing once stopped: the end of a run looks before stopping it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,6 +42,7 @@ from tests.servers import (
     broker_reachable,
     broker_url,
     database_url,
+    remove_kafka,
     remove_nats_streams,
     remove_rabbitmq,
     run_coroutine,
@@ -104,6 +108,8 @@ def remove(found: Found) -> None:
         )
     if names.get("nats streams"):
         remove_nats_streams(broker_url("nats"), names["nats streams"])
+    for name in {*names.get("kafka topics", []), *names.get("kafka groups", [])}:
+        remove_kafka(broker_url("kafka"), name)
     for kind in ("postgresql", "mariadb"):
         tables, schemas = names.get(f"{kind} tables", []), names.get(f"{kind} schemas", [])
         if tables or schemas:
@@ -174,6 +180,28 @@ def _nats_streams() -> list[str]:
     return run_coroutine(names())
 
 
+def _kafka(which: int) -> Callable[[], list[str]]:
+    """Kafka's topics (0) or consumer groups (1)."""
+
+    def names() -> list[str]:
+        from tests import kafka_broker
+
+        if not os.environ.get("EVENTBUS_TEST_KAFKA_URL") and kafka_broker.running_url() is None:
+            # The test broker keeps everything in memory and lives as long as the process
+            # that started it, which checks it before stopping it (an xdist worker writes
+            # down what it found for the controller): with none here, nothing can be left.
+            return []
+        if not broker_reachable("kafka"):
+            raise _UncheckedError("not reachable")
+        try:
+            import aiokafka  # noqa: F401
+        except ImportError:
+            raise _UncheckedError("aiokafka is not installed") from None
+        return run_coroutine(kafka_broker.names(broker_url("kafka")))[which]
+
+    return names
+
+
 def _database(kind: str) -> Any:
     """An engine on the ``kind`` database the tests use, or ``_UncheckedError``."""
     try:
@@ -237,6 +265,8 @@ LISTERS: dict[str, Callable[[], list[str]]] = {
     "rabbitmq queues": lambda: _rabbitmqctl("list_queues"),
     "rabbitmq exchanges": lambda: _rabbitmqctl("list_exchanges"),
     "nats streams": _nats_streams,
+    "kafka topics": _kafka(0),
+    "kafka groups": _kafka(1),
     "postgresql tables": _tables("postgresql"),
     "postgresql schemas": _schemas("postgresql"),
     "mariadb tables": _tables("mariadb"),

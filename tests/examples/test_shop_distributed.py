@@ -100,7 +100,7 @@ def space(broker: str) -> Iterator[BrokerNamespace]:
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-@pytest.mark.parametrize("broker", ["redis", "rabbitmq", "nats"])
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq", "nats", "kafka"])
 def test_workers_in_other_processes_tell_the_same_story(
     broker: str, postgresql_schema: str, space: BrokerNamespace, tmp_path: Path
 ) -> None:
@@ -164,4 +164,5 @@ def type_name(broker: str) -> str:
         "redis": "RedisStreamsTransport",
         "rabbitmq": "RabbitMQTransport",
         "nats": "NATSTransport",
+        "kafka": "KafkaTransport",
     }[broker]

@@ -10,6 +10,7 @@ left in the outbox, and no row is left claimed.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -35,12 +36,39 @@ class OrderPlaced:
     number: int
 
 
-@pytest.fixture(params=["redis", "rabbitmq", "nats"])
+@pytest.fixture(params=["redis", "rabbitmq", "nats", "kafka"])
 def broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, TCPProxy]]:
     """The broker's URL (in a namespace of the test's own, removed at the end) through a
-    proxy the test controls, the consumer group, and the proxy."""
+    proxy the test controls, the consumer group, and the proxy.
+
+    Kafka clients connect to the address the broker advertises, not to the one they were
+    given: the test runs a Kafka test broker of its own that advertises the proxy's port.
+    """
+    if request.param == "kafka":
+        with own_kafka_behind_a_proxy() as (url, proxy):
+            yield f"{url}&prefix=faults", "g", proxy
+        return
     with broker_namespace(request.param) as space, tcp_proxy(port_of(space.url)) as proxy:
         yield via_port(space.url, proxy.port), space.group(), proxy
+
+
+@contextlib.contextmanager
+def own_kafka_behind_a_proxy() -> Iterator[tuple[str, TCPProxy]]:
+    pytest.importorskip("aiokafka")
+    from tests.kafka_broker import own_broker
+
+    proxies: list[TCPProxy] = []
+
+    def through_a_proxy(port: int) -> int:
+        proxies.append(TCPProxy(port).start())
+        return proxies[0].port
+
+    try:
+        with own_broker(advertised=through_a_proxy) as kafka:
+            yield kafka.url, proxies[0]
+    finally:
+        for proxy in proxies:
+            proxy.stop()
 
 
 def _chaos(proxy: TCPProxy, stop: threading.Event) -> None:

@@ -57,3 +57,13 @@ class TestBusOverNATS(BusOverTransport):
 
     async def make_transport(self) -> Transport:
         return transport_from_url(self.space.url, ack_wait=1.0)
+
+
+class TestBusOverKafka(BusOverTransport):
+    broker = "kafka"
+
+    def capabilities(self) -> Capabilities:
+        return transport_class("kafka").capabilities
+
+    async def make_transport(self) -> Transport:
+        return transport_from_url(self.space.url)

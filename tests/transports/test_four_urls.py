@@ -1,4 +1,4 @@
-"""One scenario, four URLs: the same handlers on memory, Redis, RabbitMQ and NATS.
+"""One scenario, five URLs: the same handlers on memory, Redis, RabbitMQ, NATS and Kafka.
 
 For the brokers it runs across processes: a publisher process writes orders to its
 outbox and its relay forwards them; a worker process (``eventbus worker``) runs the
@@ -42,7 +42,7 @@ def _environment(url: str, group: str, database: Path, *, worker: bool = True) -
     }
 
 
-@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats"])
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats", "kafka"])
 def test_the_same_handlers_across_processes(kind: str, tmp_path: Path) -> None:
     with broker_namespace(kind) as space:
         _run_across_processes(space.url, space.group(), tmp_path)

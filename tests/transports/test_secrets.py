@@ -60,7 +60,7 @@ def _with_password(url: str, *, port: int | None = None) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-@pytest.fixture(params=["redis", "rabbitmq", "nats"])
+@pytest.fixture(params=["redis", "rabbitmq", "nats", "kafka"])
 def space(request: pytest.FixtureRequest) -> Iterator[BrokerNamespace]:
     with broker_namespace(request.param) as made:
         yield made

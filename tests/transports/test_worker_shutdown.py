@@ -30,6 +30,7 @@ FAST_REDELIVERY = {
     "redis": "&claim_idle=1",
     "rabbitmq": "",  # an unacked message returns as soon as its channel closes
     "nats": "&ack_wait=1",
+    "kafka": "",  # a partition let go is resumed from its committed offset
 }
 
 
@@ -59,7 +60,7 @@ def _wait_for(check: object, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats"])
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats", "kafka"])
 def test_sigterm_finishes_the_message_in_hand_and_acks_it(kind: str, tmp_path: Path) -> None:
     with broker_namespace(kind) as space:  # removed from the broker at the end
         _finish_on_sigterm(space.url + FAST_REDELIVERY[kind], space.group(), tmp_path)

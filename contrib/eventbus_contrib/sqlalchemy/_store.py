@@ -357,6 +357,12 @@ class SQLAlchemyOutbox:
             by_name=by_name,
         )
 
+    def clear(self) -> None:
+        """Delete every outbox row and inbox mark (tests: ``SupportsClear``)."""
+        with self._begin("clear the outbox") as connection:
+            connection.execute(sa.delete(self.outbox))
+            connection.execute(sa.delete(self.inbox))
+
     # -- the inbox -----------------------------------------------------------------------
 
     def seen(self, handler: str, envelope_id: uuid.UUID) -> bool:

@@ -283,21 +283,6 @@ class EventBus:
         with bus.transaction(session):
             bus.publish(event, key=key, headers=headers)
 
-    async def apublish(
-        self,
-        event: EventInstance,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        """``publish`` from an async view (async inline handlers run too)."""
-        bus = self.bus
-        session = self._open_session()
-        if session is None:
-            await bus.apublish(event, key=key, headers=headers)
-            return
-        with bus.transaction(session):
-            await bus.apublish(event, key=key, headers=headers)
-
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """``bus.transaction(db.session)``: one unit of work for many publishes (one

@@ -12,20 +12,31 @@
         assert captured.events == [OrderPlaced(order_id="o-1", total=Decimal("9.90"))]
 
 Handlers still run while a capture is active: a capture observes, it does not replace.
+
+``FakeClock`` and ``use_clock(bus, clock)`` make the waits between retries (in-process and
+durable ones alike) take no time, recording each; ``reset_bus(bus)`` gives a bus a clean
+state (no work in flight, no dead letters, no outbox rows, no inbox marks) between tests,
+also a bus made once at import. The pytest plugin (``eventbus.pytest_plugin``, loaded by
+pytest on its own) offers all of these as fixtures.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import errors as _errors
+from . import typing as _typing
+
 if TYPE_CHECKING:
     from ._bus import EventBus
     from ._envelope import Envelope
 
-__all__ = ["CapturedEvents", "capture_events"]
+__all__ = ["CapturedEvents", "FakeClock", "capture_events", "reset_bus", "use_clock"]
 
 E = TypeVar("E")
 
@@ -132,3 +143,129 @@ def _describe(fields: dict[str, Any]) -> str:
     if not fields:
         return ""
     return "(" + ", ".join(f"{name}={value!r}" for name, value in fields.items()) + ")"
+
+
+class FakeClock:
+    """Time for tests: waits take none, and the clock moves by what they would have taken.
+
+    ``use_clock(bus, clock)`` makes it the bus's sleep: every wait between retries (an
+    after-commit handler's, an inline one's with a policy, a durable row's, which the
+    relay then makes due at once) calls ``clock.sleep(seconds)``, which returns at once,
+    adds the seconds to ``clock.now`` and records them in ``clock.waits``. So retries run
+    instantly and in the order they would have, and a test can say how long they would
+    have waited (``assert clock.waits == [30.0]`` for a ``RetryLater(30)``).
+
+    ``advance(seconds)`` moves the clock for code of yours that reads it (``clock.now``,
+    or the clock itself, called like ``time.monotonic``). Retry policies bounded by time
+    alone (``stop_after_delay``) measure real time, which waits under this clock do not
+    take: bound them by attempts too, or a test's retries only end with its drain's
+    timeout.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self._now = float(start)
+        self._waits: list[float] = []
+
+    @property
+    def now(self) -> float:
+        """Seconds on this clock: where it started, plus every wait and advance."""
+        with self._lock:
+            return self._now
+
+    @property
+    def waits(self) -> list[float]:
+        """Every wait the bus asked for, in order (a copy)."""
+        with self._lock:
+            return list(self._waits)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """Record a wait of ``seconds`` and move the clock by it, at once."""
+        seconds = _seconds(seconds, "a wait")
+        with self._lock:
+            self._waits.append(seconds)
+            self._now += seconds
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` (>= 0)."""
+        seconds = _seconds(seconds, "advance()")
+        with self._lock:
+            self._now += seconds
+
+    def __repr__(self) -> str:
+        return f"<FakeClock now={self.now}, {len(self.waits)} waits>"
+
+
+def _seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _errors.ConfigurationError(f"{what} takes seconds (a number), got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise _errors.ConfigurationError(f"{what} takes seconds >= 0, got {value!r}")
+    return seconds
+
+
+@contextmanager
+def use_clock(bus: EventBus, clock: FakeClock | None = None) -> Iterator[FakeClock]:
+    """Make ``clock`` (a new ``FakeClock`` if none) the bus's sleep inside the block;
+    the bus's own sleep (``EventBus(sleep=...)``, or real waits) comes back after it."""
+    clock = FakeClock() if clock is None else clock
+    runtime = bus._runtime
+    before = bus._sleep, runtime._injected_sleep
+    bus._sleep = runtime._injected_sleep = clock.sleep
+    try:
+        yield clock
+    finally:
+        bus._sleep, runtime._injected_sleep = before
+
+
+def reset_bus(bus: EventBus) -> None:
+    """Give ``bus`` a clean state, as a fresh process would find it: for tests.
+
+    What is in flight is stopped at once (after-commit deliveries and their retries are
+    cancelled; the relay and the worker let go of what they hold), then every dead
+    letter, outbox row and inbox mark is deleted. The bus stays open: the next publish
+    (or ``start()``) starts it again. Its outbox must be able to clear itself
+    (``eventbus.typing.SupportsClear``: the built-in stores can). Handlers, hooks and
+    settings are left as they are.
+    """
+    bus._life.check_open()
+    outbox = bus.outbox
+    if outbox is not None and not isinstance(outbox, _typing.SupportsClear):
+        raise _errors.ConfigurationError(
+            f"reset_bus() cannot empty {outbox!r}: its outbox store has no clear() "
+            "(eventbus.typing.SupportsClear); add one, or give tests a store that has it"
+        )
+    runtime = bus._runtime
+    timeout = runtime._shutdown_timeout
+    runtime._shutdown_timeout = 0.0  # cancel what is left: it belongs to another test
+    try:
+        with _quiet_stop():
+            bus.stop()
+    finally:
+        runtime._shutdown_timeout = timeout
+    relay = bus._life.relay
+    if relay is not None:
+        with relay._waiting_lock:
+            relay._waiting.clear()  # the rows it waited for are about to go
+    bus.dead_letters.purge(all=True)
+    if outbox is not None:
+        outbox.clear()
+
+
+@contextmanager
+def _quiet_stop() -> Iterator[None]:
+    """A stop that cancels leftovers on purpose says nothing about them."""
+    import logging  # noqa: PLC0415 - only here
+
+    logger = logging.getLogger("eventbus.bus")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.suppress(TimeoutError):
+            yield
+    finally:
+        logger.setLevel(level)

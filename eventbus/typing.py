@@ -39,6 +39,7 @@ __all__ = [
     "Received",
     "SupportsAsyncTransactionControl",
     "SupportsAsyncWrite",
+    "SupportsClear",
     "SupportsContention",
     "SupportsCreateSchema",
     "SupportsDeclare",
@@ -325,6 +326,16 @@ class SupportsCreateSchema(Protocol):
     """A store that can create its own tables (``eventbus outbox init``)."""
 
     def create_schema(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsClear(Protocol):
+    """A store that can empty itself between tests (``eventbus.testing.reset_bus`` and
+    the pytest plugin's ``event_bus_isolation``)."""
+
+    def clear(self) -> None:
+        """Delete every outbox row, in any state, and every inbox mark. For tests: rows
+        another process holds are deleted too."""
 
 
 # -- transports --------------------------------------------------------------------------

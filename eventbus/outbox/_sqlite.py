@@ -458,6 +458,12 @@ class SQLiteOutbox:
         with self._transaction("write the inbox") as own:
             return own.execute(statement, (handler, str(envelope_id))).rowcount == 1
 
+    def clear(self) -> None:
+        """Delete every outbox row and inbox mark (tests: ``SupportsClear``)."""
+        with self._transaction("clear the outbox") as connection:
+            connection.execute("DELETE FROM eventbus_outbox")
+            connection.execute("DELETE FROM eventbus_inbox")
+
     def connect(self) -> sqlite3.Connection:
         """A new connection to the application's database, set up like the relay's (and
         known to the outbox in this thread, see ``open_transaction``)."""

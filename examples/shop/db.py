@@ -20,12 +20,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from eventbus import SQLiteOutbox
+from eventbus import SQLiteDeadLetterStore, SQLiteOutbox
 from eventbus.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from eventbus import EventBus
-    from eventbus.typing import OutboxStore
+    from eventbus.typing import DeadLetterStore, OutboxStore
 
     from .settings import Settings
 
@@ -66,6 +66,10 @@ class Database(abc.ABC):
     @abc.abstractmethod
     def make_outbox(self, *, poll_interval: float) -> OutboxStore:
         """The transactional outbox in this database."""
+
+    @abc.abstractmethod
+    def make_dead_letters(self, settings: Settings) -> DeadLetterStore:
+        """Where the bus keeps what handlers gave up on, shared by every process."""
 
     @contextlib.contextmanager
     def transaction(self, bus: EventBus | None = None) -> Iterator[Connection]:
@@ -140,6 +144,10 @@ class SQLiteDatabase(Database):
 
     def make_outbox(self, *, poll_interval: float) -> OutboxStore:
         return SQLiteOutbox(self.path, timeout=self._timeout, poll_interval=poll_interval)
+
+    def make_dead_letters(self, settings: Settings) -> DeadLetterStore:
+        # A file of its own beside the database: the processes of one machine share it.
+        return SQLiteDeadLetterStore(settings.dead_letters_path, timeout=self._timeout)
 
 
 def open_database(settings: Settings) -> Database:

@@ -15,14 +15,16 @@ from .db import Connection, Database, Row
 
 try:
     import sqlalchemy as sa
-    from eventbus_contrib.sqlalchemy import SQLAlchemyOutbox
+    from eventbus_contrib.sqlalchemy import SQLAlchemyDeadLetterStore, SQLAlchemyOutbox
 except ImportError as error:  # pragma: no cover - the dev extras install both
     raise MissingDependencyError(
         'SHOP_DATABASE_URL needs SQLAlchemy and a driver: pip install -e ".[sqlalchemy,postgres]"'
     ) from error
 
 if TYPE_CHECKING:
-    from eventbus.typing import OutboxStore
+    from eventbus.typing import DeadLetterStore, OutboxStore
+
+    from .settings import Settings
 
 __all__ = ["SQLAlchemyDatabase"]
 
@@ -78,6 +80,13 @@ class SQLAlchemyDatabase(Database):
         # from it after this (connect() does).
         with self._one_at_a_time():
             return SQLAlchemyOutbox(self.engine, poll_interval=poll_interval)
+
+    def make_dead_letters(self, settings: Settings) -> DeadLetterStore:
+        """In the shop's database, beside the outbox: every process on every host sees
+        (and ``eventbus dlq`` replays) the same letters."""
+        del settings  # nothing on disk: the database holds them
+        with self._one_at_a_time():
+            return SQLAlchemyDeadLetterStore(self.engine)
 
     @contextlib.contextmanager
     def _one_at_a_time(self) -> Iterator[Connection]:

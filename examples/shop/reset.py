@@ -17,7 +17,8 @@ from .wiring import Shop
 __all__ = ["remove_files", "reset"]
 
 OUTBOX_TABLES = ("eventbus_outbox", "eventbus_inbox")
-"""The outbox's tables, by the name both stores give them by default."""
+"""The outbox's tables, by the name both stores give them by default (the dead letters
+are emptied through their store, wherever it keeps them)."""
 
 
 def remove_files(settings: Settings) -> None:

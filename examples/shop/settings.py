@@ -2,7 +2,7 @@
 
 - ``SHOP_DATA_DIR``: the folder the shop keeps its files in (``var/shop`` under the current
   directory by default; git-ignored). It holds the SQLite database, the dead letters and
-  the mail templates.
+  the mail templates (on PostgreSQL, the dead letters live in the database).
 - ``SHOP_DATABASE_URL``: unset, the shop runs on a SQLite file in the data folder through
   the standard library. ``postgresql+psycopg://user@host/db`` runs the same modules on
   PostgreSQL through SQLAlchemy (``pip install -e ".[sqlalchemy,postgres]"``).
@@ -47,7 +47,8 @@ class Settings:
 
     @property
     def dead_letters_path(self) -> Path:
-        """The dead letters, in both modes: eventbus stores them in SQLite only, for now."""
+        """The dead letters on the SQLite default (with ``SHOP_DATABASE_URL``, they live
+        in that database)."""
         return self.data_dir / "dead_letters.sqlite3"
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 import tenacity
 
-from eventbus import EventBus, RetryPolicy, SQLiteDeadLetterStore
+from eventbus import EventBus, RetryPolicy
 
 from .db import Database, open_database
 from .flow import FlowRecorder
@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> Shop:
     db = open_database(settings)
     bus = EventBus(
         outbox=db.make_outbox(poll_interval=POLL_INTERVAL),
-        dead_letters=SQLiteDeadLetterStore(settings.dead_letters_path),
+        dead_letters=db.make_dead_letters(settings),
         retry=DEFAULT_RETRY,
     )
     db.create_tables(TABLES.values())

@@ -47,6 +47,16 @@ def test_the_same_modules_run_on_postgresql(postgresql_schema: str, tmp_path: Pa
     out = run_shop(tmp_path / "shop", database_url=postgresql_schema)
     check_story(out)
     assert "The shop runs on postgresql at postgresql+psycopg://" in out
+    # The dead letters live in the shop's database, where every host sees them: the
+    # story's two cancellation emails were kept there, and its replay resolved them.
+    assert not (tmp_path / "shop" / "dead_letters.sqlite3").exists()
+    shop = open_database(Settings(data_dir=tmp_path / "shop", database_url=postgresql_schema))
+    try:
+        with shop.connect() as connection:
+            assert connection.fetch_all("SELECT handler FROM eventbus_dead_letters") == []
+        assert "== Dead letters: 2 written" in out
+    finally:
+        shop.close()
 
 
 def test_the_data_folder_defaults_to_var_shop_and_is_ignored_by_git() -> None:

@@ -3,6 +3,10 @@
 How to use it is in the README ("Transactions and the outbox"). For maintainers, the
 rooms of this package:
 
+- ``_dead_letters``: ``SQLAlchemyDeadLetterStore``, dead letters a fleet shares, and
+  ``dead_letter_table``.
+- ``_engine``: what both stores know of the engine: the database's clock, SQLite's
+  set-up, table options, driver errors told without the password.
 - ``_store``: ``SQLAlchemyOutbox``, the store's promises in the terms every database
   shares: writes in the caller's transaction, the relay's short transactions of its own
   fenced by its lease owner, errors as ``OutboxError`` without the password.
@@ -37,7 +41,8 @@ except ImportError as error:  # pragma: no cover - the extra is installed in dev
         'eventbus_contrib.sqlalchemy needs SQLAlchemy 2: pip install "eventbus[sqlalchemy]"'
     ) from error
 
+from ._dead_letters import SQLAlchemyDeadLetterStore, dead_letter_table
 from ._schema import outbox_tables
 from ._store import SQLAlchemyOutbox
 
-__all__ = ["SQLAlchemyOutbox", "outbox_tables"]
+__all__ = ["SQLAlchemyDeadLetterStore", "SQLAlchemyOutbox", "dead_letter_table", "outbox_tables"]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from ._dialects import OutboxDialect
 
-__all__ = ["ADDED_COLUMNS", "OutboxSchema", "outbox_tables"]
+__all__ = ["ADDED_COLUMNS", "OutboxSchema", "check_prefix", "outbox_tables"]
 
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 
@@ -50,11 +50,7 @@ def outbox_tables(metadata: sa.MetaData, *, prefix: str = "eventbus") -> tuple[s
     autogenerate adds it, ``SQLAlchemyOutbox.migration_sql()`` gives the statement, and a
     store opened with ``create=True`` adds it itself.
     """
-    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-        raise ConfigurationError(
-            "prefix must be 1 to 40 letters, digits or underscores, not starting with a "
-            f"digit (it names tables and indexes), got {prefix!r}"
-        )
+    check_prefix(prefix)
     outbox_name, inbox_name = f"{prefix}_outbox", f"{prefix}_inbox"
     if outbox_name in metadata.tables and inbox_name in metadata.tables:
         return metadata.tables[outbox_name], metadata.tables[inbox_name]
@@ -104,6 +100,15 @@ def outbox_tables(metadata: sa.MetaData, *, prefix: str = "eventbus") -> tuple[s
         **MySQLDialect.table_options,
     )
     return outbox, inbox
+
+
+def check_prefix(prefix: object) -> None:
+    """Refuse a table prefix that cannot name tables and indexes on every database."""
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise ConfigurationError(
+            "prefix must be 1 to 40 letters, digits or underscores, not starting with a "
+            f"digit (it names tables and indexes), got {prefix!r}"
+        )
 
 
 class OutboxSchema:

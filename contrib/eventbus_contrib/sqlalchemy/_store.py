@@ -30,6 +30,7 @@ from ._core import (
     redact,
 )
 from ._dialects import dialect_for
+from ._engine import driver_reason
 from ._resources import Resources, asyncio_module, unscoped
 from ._schema import OutboxSchema, outbox_tables
 from ._tracking import watch_engine, watch_sessions
@@ -356,6 +357,12 @@ class SQLAlchemyOutbox:
             by_name=by_name,
         )
 
+    def clear(self) -> None:
+        """Delete every outbox row and inbox mark (tests: ``SupportsClear``)."""
+        with self._begin("clear the outbox") as connection:
+            connection.execute(sa.delete(self.outbox))
+            connection.execute(sa.delete(self.inbox))
+
     # -- the inbox -----------------------------------------------------------------------
 
     def seen(self, handler: str, envelope_id: uuid.UUID) -> bool:
@@ -478,15 +485,7 @@ class SQLAlchemyOutbox:
 
     def _reason(self, exc: sa_exc.SQLAlchemyError) -> str:
         """The driver's message, without the statement and its parameters (payloads)."""
-        if isinstance(exc, sa_exc.StatementError) and exc.orig is not None:
-            reason = f"{type(exc.orig).__name__}: {exc.orig}"
-        elif isinstance(exc, sa_exc.StatementError):
-            reason = str(exc.args[0]) if exc.args else type(exc).__name__
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        if self._password:
-            reason = reason.replace(self._password, "***")
-        return reason
+        return driver_reason(exc, self._password)
 
 
 def _chunks(rows: Sequence[PendingRow]) -> Iterator[Sequence[PendingRow]]:

@@ -2,7 +2,8 @@
 
 Where the databases are comes from the environment (tests/django/fixtures.py sets it),
 so that the ``manage.py`` processes a test starts use the same ones. Every request is
-one transaction (``ATOMIC_REQUESTS``) on both.
+one transaction: by ``ATOMIC_REQUESTS`` on ``default``, by the view's own
+``transaction.atomic()`` on ``postgresql`` (so that a request touches one database).
 """
 
 import os
@@ -31,7 +32,6 @@ DATABASES = {
         "USER": _user,
         "NAME": _name,
         "OPTIONS": {"options": f"-c search_path={_schema}"},
-        "ATOMIC_REQUESTS": True,
     },
 }
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from tests.django.fixtures import on_session_end
 
 
 @pytest.fixture(scope="session")
-def postgresql_bus(django_postgresql: str) -> Iterator[Any]:
+def postgresql_bus(django_postgresql: str) -> Any:
     from eventbus_contrib.django import bus_from_settings
 
     from tests.django.shop import handlers
@@ -28,5 +27,5 @@ def postgresql_bus(django_postgresql: str) -> Iterator[Any]:
         bus.outbox.close()
         bus.dead_letters.close()
 
-    on_session_end(close)
-    yield bus
+    on_session_end(close)  # before the database goes, with the session's end
+    return bus

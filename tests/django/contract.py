@@ -91,13 +91,13 @@ class DjangoHarness(Harness):
 
     def insert_order(self, resource: Any, order_id: int) -> None:
         with resource.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {self._orders} (id) VALUES (%s)", [order_id])  # noqa: S608
+            cursor.execute(f"INSERT INTO {self._orders} (id) VALUES (%s)", [order_id])
 
     def orders(self) -> list[int]:
-        return [n for (n,) in self._query(f"SELECT id FROM {self._orders} ORDER BY id")]  # noqa: S608
+        return [n for (n,) in self._query(f"SELECT id FROM {self._orders} ORDER BY id")]
 
     def outbox_rows(self, *columns: str) -> list[tuple[Any, ...]]:
-        rows = self._query(f"SELECT {', '.join(columns)} FROM eventbus_outbox ORDER BY id")  # noqa: S608
+        rows = self._query(f"SELECT {', '.join(columns)} FROM eventbus_outbox ORDER BY id")
         return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows]
 
     def close(self) -> None:
@@ -111,5 +111,3 @@ def _statements(ddl: str) -> list[str]:
     lines = [line for line in ddl.splitlines() if line and not line.startswith("--")]
     statements = [part.strip() for part in " ".join(lines).split(";")]
     return [s for s in statements if s and s.upper() not in ("BEGIN", "COMMIT")]
-
-

@@ -17,17 +17,17 @@ import pytest
 
 pytest.importorskip("django")
 
-from tests.django.fixtures import start_django  # noqa: E402
+from tests.django.fixtures import start_django
 
 start_django()  # configured (no database yet) so that the project's modules import
 
 from django.db import connections, transaction  # noqa: E402
 from django.test import TestCase, TransactionTestCase  # noqa: E402
+from eventbus_contrib.django.models import DeadLetterRow, InboxMark, OutboxRow  # noqa: E402
 
 from eventbus import ConfigurationError, TransactionScopeError  # noqa: E402
 from eventbus.outbox import PendingRow  # noqa: E402
 from eventbus.testing import capture_events  # noqa: E402
-from eventbus_contrib.django.models import DeadLetterRow, InboxMark, OutboxRow  # noqa: E402
 from tests.django.shop import handlers  # noqa: E402
 from tests.django.shop.events import OrderNoted, OrderPlaced  # noqa: E402
 from tests.django.shop.models import Order, Reservation  # noqa: E402
@@ -61,7 +61,7 @@ class Shop:
 
 @pytest.mark.usefixtures("django_project")
 class OnCommitTests(Shop, TestCase):
-    databases = {"default"}  # noqa: RUF012 - Django's own spelling
+    databases = {"default"}
 
     def setUp(self) -> None:
         handlers.forget()
@@ -97,7 +97,10 @@ class OnCommitTests(Shop, TestCase):
         assert callbacks == []  # the receipt is dropped with the rollback
 
     def test_a_rolled_back_inner_atomic_block_drops_its_events(self) -> None:
-        with capture_events(self.bus) as captured, self.captureOnCommitCallbacks(using=self.db) as callbacks:
+        with (
+            capture_events(self.bus) as captured,
+            self.captureOnCommitCallbacks(using=self.db) as callbacks,
+        ):
             self.post(order_id="o-3", inner="1")
         assert [e.order_id for e in captured.of_type(OrderPlaced)] == ["o-3", "o-3-inner"]
         rows = OutboxRow.objects.using(self.db)
@@ -110,7 +113,7 @@ class OnCommitTests(Shop, TestCase):
 @pytest.mark.usefixtures("postgresql_bus")
 class PostgreSQLOnCommitTests(OnCommitTests):
     db = "postgresql"
-    databases = {"default", "postgresql"}  # noqa: RUF012 - a request also sees default
+    databases = {"default", "postgresql"}
 
 
 # -- TransactionTestCase: commits for real ----------------------------------------------
@@ -118,7 +121,7 @@ class PostgreSQLOnCommitTests(OnCommitTests):
 
 @pytest.mark.usefixtures("django_project")
 class DeliveryTests(Shop, TransactionTestCase):
-    databases = {"default"}  # noqa: RUF012
+    databases = {"default"}
 
     def setUp(self) -> None:
         handlers.forget()
@@ -131,7 +134,7 @@ class DeliveryTests(Shop, TransactionTestCase):
         assert response.status_code == 200
         self.drain()
         assert sorted(handlers.RUNS) == [(h, "o-10") for h in DURABLE]
-        assert handlers.RECEIPTS == [(self.db, "o-10")]
+        assert [(self.db, "o-10")] == handlers.RECEIPTS
         assert list(Reservation.objects.using(self.db).values_list("order_id", flat=True)) == [
             "o-10"
         ]
@@ -152,7 +155,7 @@ class DeliveryTests(Shop, TransactionTestCase):
         self.post(order_id="o-12", inner="1")
         self.drain()
         assert sorted(handlers.RUNS) == [(h, "o-12") for h in DURABLE]
-        assert handlers.RECEIPTS == [(self.db, "o-12")]
+        assert [(self.db, "o-12")] == handlers.RECEIPTS
 
     def test_outside_any_transaction_a_durable_publish_commits_its_row_at_once(self) -> None:
         """ATOMIC_REQUESTS off (autocommit): the row is committed by the publish, so the
@@ -205,7 +208,7 @@ class DeliveryTests(Shop, TransactionTestCase):
             _ = 1 / 0
         self.drain()
         assert sorted(handlers.RUNS) == [(h, "o-15") for h in DURABLE]
-        assert handlers.RECEIPTS == [(self.db, "o-15")]
+        assert [(self.db, "o-15")] == handlers.RECEIPTS
 
     def test_an_after_commit_publish_under_manual_transactions_is_refused(self) -> None:
         """Autocommit off outside atomic: Django hears no commit, so after-commit handlers
@@ -223,7 +226,7 @@ class DeliveryTests(Shop, TransactionTestCase):
 @pytest.mark.usefixtures("postgresql_bus")
 class PostgreSQLDeliveryTests(DeliveryTests):
     db = "postgresql"
-    databases = {"default", "postgresql"}  # noqa: RUF012 - a request also sees default
+    databases = {"default", "postgresql"}
 
 
 # -- settings.EVENTBUS ---------------------------------------------------------------------
@@ -272,6 +275,7 @@ def test_the_project_bus_is_made_from_settings_once(django_project: None) -> Non
 
 def test_an_in_memory_sqlite_database_is_refused_for_the_relay(fresh_database) -> None:
     from eventbus_contrib.django import DjangoOutbox
+
     from tests.django.fixtures import add_database, remove_database
 
     add_database("in_memory", {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"})

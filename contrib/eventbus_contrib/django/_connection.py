@@ -30,7 +30,9 @@ __all__ = ["OwnConnection", "application_connection", "check_alias", "statements
 def check_alias(alias: object, what: str) -> str:
     """``alias`` if it names a database of ``DATABASES`` on a vendor the stores run on."""
     if not isinstance(alias, str) or not alias:
-        raise ConfigurationError(f"{what}: the database must be an alias of DATABASES, got {alias!r}")
+        raise ConfigurationError(
+            f"{what}: the database must be an alias of DATABASES, got {alias!r}"
+        )
     databases = settings.DATABASES
     if alias not in databases:
         known = ", ".join(repr(name) for name in databases) or "none"

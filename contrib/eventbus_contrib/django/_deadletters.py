@@ -358,5 +358,3 @@ class DjangoDeadLetterStore:
     def close(self) -> None:
         """Close the store's connection; it can no longer be used. Closing twice is fine."""
         self._own.close()
-
-

@@ -172,7 +172,8 @@ class DjangoOutbox:
     def ambient_transaction(self) -> object | None:
         """This thread's connection to the outbox's database while it has a transaction
         open (``transaction.atomic()``), which a durable or after-commit publish joins."""
-        return ambient(self.alias)
+        found: object | None = ambient(self.alias)
+        return found
 
     def transaction_control(self, resource: object) -> DjangoTransaction | None:
         """How ``bus.transaction()`` drives this thread's Django connection: an atomic
@@ -232,7 +233,9 @@ class DjangoOutbox:
         ids = [int(row_id) for row_id in ids]
         if not ids:
             return 0
-        pairs = sorted({(handler, str(uuid.UUID(str(envelope_id)))) for handler, envelope_id in processed})
+        pairs = sorted(
+            {(handler, str(uuid.UUID(str(envelope_id)))) for handler, envelope_id in processed}
+        )
         sql = self._sql
         deleted = 0
         with self._own_cursor("complete outbox rows") as cursor:
@@ -356,7 +359,6 @@ def _parameters(rows: Sequence[PendingRow]) -> list[object]:
         for row in rows
         for value in (str(row.envelope_id), row.name, row.destination, row.key, row.payload)
     ]
-
 
 
 def _close_old_connections() -> None:

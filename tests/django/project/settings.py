@@ -8,7 +8,7 @@ one transaction: by ``ATOMIC_REQUESTS`` on ``default``, by the view's own
 
 import os
 
-SECRET_KEY = "eventbus-tests-only"  # noqa: S105 - a test project, never deployed
+SECRET_KEY = "eventbus-tests-only"
 DEBUG = False
 USE_TZ = True
 ALLOWED_HOSTS = ["testserver"]

@@ -23,9 +23,9 @@ class PostgreSQLOnly(migrations.RunSQL):  # type: ignore[misc] # Django ships no
 class Migration(migrations.Migration):  # type: ignore[misc]
     initial = True
 
-    dependencies: list[tuple[str, str]] = []
+    dependencies: list[tuple[str, str]] = []  # noqa: RUF012 - what Django reads
 
-    operations = [
+    operations = [  # noqa: RUF012 - what Django reads
         migrations.CreateModel(
             name="OutboxRow",
             fields=[

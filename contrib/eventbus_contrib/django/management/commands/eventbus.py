@@ -49,7 +49,7 @@ class Command(BaseCommand):  # type: ignore[misc] # Django ships no types
         try:
             code = run(_without_django_options(argv[2:]))
         except CommandError as error:
-            print(f"eventbus: {error}", file=sys.stderr)
+            sys.stderr.write(f"eventbus: {error}\n")
             code = 2
         sys.exit(code)
 

@@ -46,9 +46,9 @@ def bus(django_project: None) -> Iterator[Any]:
     yield bus
     bus.drain(timeout=60)
     handlers.forget()
+    bus.outbox.clear()
+    bus.dead_letters.purge(all=True)
     with connections["default"].cursor() as cursor:
-        for table in ("eventbus_outbox", "eventbus_inbox", "eventbus_dead_letters"):
-            cursor.execute(f"DELETE FROM {table}")
         cursor.execute("DELETE FROM shop_order")
         cursor.execute("DELETE FROM shop_reservation")
 

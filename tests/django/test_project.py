@@ -302,3 +302,20 @@ def test_a_connection_of_another_database_is_refused(fresh_database) -> None:
             outbox.write(object(), [row])
     finally:
         outbox.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_clear_empties_the_outbox_and_the_inbox_for_tests(fresh_database, kind: str) -> None:
+    from eventbus_contrib.django import DjangoOutbox
+
+    outbox = DjangoOutbox(fresh_database(kind))
+    try:
+        outbox.write_now([PendingRow(uuid.uuid4(), "x", "h", "k", b"{}") for _ in range(3)])
+        outbox.claim(owner="relay", batch=1, lease=30)  # leased rows go too
+        envelope_id = uuid.uuid4()
+        assert outbox.mark("h", envelope_id)
+        outbox.clear()
+        assert outbox.status().pending == 0
+        assert not outbox.seen("h", envelope_id)
+    finally:
+        outbox.close()

@@ -22,7 +22,7 @@ from django.utils.connection import ConnectionProxy
 
 from ._connection import OwnConnection, application_connection, check_alias, statements_of
 from ._core import ClaimedRow, ConfigurationError, OutboxError, OutboxStatus, PendingRow, redact
-from ._sql import Statements
+from ._sql import INBOX, OUTBOX, Statements
 from ._transactions import DjangoTransaction, ambient
 
 __all__ = ["DjangoOutbox"]
@@ -344,6 +344,13 @@ class DjangoOutbox:
         finally:
             if on_its_own:
                 _close_old_connections()
+
+    def clear(self) -> None:
+        """Delete every outbox row, in any state, and every inbox mark: for tests that
+        share a database without ``TransactionTestCase`` emptying it."""
+        with self._own_cursor("clear the outbox") as cursor:
+            cursor.execute(f"DELETE FROM {OUTBOX}")  # noqa: S608 - constants
+            cursor.execute(f"DELETE FROM {INBOX}")  # noqa: S608
 
     # -- plumbing ------------------------------------------------------------------------
 

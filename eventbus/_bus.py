@@ -656,8 +656,12 @@ class EventBus:
 
     def _after_inline(self, route: _Route, frame: Frame, rows: list[PendingRow]) -> None:
         """Write durable rows and hand over after-commit work: in the scope, or now."""
-        scope = current_scope.get()
-        if scope is not None and scope.owner is not self._transactions:
+        transactions = self._transactions
+        # A transaction the outbox's framework opened (Django's atomic) comes first: it
+        # is the unit of work, savepoints included, whatever scope is open around it.
+        ambient = transactions.ambient() if transactions.joins_ambient else None
+        scope = current_scope.get() if ambient is None else ambient
+        if scope is not None and scope.owner is not transactions:
             scope = None  # another bus's transaction: this bus's outbox is not in it
         outbox = self._outbox
         if rows:
@@ -676,6 +680,8 @@ class EventBus:
                 scope.after_commit(functools.partial(self._defer, route, frame))
             else:
                 self._defer(route, frame)
+        if ambient is not None:
+            transactions.settle(ambient)  # its rows written now, its callbacks handed over
 
     def _defer(self, route: _Route, frame: Frame) -> None:
         """Hand the after-commit handlers to the runtime, isolated from the publisher."""

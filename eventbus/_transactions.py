@@ -31,6 +31,14 @@ transaction joins it instead of refusing it:
   work as above, the relay finds them by polling, and an after-commit publish is refused
   (``TransactionScopeError``) rather than run on a guess.
 
+Ambient transactions. Some frameworks open the application's transactions themselves and
+say which one is open in this thread (Django: ``transaction.atomic()``): a store of theirs
+offers ``SupportsAmbientTransaction``, and a durable or after-commit publish joins that
+transaction without any ``bus.transaction()``, before any scope is looked at. Its rows are
+written through the framework's connection at once, in whatever savepoint is innermost,
+so a rolled-back inner block drops them; the commit callbacks go to the framework's own
+commit hook (Django's ``on_commit``, which drops those of a rolled-back savepoint).
+
 ``EventBus`` holds one ``Transactions`` (its outbox's) and delegates ``transaction`` and
 ``atransaction`` to it; the store's optional abilities (``SupportsTransactionControl``,
 ``SupportsAsyncTransactionControl``, ``SupportsAsyncWrite``, ``SupportsOpenTransaction``)
@@ -48,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import ConfigurationError, TransactionScopeError
 from .typing import (
+    SupportsAmbientTransaction,
     SupportsAsyncTransactionControl,
     SupportsAsyncWrite,
     SupportsOpenTransaction,
@@ -60,7 +69,7 @@ if TYPE_CHECKING:
     from ._records import PendingRow
     from .typing import AsyncTransactionControl, CommitHook, OutboxStore, TransactionControl
 
-__all__ = ["SQLiteTransaction", "Scope", "Transactions", "current_scope"]
+__all__ = ["AmbientScope", "SQLiteTransaction", "Scope", "Transactions", "current_scope"]
 
 R = TypeVar("R")
 
@@ -86,7 +95,15 @@ class Transactions:
     its own bus.
     """
 
-    __slots__ = ("_async_control", "_awrite", "_control", "_open_transaction", "outbox")
+    __slots__ = (
+        "_ambient",
+        "_async_control",
+        "_awrite",
+        "_control",
+        "_open_transaction",
+        "joins_ambient",
+        "outbox",
+    )
 
     def __init__(self, outbox: OutboxStore | None) -> None:
         self.outbox = outbox
@@ -94,6 +111,10 @@ class Transactions:
         self._async_control: Callable[[object], AsyncTransactionControl | None] | None = None
         self._awrite: Callable[[Any, Sequence[PendingRow]], Awaitable[None]] | None = None
         self._open_transaction: Callable[[], object | None] | None = None
+        self._ambient: Callable[[], object | None] | None = None
+        self.joins_ambient = False
+        """Whether the outbox's framework opens transactions that publishes join
+        (``SupportsAmbientTransaction``): the bus then asks ``ambient()`` first."""
         if outbox is None:
             return
         # The store's optional abilities, looked at once (an isinstance against a runtime
@@ -106,6 +127,9 @@ class Transactions:
             self._awrite = outbox.awrite
         if isinstance(outbox, SupportsOpenTransaction):
             self._open_transaction = outbox.open_transaction
+        if isinstance(outbox, SupportsAmbientTransaction):
+            self._ambient = outbox.ambient_transaction
+            self.joins_ambient = True
 
     @contextlib.contextmanager
     def transaction(self, connection: R) -> Iterator[R]:
@@ -274,6 +298,12 @@ class Transactions:
     def check_publish(self, publish: Publishing, is_async: bool) -> None:
         """Before any handler runs: refuse a publish with durable or after-commit handlers
         that would escape the caller's transaction (the general path only)."""
+        if self.joins_ambient:
+            ambient = self.ambient()
+            if ambient is not None:
+                if publish.after_commit_names and not ambient.sees_commit:
+                    raise TransactionScopeError(_unseen_ambient_commit(publish, ambient.connection))
+                return
         scope = current_scope.get()
         if scope is not None and scope.owner is self:
             if publish.after_commit_names and not scope.sees_commit:
@@ -285,6 +315,23 @@ class Transactions:
         resource = None if find is None else find()
         if resource is not None:
             raise TransactionScopeError(_bypassed(publish, resource, is_async=is_async))
+
+    def ambient(self) -> AmbientScope | None:
+        """A scope in the transaction the outbox's framework has open in this thread or
+        task (``SupportsAmbientTransaction``), or None. What a publish puts in it is
+        handed over at once with ``settle``."""
+        find = self._ambient
+        resource = None if find is None else find()
+        if resource is None:
+            return None
+        return AmbientScope(self, resource, self._control_for(resource).owner_commit())
+
+    def settle(self, scope: AmbientScope) -> None:
+        """Write what a publish put in an ambient scope through its resource, now (in the
+        innermost savepoint open there), and hand its callbacks to the commit hook."""
+        if scope.rows:
+            self._write_rows(scope.connection, scope.rows)
+        _hand_over(scope.hook, scope.committed())
 
     def handler_transaction(
         self, handler: str, envelope_id: uuid.UUID, run: Callable[[Any], object]
@@ -394,6 +441,19 @@ class Scope:
         """This scope rolled back: forget what waited for it."""
         self._after_commit.clear()
         self.rows.clear()
+
+
+class AmbientScope(Scope):
+    """A publish's share of a transaction its framework opened (``Transactions.ambient``):
+    written and handed over at once, by ``Transactions.settle``."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self, owner: Transactions, connection: Any, hook: CommitHook | None) -> None:
+        super().__init__(owner, connection, sees_commit=hook is not None)
+        self.hook = hook
+        """The framework's commit hook (Django's ``on_commit``), or None where that
+        transaction's commit cannot be seen (after-commit publishes are refused)."""
 
 
 class SQLiteTransaction:
@@ -520,4 +580,15 @@ def _unseen_commit(publish: Publishing, resource: object) -> str:
         "bus when (or whether) it commits. Let bus.transaction() begin the transaction "
         "(commit or roll back first), or with SQLAlchemy join through a Session, which "
         "reports its commit. Durable handlers are fine here. No handler was run"
+    )
+
+
+def _unseen_ambient_commit(publish: Publishing, resource: object) -> str:
+    names = ", ".join(publish.after_commit_names)
+    return (
+        f"{publish.event_name} has after-commit handlers ({names}), but the transaction open "
+        f"on this {_kind(resource)} cannot tell the bus when (or whether) it commits: it was "
+        "begun outside the framework's transaction blocks (with Django: autocommit turned "
+        "off, outside transaction.atomic()). Publish inside an atomic block, whose commit "
+        "the bus hears. Durable handlers are fine here. No handler was run"
     )

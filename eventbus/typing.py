@@ -37,6 +37,7 @@ __all__ = [
     "Inbox",
     "OutboxStore",
     "Received",
+    "SupportsAmbientTransaction",
     "SupportsAsyncTransactionControl",
     "SupportsAsyncWrite",
     "SupportsClear",
@@ -176,7 +177,9 @@ class OutboxStore(Inbox, Protocol):
     with ``SupportsAsyncWrite`` (``bus.atransaction``), ``SupportsListen`` (commits in other
     processes wake the relay), ``SupportsContention`` (its driver's lock waits are retried
     uncounted), ``SupportsOpenTransaction`` (a publish that would escape an open transaction
-    is refused), ``SupportsSchemaSQL`` and ``SupportsCreateSchema`` (``eventbus outbox init``).
+    is refused), ``SupportsAmbientTransaction`` (publishes join the transactions its framework
+    opens, Django's atomic blocks), ``SupportsSchemaSQL`` and ``SupportsCreateSchema``
+    (``eventbus outbox init``).
     """
 
     batch: int
@@ -312,6 +315,25 @@ class SupportsOpenTransaction(Protocol):
         """A resource of the store's database with a transaction that the current thread
         or task began and that is still open, or None. A durable or after-commit publish
         outside ``bus.transaction()`` is refused while there is one."""
+
+
+@runtime_checkable
+class SupportsAmbientTransaction(Protocol):
+    """A store whose framework opens the application's transactions itself, without
+    ``bus.transaction()`` (Django's ``transaction.atomic()``), and whose publishes join them.
+
+    The store must also offer ``SupportsTransactionControl`` for the resource it returns:
+    its ``owner_commit()`` is how after-commit handlers wait for that transaction's commit
+    (None: they are refused there). Consulted on a durable or after-commit publish only,
+    before any ``bus.transaction()`` scope: the framework's transaction, savepoints
+    included, is the unit of work, so what a publish writes goes in the innermost one.
+    """
+
+    def ambient_transaction(self) -> object | None:
+        """The resource (connection) of the outbox's database whose transaction the
+        current thread or task has open, or None (autocommit: a durable publish then
+        commits its row on its own). Its outbox rows are written through it at once, so
+        they commit or roll back with that transaction and its savepoints."""
 
 
 @runtime_checkable

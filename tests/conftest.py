@@ -45,11 +45,15 @@ from tests.servers import (
 if TYPE_CHECKING:
     import sqlalchemy
 
+# The Django test project's fixtures (tests/django/fixtures.py): Django is imported only
+# by the tests that ask for them.
+pytest_plugins = ["tests.django.fixtures"]
+
 BACKENDS = ("sqlite", "postgresql", "mariadb")
-# Two more kinds are not in the default: "sqlite3", a SQLite file for the stdlib
-# ``SQLiteOutbox``, and "third-party", one for the store a third party would write
-# (tests/third_party.py), which the outbox contract suite (tests/contract/conftest.py)
-# asks for.
+# More kinds are not in the default: "sqlite3", a SQLite file for the stdlib
+# ``SQLiteOutbox``, "third-party", one for the store a third party would write
+# (tests/third_party.py), and "django-sqlite" and "django-postgresql", a database of the
+# Django test project (tests/django/fixtures.py), which the contract suites ask for.
 
 
 @attrs.frozen
@@ -74,6 +78,19 @@ class Backend:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """One of the databases; servers that do not answer skip (fail under CI=true)."""
     kind: str = request.param
+    if kind in ("django-sqlite", "django-postgresql"):
+        database = kind.removeprefix("django-")
+        from tests.django.fixtures import require_postgresql, start_django
+
+        start_django()  # skips when Django is not installed
+        if database == "postgresql":
+            require_postgresql()  # skips when it does not answer (fails under CI=true)
+        return Backend(
+            kind,
+            f"django:{database}",
+            concurrent_writers=database == "postgresql",
+            skip_locked=database == "postgresql",
+        )
     if kind in ("sqlite3", "third-party"):  # a file for the stdlib store: needs no SQLAlchemy
         return Backend(
             kind,

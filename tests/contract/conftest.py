@@ -4,7 +4,8 @@
 ``sqlite3``, the store a third party would write on the public surface alone
 (tests/third_party.py) for ``third-party``, ``SQLAlchemyOutbox`` for ``sqlite``,
 ``postgresql`` and ``mariadb`` (servers that do not answer skip, or fail under CI=true:
-see tests/conftest.py); the contract module parametrises ``backend`` over all five. The
+see tests/conftest.py), ``DjangoOutbox`` for ``django-sqlite`` and ``django-postgresql``
+(tests/django/contract.py); the contract module parametrises ``backend`` over all seven. The
 harness does, per store, what the protocol leaves to the application: open an
 application transaction, write an application table in it, read the outbox table raw,
 open the same tables again (another relay), or empty ones (a migration). Tests switch on
@@ -331,6 +332,10 @@ def outbox(backend: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         harness = SQLite3Harness(backend, tmp_path)
     elif backend.name == "third-party":
         harness = ThirdPartyHarness(backend, tmp_path)
+    elif backend.name.startswith("django-"):
+        from tests.django.contract import DjangoHarness  # imports this module: not at the top
+
+        harness = DjangoHarness(backend, request.getfixturevalue("fresh_database"))
     else:
         harness = SQLAlchemyHarness(
             backend,

@@ -1,6 +1,7 @@
 """The DeadLetterStore contract, written once and run against every store.
 
-Both stores must behave identically: the same filters, order, claims, fencing and errors.
+Every store must behave identically: the same filters, order, claims, fencing and errors
+(memory, SQLite, and Django's on SQLite and PostgreSQL).
 The SQLite-only tests at the end cover what only a file can do: survive a reopen, match
 its published DDL, and let threads and processes race for a claim safely.
 """
@@ -94,28 +95,35 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def _open(kind: str, tmp_path: Path, clock: FakeClock) -> DeadLetterStore:
+def _open(kind: str, request: pytest.FixtureRequest, clock: FakeClock) -> DeadLetterStore:
     if kind == "memory":
         return MemoryDeadLetterStore(clock=clock)
     if kind == "sqlite":
+        tmp_path = request.getfixturevalue("tmp_path")
         return SQLiteDeadLetterStore(tmp_path / "state" / "dead_letters.db", clock=clock)
+    if kind.startswith("django-"):
+        # A database of the Django test project's, of this test's own (tests/django).
+        from eventbus_contrib.django import DjangoDeadLetterStore
+
+        database = request.getfixturevalue("fresh_database")(kind.removeprefix("django-"))
+        return DjangoDeadLetterStore(database, clock=clock)
     return SQLiteDeadLetterStore(":memory:", clock=clock)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> Iterator[DeadLetterStore]:
-    opened = _open(request.param, tmp_path, clock)
+# Every store a contract test runs on (each Django one: SQLite, PostgreSQL).
+STORES = ["memory", "sqlite", "django-sqlite", "django-postgresql"]
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[DeadLetterStore]:
+    opened = _open(request.param, request, clock)
     yield opened
     opened.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-memory"])
-def every_store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> Iterator[DeadLetterStore]:
-    opened = _open(request.param, tmp_path, clock)
+@pytest.fixture(params=[*STORES, "sqlite-memory"])
+def every_store(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[DeadLetterStore]:
+    opened = _open(request.param, request, clock)
     yield opened
     opened.close()
 

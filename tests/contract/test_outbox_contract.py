@@ -1,8 +1,9 @@
 """The OutboxStore contract, written once and run against every store.
 
 Each test runs on the stdlib ``SQLiteOutbox``, on a store written by a third party on the
-public surface alone (tests/third_party.py), and on ``SQLAlchemyOutbox`` on SQLite,
-PostgreSQL and MariaDB (the ``outbox`` fixture, tests/contract/conftest.py). What the
+public surface alone (tests/third_party.py), on ``SQLAlchemyOutbox`` on SQLite,
+PostgreSQL and MariaDB, and on ``DjangoOutbox`` on SQLite and PostgreSQL (the ``outbox``
+fixture, tests/contract/conftest.py). What the
 relay relies on: rows written in the caller's transaction appear at its commit and
 vanish at its rollback; claims come back oldest first and byte for byte; a lease keeps a
 row from every other owner until it runs out; every change is fenced by the owner; per
@@ -38,7 +39,17 @@ Outbox = Any
 # alone (tests/third_party.py), and SQLAlchemy's on each database. Indirect, so
 # tests/conftest.py still probes the servers and skips those that are down.
 pytestmark = pytest.mark.parametrize(
-    "backend", ["sqlite3", "third-party", "sqlite", "postgresql", "mariadb"], indirect=True
+    "backend",
+    [
+        "sqlite3",
+        "third-party",
+        "sqlite",
+        "postgresql",
+        "mariadb",
+        "django-sqlite",
+        "django-postgresql",
+    ],
+    indirect=True,
 )
 
 

@@ -37,12 +37,7 @@ DRIVERS = {"psycopg": "postgresql", "pymysql": "mysql"}
 SQLAlchemy stores serve (``postgresql+psycopg://``, ``mysql+pymysql://``), which is how
 they are used. Each counts as used while that database is served."""
 
-WAITING = {
-    "django": (
-        "the Django integration (eventbus_contrib.django, issue 14) lands from another "
-        "branch; remove this entry when it does"
-    ),
-}
+WAITING: dict[str, str] = {}
 """Extras whose module is being written elsewhere: each must still be unused (so the
 entry is removed as soon as the module lands), with why."""
 

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from tests.django.shop import views
+
+urlpatterns = [
+    path("<str:db>/orders", views.place_order),
+    path("<str:db>/orders/autocommit", views.place_order_autocommit),
+]

@@ -99,6 +99,13 @@ class Lifecycle:
         if relay is not None:
             relay.nudge()
 
+    def relay_here(self) -> None:
+        """This process is the relay (``eventbus relay``): relay whatever ``relay=`` the
+        application's bus was built with (``relay=False`` keeps the web processes from
+        relaying, and the relay command imports that same bus)."""
+        with self._lock:
+            self._relays = True
+
     def _start_relay(self) -> Relay | None:
         with self._lock:
             self._start_worker()

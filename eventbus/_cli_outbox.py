@@ -35,6 +35,7 @@ def _outbox_bus(args: argparse.Namespace) -> EventBus:
 def _relay(args: argparse.Namespace) -> int:
     """Relay until SIGTERM or SIGINT, then finish the batch in hand and exit 0."""
     bus = _outbox_bus(args)
+    bus._life.relay_here()  # the app's bus says relay=False for its web processes
     return serve_until_signalled(
         bus, stopping="finishing what is in flight", started=lambda: f"relaying {bus.outbox!r}"
     )

@@ -125,12 +125,15 @@ def test_a_bus_without_an_outbox_is_a_usage_error(app: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_relay_delivers_then_stops_gracefully_on_sigterm(app: Path) -> None:
+@pytest.mark.parametrize("app_relay", ["0", "1"], ids=["app-relay-false", "app-relay-true"])
+def test_relay_delivers_then_stops_gracefully_on_sigterm(app: Path, app_relay: str) -> None:
+    """The README's pattern: the application's bus says relay=False (its web processes
+    do not relay), and ``eventbus relay`` imports that same bus and relays."""
     write(app, 50)
     relay = subprocess.Popen(
         [sys.executable, "-m", "eventbus.cli", "relay"],
         cwd=app,
-        env=env(app, APP_RELAY="1"),
+        env=env(app, APP_RELAY=app_relay),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -345,3 +345,15 @@ def outbox(backend: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         )
     yield harness
     harness.close()
+
+
+@pytest.fixture
+def app(outbox: Harness, api: str) -> Iterator[Any]:
+    """An application on the test's store, for the bus-over-an-outbox contract:
+    ``api`` (parametrised with ``backend``) is how it opens transactions, ``sync`` or
+    ``async`` (tests/contract/bus_over_outbox.py)."""
+    from tests.contract.bus_over_outbox import make_app
+
+    made = make_app(outbox, api)
+    yield made
+    made.close()

@@ -21,12 +21,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.servers import broker_namespace
 
 APP = """
 import os, sqlite3
@@ -78,11 +75,16 @@ print("written")
 """
 
 
+def write_app(directory: Path) -> Path:
+    """The application's modules in ``directory`` (also tests/transports' Redis case)."""
+    (directory / "app.py").write_text(textwrap.dedent(APP))
+    (directory / "write.py").write_text(textwrap.dedent(WRITE))
+    return directory
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Path:
-    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
-    (tmp_path / "write.py").write_text(textwrap.dedent(WRITE))
-    return tmp_path
+    return write_app(tmp_path)
 
 
 def environment(app: Path, **extra: str) -> dict[str, str]:
@@ -201,20 +203,3 @@ def test_the_worker_command_leaves_nothing_open(app: Path) -> None:
             worker.communicate()
     assert worker.returncode == 0, stderr
     assert_no_resource_warning(stderr)
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A namespace of its own on the loopback Redis; its keys are deleted at the end."""
-    with broker_namespace("redis") as space:
-        yield space.url
-
-
-def test_a_worker_on_redis_leaves_nothing_open(app: Path, redis_url: str) -> None:
-    """A real broker: the relay publishes over one connection pool, the worker reads
-    over another; the bus's close closes both."""
-    result = run(app, "write.py", "drain", EVENTBUS_TRANSPORT_URL=redis_url)
-    assert result.returncode == 0, result.stderr
-    assert_no_resource_warning(result.stderr)
-    assert outbox_rows(app) == 0
-    assert "refused" in result.stderr

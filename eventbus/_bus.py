@@ -43,7 +43,7 @@ from . import hooks
 from ._bus_lifecycle import Lifecycle
 from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
 from ._codec import JSONCodec
-from ._config import load_settings, transport_from_settings
+from ._config import transport_link
 from ._context import Context
 from ._delivery import Attempts, ReplayResult, deliver
 from ._envelope import Envelope, check_headers, check_key
@@ -63,8 +63,6 @@ from .errors import (
 )
 from .outbox._local import LocalHandlers
 from .transports._forward import Forwarder
-from .transports._link import TransportLink
-from .transports._resolve import transport_from_url
 
 if TYPE_CHECKING:
     import uuid
@@ -72,6 +70,7 @@ if TYPE_CHECKING:
 
     from ._events import EventInstance
     from .outbox._relay import Sink
+    from .transports._link import TransportLink
     from .typing import Codec, DeadLetterStore, OutboxStore, Transport
 
 __all__ = ["EventBus"]
@@ -213,7 +212,13 @@ class EventBus:
             shutdown_timeout=shutdown_timeout,
             on_exit=_stop_at_exit(self),
         )
-        self._link, consumes = _link(transport_url, transport, group, max_deliveries, worker)
+        self._link, consumes = transport_link(
+            transport_url=transport_url,
+            transport=transport,
+            group=group,
+            max_deliveries=max_deliveries,
+            worker=worker,
+        )
         self._handlers = HandlerTable()
         self._transactions = Transactions(outbox)
         self._context = context = Context(
@@ -931,42 +936,6 @@ def _is_type_spec(target: object) -> bool:
 
 def _links_causes(handler: Handler) -> bool:
     return handler.delivery != "inline" or handler.wants_envelope
-
-
-def _link(
-    transport_url: str | None,
-    transport: Transport | None,
-    group: str | None,
-    max_deliveries: int | None,
-    worker: bool | None,
-) -> tuple[TransportLink | None, bool]:
-    """The bus's transport, from its arguments or its settings, and whether this process
-    consumes it (its worker)."""
-    arguments = {
-        "transport_url": transport_url,
-        "group": group,
-        "max_deliveries": max_deliveries,
-        "worker": worker,
-    }
-    if transport is not None and transport_url is not None:
-        raise ConfigurationError("give transport_url or transport, not both")
-    settings = load_settings(arguments)
-    remake = None
-    if transport is None:
-        transport = transport_from_settings(settings)  # a refusal names the URL's source
-        url = settings.transport_url
-        if transport is not None and url is not None:
-            # A stopped bus starts again with a new transport made from the same URL.
-            remake = functools.partial(transport_from_url, url)
-    if transport is None:
-        return None, settings.worker
-    link = TransportLink(
-        transport,
-        group=settings.group,
-        max_deliveries=settings.max_deliveries,
-        remake=remake,
-    )
-    return link, settings.worker
 
 
 def _sink(context: Context, outbox: OutboxStore | None, link: TransportLink | None) -> Sink | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import os
 import sys
 import tomllib
@@ -31,12 +32,19 @@ import attrs
 
 from ._redact import redact
 from .errors import ConfigurationError, ConfigurationWarning
+from .transports._link import TransportLink
 from .transports._resolve import transport_from_url
 
 if TYPE_CHECKING:
     from .typing import Transport
 
-__all__ = ["SETTINGS", "Settings", "load_settings", "transport_from_settings"]
+__all__ = [
+    "SETTINGS",
+    "Settings",
+    "load_settings",
+    "transport_from_settings",
+    "transport_link",
+]
 
 SETTINGS = {
     "transport_url": "where durable events travel: memory://, redis://, amqp://, nats://",
@@ -257,3 +265,41 @@ def transport_from_settings(settings: Settings) -> Transport | None:
     except ConfigurationError as error:
         where = settings.sources.get("transport_url", "transport_url")
         raise type(error)(f"{where}: {error}") from error.__cause__
+
+
+def transport_link(
+    *,
+    transport_url: str | None,
+    transport: Transport | None,
+    group: str | None,
+    max_deliveries: int | None,
+    worker: bool | None,
+) -> tuple[TransportLink | None, bool]:
+    """A bus's transport, from its arguments or else its settings (the environment, the
+    TOML files), and whether this process consumes it (its worker). The bus's constructor
+    only assembles what this returns: reading settings is here."""
+    arguments = {
+        "transport_url": transport_url,
+        "group": group,
+        "max_deliveries": max_deliveries,
+        "worker": worker,
+    }
+    if transport is not None and transport_url is not None:
+        raise ConfigurationError("give transport_url or transport, not both")
+    settings = load_settings(arguments)
+    remake = None
+    if transport is None:
+        transport = transport_from_settings(settings)  # a refusal names the URL's source
+        url = settings.transport_url
+        if transport is not None and url is not None:
+            # A stopped bus starts again with a new transport made from the same URL.
+            remake = functools.partial(transport_from_url, url)
+    if transport is None:
+        return None, settings.worker
+    link = TransportLink(
+        transport,
+        group=settings.group,
+        max_deliveries=settings.max_deliveries,
+        remake=remake,
+    )
+    return link, settings.worker

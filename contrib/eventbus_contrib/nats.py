@@ -1,72 +1,22 @@
-"""NATS JetStream transport: ``nats://`` and ``tls://`` (``pip install "eventbus[nats]"``).
+"""NATS JetStream as an eventbus transport: ``nats://`` and ``tls://``.
 
-URLs::
+What a user needs (the URL, the options, durability, redelivery, order, limits) is in
+README.md, "Going distributed > NATS JetStream". The design, for maintainers:
 
-    nats://127.0.0.1:4222                       one server
-    nats://user:password@host:4222              user and password
-    nats://token@host:4222                      a token (a user part without a password)
-    nats://host-a:4222,host-b:4222              several servers of one cluster
-    tls://host:4222                             TLS, checked against the system's CAs
-
-Options, as keywords of ``from_url`` or in the URL's query (``?stream=ORDERS&batch=50``;
-keywords win): ``stream`` (``"EVENTBUS"``), ``prefix`` (``"eventbus"``), ``ack_wait``
-(30.0 s), ``max_deliver`` (None: unlimited), ``batch`` (100), ``duplicate_window``
-(120.0 s), ``publish_timeout`` (5.0 s).
-
-At the broker:
-
-* **Stream.** ``connect`` creates the JetStream stream ``stream`` (file storage, limits
-  retention, no size or age limit, deduplication window ``duplicate_window``) capturing
-  ``{prefix}.>``, or checks that an existing one captures that; a stream that captures
-  other subjects is refused with ``ConfigurationError``. The stream made here has one
-  replica and no limits: nothing is ever deleted from it. For replicas or retention
-  limits (max age, max bytes), create the stream yourself (``nats stream add``) with
-  the subject ``{prefix}.>`` and a duplicate window: it is used as it is.
-* **Topic.** A topic (an event's wire name, dot-separated words of ``[A-Za-z0-9_-]``) is
-  the subject ``{prefix}.{topic}``. Every message is published with ``Nats-Msg-Id`` = its
-  envelope id, and ``publish`` waits for the PubAck of every message (sent together, awaited
-  together, bounded by ``publish_timeout``). A publish retried after a lost reply (the
-  relay retries whatever raised) is stored once if it comes within ``duplicate_window``.
-* **Group.** ``subscribe(topics, group=g)`` reads, per topic, the durable pull consumer
-  named from ``g`` and the topic (sanitised to NATS's characters, plus a hash of both so
-  distinct names never collide), filtered on that topic's subject, explicit ack, deliver
-  policy *all*: a group that starts after messages were published still reads them, and a
-  new group reads everything the stream retains. The same group subscribing later with
-  other topics reuses the consumers of the topics it shares and makes new ones for the new
-  topics; consumers of topics it no longer reads stay at the broker (they hold no messages,
-  only a position); delete them with ``nats consumer rm`` if the group is gone for good.
-  Consumers of one group in several processes share the work (a pull consumer hands each
-  message to one puller).
-
-Guarantees: at-least-once. When ``publish`` returns, JetStream has written the message
-to its file store (PubAck; on a replicated stream, on a quorum of servers), which survives
-a crash or restart of the server process. It is not fsynced yet: the server syncs every
-``sync_interval`` (2 minutes by default), so an OS crash or power loss of a single-replica
-server can lose up to that much confirmed data. For that, set ``sync_interval: always``
-in the server's ``jetstream`` block (slower), or use a replicated stream. A message delivered
-and not acked within ``ack_wait`` (the consumer died, or its handler is slower) goes to
-another consumer of the group; ``nack()`` redelivers at once, ``nack(requeue=False)``
-terminates it. ``delivery_count`` is JetStream's ``num_delivered``. ``max_deliver`` is
-the broker's own limit (past it a message is no longer delivered, and no dead letter is
-kept by NATS): leave it None and let the worker dead-letter past its own limit. A
-subscription that is closed naks what it held, so the group's next consumer gets it
-without waiting for ``ack_wait``: once the closed subscription's last pull request has
-ended at the server (at most 5 s, or ``ack_wait / 2`` if shorter), since JetStream 2.9
-would hand it to that request otherwise.
-
-Order: one consumer of a group gets a topic's messages in publish order. Redeliveries
-(after a nack or an expired ``ack_wait``) come after newer messages already delivered,
-and consumers of one group run concurrently, so order across consumers is not kept.
-Delivered messages are fetched ``batch`` at a time, and ``ack_wait`` runs from delivery:
-set ``ack_wait`` above ``batch`` times the slowest handler, or lower ``batch``.
-
-Connection: the client reconnects by itself, forever; a subscription goes on after a
-reconnect (it pulls again, logging at WARNING), and ``publish`` raises ``TransportError``
-during an outage (at most ``publish_timeout`` later) and works again afterwards.
-
-Limits: a message larger than the server's ``max_payload`` (1 MB by default; headers
-count) raises ``MessageRejectedError``, before anything of its batch is sent. Multiple
-filter subjects per consumer (NATS 2.10) are not needed: this works with 2.9 servers.
+- One stream ``stream`` captures ``<prefix>.>``: ``connect`` makes it (file storage, one
+  replica, no limits, deduplication window ``duplicate_window``) or checks that an
+  existing one captures that. A topic is the subject ``<prefix>.<topic>``.
+- ``publish`` sends each message with ``Nats-Msg-Id`` = the envelope id and awaits every
+  PubAck together (bounded by ``publish_timeout``): a relay retry within the window is
+  stored once.
+- A group is one durable pull consumer per topic, named from the group and the topic
+  (sanitised to NATS's characters, plus a hash of both so names never collide), filtered
+  on the topic's subject, explicit ack, deliver policy all. One filter subject per
+  consumer keeps NATS 2.9 servers working (several are 2.10).
+- ``delivery_count`` is JetStream's ``num_delivered``; ``nack(requeue=False)`` terminates
+  the message. A closed subscription naks what it held only once its last pull request
+  has ended at the server (at most 5 s, or ``ack_wait / 2``): JetStream 2.9 would hand
+  the message to that very request otherwise.
 """
 
 from __future__ import annotations

@@ -1,82 +1,23 @@
-"""The RabbitMQ transport, on aio-pika: ``pip install "eventbus[rabbitmq]"``.
+"""The RabbitMQ transport, on aio-pika: ``amqp://`` and ``amqps://`` (TLS).
 
-URLs: ``amqp://user:password@host:5672/vhost`` and ``amqps://...`` (TLS). An empty path
-(or ``/``) is the default vhost ``/``. Options of ``from_url(url, **options)``, as keywords
-or in the URL's query (``?exchange=shop&quorum=true``; keywords win). Other query
-parameters are aio-pika's own and pass through: ``cafile``, ``capath``, ``cadata``,
-``certfile``, ``keyfile``, ``no_verify_ssl``, ``timeout``, ``name``, ``auth``,
-``interleave``, ``happy_eyeballs_delay``; any other name is refused
-(``ConfigurationError``, with "did you mean"), since aio-pika would ignore it::
+What a user needs (the URL, the options, durability, redelivery, order, limits) is in
+README.md, "Going distributed > RabbitMQ". The design, for maintainers:
 
-    exchange="eventbus"          the durable topic exchange every topic is published to
-    queue_prefix=None            queue name = f"{queue_prefix or exchange}.{group}"
-    prefetch=100                 unacknowledged messages one subscription may hold
-    heartbeat=10                 seconds; a silent peer is noticed after about 3 of them
-    quorum=False                 quorum queues (replicated; count deliveries)
-    delivery_limit=None          quorum only: the broker's own delivery limit (see below)
-    single_active_consumer=False one consumer of a group at a time (keeps per-key order)
-    confirm_timeout=30.0         seconds publish waits for the broker's confirms
-    reconnect_interval=1.0       seconds between reconnection attempts
-
-At the broker: a topic (the event's wire name, ``orders.placed``) is the routing key on
-the exchange; a consumer group is one durable queue, bound to every topic any of its
-subscriptions asked for (bindings are added as new topics are subscribed, never
-removed). All consumers of a group should subscribe the same topics: a message of a topic
-a consumer did not ask for is handed back to the group (requeued after a second, logged
-at WARNING) for a consumer that did. A consumer group that never subscribed does not
-exist: a message published to a topic no queue is bound to is returned by the broker,
-and ``publish`` raises ``TransportError`` (the relay keeps the row and tries again), so
-start the workers (or subscribe once) before relaying.
-
-Durability: messages are persistent (delivery mode 2) in durable queues on a durable
-exchange; ``publish`` returns only after the broker's publisher confirms, that is after
-the message is written to every queue it routes to (and, for persistent messages, to
-disk: the broker batches fsyncs, which is why a batch is published at once and its
-confirms awaited together). Anything but a confirm (a return, a nack, a closed channel,
-no answer within ``confirm_timeout``) raises ``TransportError``: the message may still
-have reached the broker, so consumers deduplicate (the worker's inbox does). Classic
-queues live on one node; ``quorum=True`` replicates them (Raft) across a cluster.
-
-Delivery and redelivery: each message goes to one consumer of each group and stays
-unacknowledged until ``ack``; a consumer whose channel or connection closes hands its
-unacknowledged messages back at once (RabbitMQ has no ack timeout shorter than its
-``consumer_timeout``, 30 minutes by default), and ``nack(requeue=True)`` returns a
-message to its queue at once. ``delivery_count`` is the broker's count on quorum queues
-(``x-delivery-count`` + 1); classic queues only say whether a message was delivered
-before, so it is 1 or 2 there, and a message that keeps killing its consumer comes back
-forever: use quorum queues where that matters (``capabilities.counts_deliveries`` is
-False; with ``quorum=True`` ``from_url`` gives a ``RabbitMQQuorumTransport``, whose
-capabilities say True). ``delivery_limit=N`` makes the broker itself move a message
-that was handed back N times (after N + 1 deliveries) aside, to the durable queue
-``f"{queue}.dead-letter"`` (never dropped); keep it above the worker's
-``max_deliveries``, as a backstop. RabbitMQ 4 gives quorum queues a default limit of 20
-when none is set, and then drops the message unless a dead-letter target is set: on
-RabbitMQ 4, set ``delivery_limit``. On quorum queues a hand-back of a topic a consumer
-did not ask for counts as a delivery too.
-
-Order: one consumer receives a queue's messages in publish order, including across the
-topics of its group (a batch is written in order on one channel). Several consumers of
-a group, or a requeue while later messages are already delivered, break per-key order;
-``single_active_consumer=True`` keeps it (the others wait as hot standbys).
-
-Connection loss (needs aio-pika >= 10 and aiormq >= 7.2.4: older ones leave a publish
-whose confirm was pending at a cut waiting until ``confirm_timeout``, or leak sockets):
-the connection is robust (aio-pika's ``connect_robust``): it reconnects
-every ``reconnect_interval`` seconds, and restores the exchange, queues, bindings and
-consumers. During the outage ``publish`` raises ``TransportError`` at once, and works
-again afterwards on the same transport; a subscription logs a WARNING (without the
-password) and goes on yielding when the connection is back. Messages it held are
-delivered again (its acks would refer to a channel that is gone: ``ack`` then raises
-``TransportError``, and the broker redelivers the message).
-
-Limits: topics and groups are words of ``[A-Za-z0-9_-]`` separated by dots, routing keys
-and queue names at most 255 bytes; the broker's ``max_message_size`` (128 MiB by
-default) refuses larger messages: ``publish`` then publishes the rest of the batch and
-raises ``MessageTooLargeError`` (a ``MessageRejectedError``), whose ``rejected`` names the
-ids over the limit; later batches are split before they are sent. Changing ``quorum``,
-``single_active_consumer`` or ``delivery_limit`` for an existing group needs a new queue
-(another ``queue_prefix``, or delete the old one once drained): the broker refuses to
-redeclare a queue with other arguments (``ConfigurationError``).
+- A topic is a routing key on one durable topic exchange; a group is one durable queue,
+  bound to every topic its subscriptions asked for (bindings only grow). A consumer
+  handed a topic it did not ask for requeues it, after a second, for one that did.
+- aio-pika's defaults are not safe (PITFALLS.md): messages are persistent (delivery mode
+  2), published ``mandatory`` with returns raised, and a batch's publisher confirms are
+  awaited together (the broker batches its fsyncs). Anything but a confirm is unsent.
+- Classic queues only say whether a message was delivered before (a count of 1 or 2), so
+  their ``capabilities.counts_deliveries`` is False; ``quorum=True`` gives a
+  ``RabbitMQQuorumTransport``, which reads ``x-delivery-count``. ``delivery_limit`` is
+  the broker's backstop, dead-lettering to ``<queue>.dead-letter``.
+- ``connect_robust`` restores the topology after a cut; an ``ack`` on a channel that is
+  gone raises ``TransportError`` (the broker redelivers). aio-pika >= 10 and aiormq >=
+  7.2.4: older ones leave a pending confirm waiting at a cut, or leak sockets.
+- A message over ``max_message_size`` fails alone: the rest of its batch is published and
+  ``MessageTooLargeError.rejected`` names it; later batches are split before sending.
 """
 
 from __future__ import annotations

@@ -1,76 +1,23 @@
 """Redis Streams as an eventbus transport: ``redis://`` and ``rediss://`` (TLS).
 
-``pip install "eventbus[redis]"`` (redis-py >= 5.0.1, Redis server >= 7.0)::
+What a user needs (the URL, the options, durability, redelivery, order, limits) is in
+README.md, "Going distributed > Redis Streams". The design, for maintainers:
 
-    transport_from_url("redis://:PASSWORD@127.0.0.1:6379/0", prefix="shop:", claim_idle=120)
-
-URL: ``redis://[[user]:password@]host[:port][/db][?option=value...]``; ``rediss://`` for
-TLS. Query options go to redis-py: ``db``, ``socket_timeout`` (default ``block`` + 10 s;
-it must exceed ``block``), ``socket_connect_timeout`` (default 5 s), ``socket_keepalive``,
-``health_check_interval``, ``max_connections``, ``client_name`` and, for ``rediss://``,
-``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
-``ssl_check_hostname``. Anything else is refused (``ConfigurationError``).
-
-Options of ``from_url(url, **options)``:
-
-- ``prefix`` (``"eventbus:"``): a topic ``orders.placed`` is the stream ``eventbus:orders.placed``.
-- ``claim_idle`` (60 s): how long an entry stays with a consumer that does not settle it
-  before another consumer of the group takes it over (``XAUTOCLAIM``). It must exceed the
-  time a consumer takes to handle one read of ``batch`` entries (an entry is pending from
-  the moment it is read, not from when its handler starts), or entries are handled twice.
-- ``block`` (1 s): how long one ``XREADGROUP`` waits for new entries. Between reads, every
-  ``claim_idle / 2``, a subscription looks for stale entries of its group to take over.
-- ``batch`` (100): entries per read.
-- ``maxlen`` (None: never trim): after a publish makes a stream longer than about
-  ``maxlen`` (at most once a second per stream), entries are trimmed by ``MINID`` down to
-  ``maxlen``, but never an entry that some group has not acknowledged (pending, or not read
-  yet) and never a stream that no group reads yet. ``trim(topic)`` does the same on demand.
-  Redis 7.0 has no ``XTRIM ... ACKED``, so this is a small Lua script (atomic), removing at
-  most 1000 entries a call. A group created later reads only what is left.
-
-At the broker, a topic is a stream and a ``group`` is a consumer group on it, created at
-id 0 with ``MKSTREAM`` on first subscribe: entries published before the group existed are
-read too. Each subscription is one consumer, named ``host:pid:random``; one
-``XREADGROUP`` reads all its streams. ``publish`` sends one ``XADD`` per message in one
-pipelined round trip (fields ``body``, ``id`` = the envelope id, ``key`` when set) and
-returns once Redis answered every one; ``ack`` is ``XACK``, ``nack(requeue=False)`` too.
-
-Durability: a confirmed ``XADD`` is in the server's memory. It survives a restart only as
-far as the server's persistence goes: with ``appendonly yes`` and ``appendfsync always``
-nothing confirmed is lost; ``everysec`` (Redis's AOF default) can lose about a second; RDB
-snapshots alone lose everything since the last one; no persistence loses it all.
-
-Redelivery: what a consumer received and did not settle stays in its group's pending list.
-A subscription that reconnects reads its own pending entries again first; entries of a
-consumer that died are taken over by a live one once idle for ``claim_idle``;
-``nack(requeue=True)`` hands the entry back to this subscription at once (``XCLAIM`` to
-itself, which counts a delivery), ahead of the entries it has not yielded yet.
-``delivery_count`` is the group's count of deliveries (``XPENDING``), so it survives
-consumer crashes. Entries deleted from the stream while pending (by ``XDEL`` or a trim
-outside eventbus) are logged at WARNING and dropped from the pending list: there is
-nothing left to deliver.
-
-Ordering: one consumer receives a stream's new entries in publish order. Redelivered
-entries (nacked, taken over, re-read after a reconnect) come after newer ones it has
-already received; consumers of one group share a stream, so order across them is not kept.
-
-Duplicates: redis-py's own retries are turned off (a retried ``XADD`` whose first reply
-was lost would be stored twice, redis-py #3554); a publish that raises may still have
-stored some entries, and the relay's retry stores them again. Receivers deduplicate by
-envelope id (the inbox), never by stream entry id.
-
-Outages: ``publish`` raises ``TransportError`` while Redis is unreachable and works again
-once it is back, on the same transport. A subscription logs a WARNING (never the password),
-retries with capped exponential backoff (0.1 s doubling to 5 s), and goes on by itself;
-after a server restart that lost its data it makes its groups again.
-
-Limits: one Redis server (a primary); not Redis Cluster, since one ``XREADGROUP`` reads
-several stream keys. Redis takes values up to ``proto-max-bulk-len`` (512 MB by default);
-a body over it fails the publish. Consumers that stopped stay listed in their group
-(``XINFO CONSUMERS``) with nothing pending once their entries were taken over;
-``XGROUP DELCONSUMER`` removes such a name (never one with pending entries: it would drop
-them). Closing a subscription hands back the entries it read but never yielded, so the
-group's next scan takes them over at once, uncounted.
+- A topic is the stream ``<prefix><topic>``; a group is a consumer group made at id 0 with
+  ``MKSTREAM``, so it reads what was published before it. Each subscription is one
+  consumer (``host:pid:random``), and one ``XREADGROUP`` reads all its streams: hence no
+  Redis Cluster (the streams' keys may sit on several slots).
+- ``publish`` is one pipelined round trip of ``XADD`` (fields ``body``, ``id`` = the
+  envelope id, ``key``). redis-py's own retries are off: a retried ``XADD`` whose reply
+  was lost is stored twice (redis-py #3554); only the relay retries, and receivers dedup
+  by envelope id (the inbox), never by entry id.
+- Redelivery is the group's pending list: a subscription rereads its own pending entries
+  after a reconnect, takes over entries idle past ``claim_idle`` (``XAUTOCLAIM``, every
+  ``claim_idle / 2``), and ``nack(requeue=True)`` is an ``XCLAIM`` to itself, ahead of
+  what it has not yielded. ``delivery_count`` is ``XPENDING``'s, so it survives crashes;
+  ``ack`` and ``nack(requeue=False)`` are ``XACK``.
+- Redis 7.0 has no ``XTRIM ... ACKED``: ``maxlen`` trims by ``MINID`` below every group's
+  oldest unacknowledged entry, in a small Lua script (atomic, 1000 entries a call).
 """
 
 from __future__ import annotations

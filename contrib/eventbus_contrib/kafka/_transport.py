@@ -1,66 +1,24 @@
-"""Kafka as an eventbus transport: ``kafka://``, ``kafkas://`` (``pip install "eventbus[kafka]"``).
+"""Kafka as an eventbus transport, on aiokafka: ``kafka://`` and ``kafkas://`` (TLS).
 
-URLs::
+What a user needs (the URL, the options, durability, poison, order, limits) is in
+README.md, "Going distributed > Kafka". The design, for maintainers:
 
-    kafka://127.0.0.1:9092                          one broker (9092 unless said)
-    kafka://host-a:9092,host-b:9092                 bootstrap servers of one cluster
-    kafka://user:password@host:9092                 SASL (PLAIN, or ?sasl_mechanism=SCRAM-SHA-512)
-    kafkas://user:password@host:9093                TLS, checked against the system's CAs
-
-Options, as keywords of ``from_url`` or in the URL's query (keywords win): ``prefix``
-(``"eventbus"``), ``partitions`` (8), ``replication`` (1), ``idempotent`` (true),
-``batch`` (100), ``session_timeout`` (10 s), ``handback_wait`` (10 s),
-``commit_interval`` (0.2 s), ``fetch_wait`` (0.5 s: how long the broker may hold an
-empty fetch), ``publish_timeout`` (30 s), ``max_message_bytes`` (1,048,576),
-``sasl_mechanism`` (``PLAIN``), ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile``,
-``client_id`` (``"eventbus"``). aiokafka reads nothing from a URL, so any other name is
-refused.
-
-At the broker:
-
-* **Topic.** An event name ``shop.order_placed`` travels on the topic
-  ``<prefix>.shop.order_placed``, made on first use with ``partitions`` partitions and
-  ``replication`` replicas (and ``min.insync.replicas`` 2 when ``replication`` is 3 or
-  more); a topic that exists is used as it is. The message key is the envelope's key,
-  so Kafka's partitioner (murmur2 of the key, modulo the partitions, the same in every
-  Kafka client) puts one key on one partition; headers carry the envelope id
-  (``eventbus-id``) and key (``eventbus-key``).
-* **Group.** ``subscribe(topics, group=g)`` joins the consumer group ``<prefix>.<g>``:
-  Kafka assigns each partition to one member at a time, and a new group starts at the
-  beginning of each topic. Offsets are committed only for messages every earlier one of
-  whose partition is settled (acknowledged or dropped), every ``commit_interval`` and when
-  a partition is let go, never automatically.
-* **Deliveries.** Kafka counts no deliveries, so each group keeps, in the compacted topic
-  ``<prefix>..deliveries.<g>`` (the ``..`` keeps it apart from event topics), what each
-  owner of a partition handed out (``eventbus_contrib.kafka._ledger``): written before a
-  fetch's messages are handed out, and when a partition is let go. After an owner died,
-  the next one hands out the messages it may have held one at a time (one in hand across
-  all its partitions, and only once what was settled is committed), each after writing
-  which one it is, so a message that kills every consumer is counted up exactly and the
-  worker dead-letters it past ``max_deliveries``, while its neighbours are counted at
-  most once more than they were delivered; in an orderly handover (a rebalance, a close)
-  the unsettled messages are counted and the settled ones skipped.
-* **Rebalances.** A member that loses partitions stops handing out their messages, waits
-  up to ``handback_wait`` for those in hand to be settled, commits, then lets them go: the
-  next owner resumes from the committed offset. Kafka's partition ownership keeps one
-  key's messages with one consumer at a time.
-
-Guarantees: at-least-once. ``publish`` returns when the leader and every in-sync
-replica have the message (``acks=all``), through the idempotent producer (a retry after a
-lost reply is not stored twice; the broker must allow it: Kafka 0.11 or newer, Redpanda).
-How many copies that is depends on the topic: ``replication`` and the broker's (or
-topic's) ``min.insync.replicas``; with one replica (the default, for a single broker) a
-lost disk loses messages. Kafka writes to the page cache and relies on replication, not
-fsync, for durability.
-
-Order: one key's messages in one topic are handed out in publish order, to one consumer
-of the group at a time, also after a rebalance or a crash (the next owner starts from
-the committed offset, before which every message was settled). Events of different names
-are different topics.
-
-Limits: a message over ``max_message_bytes`` (body, key and headers; Kafka's default
-``message.max.bytes`` is about 1 MB) raises ``MessageRejectedError`` before anything of
-its batch is sent; raise both together when the broker takes more.
+- A topic is ``<prefix>.<event name>``, made on first use (with ``min.insync.replicas``
+  2 when ``replication`` is 3 or more); the message key is the envelope's key, so Kafka's
+  own partitioner keeps a key on one partition, and with it one consumer at a time.
+  Headers ``eventbus-id`` and ``eventbus-key`` carry the envelope's id and key.
+- Offsets are committed by hand, only below messages whose partition is settled up to
+  them, every ``commit_interval`` and when a partition is let go; a member losing
+  partitions in a rebalance stops handing them out and waits up to ``handback_wait`` for
+  those in hand first (aiokafka awaits the rebalance listener).
+- Kafka counts no deliveries: ``_ledger`` keeps each group's count at the broker, in the
+  compacted topic ``<prefix>..deliveries.<group>``, written before a fetch's messages are
+  handed out and when a partition is let go. After an owner died, the next hands out what
+  it may have held one message at a time, so a poison message is counted exactly and its
+  neighbours at most once more. ``_endpoint`` reads the URL and the options.
+- ``acks=all`` through the idempotent producer (``idempotent=false`` for brokers that
+  refuse it, such as the tansu test broker); a message over ``max_message_bytes`` is
+  refused before anything of its batch is sent.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -174,3 +175,76 @@ def test_options_that_would_be_ignored_are_refused(
     result = manage(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def _lines_of(stream: Any) -> tuple[list[str], threading.Thread]:
+    """The lines ``stream`` gives, collected by a thread as they come (which closes it at
+    its end)."""
+    lines: list[str] = []
+
+    def read() -> None:
+        with stream:
+            for line in stream:
+                lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
+
+
+def test_a_relay_process_on_postgresql_is_woken_by_a_commit_elsewhere(
+    django_postgresql: str,
+) -> None:
+    """``manage.py eventbus relay`` polls only every 30 s; a commit in another process (a
+    web process, with no relay of its own) wakes it through NOTIFY, so each row is
+    delivered within seconds."""
+    from django.db import transaction
+
+    from eventbus_contrib.django import bus_from_settings
+    from tests.django.shop import handlers
+    from tests.django.shop.events import OrderPlaced
+    from tests.django.shop.models import Reservation
+
+    in_this_process = handlers.BUSES.get(django_postgresql)
+    if in_this_process is not None:
+        in_this_process.stop()  # the session's bus on this database relays nothing meanwhile
+    publisher = bus_from_settings({"database": django_postgresql, "relay": False})
+    handlers.subscribe(publisher)
+    orders = [f"o-woken-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    relay = subprocess.Popen(
+        [sys.executable, str(MANAGE), "eventbus", "relay"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "EVENTBUS_TEST_DJANGO_SETTINGS": json.dumps(
+                {"database": django_postgresql, "poll_interval": 30}
+            ),
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said, reader = _lines_of(relay.stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while not any("relaying" in line for line in said) and time.monotonic() < deadline:
+            assert relay.poll() is None, "".join(said)
+            time.sleep(0.05)
+        for order_id in orders:
+            time.sleep(2)  # the relay's claim found nothing: it waits its 30 s
+            with transaction.atomic(using=django_postgresql):
+                publisher.publish(OrderPlaced(order_id=order_id), key=order_id)
+            started = time.monotonic()
+            reserved = Reservation.objects.using(django_postgresql).filter(order_id=order_id)
+            while not reserved.exists() and time.monotonic() - started < 10:
+                time.sleep(0.05)
+            assert reserved.exists(), f"not delivered within 10 s: {''.join(said)}"
+        assert not [run for run in handlers.RUNS if run[1] in orders]  # the relay's process
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=60)
+        reader.join(timeout=10)
+        publisher.close()
+        publisher.outbox.close()
+        publisher.dead_letters.close()
+        Reservation.objects.using(django_postgresql).filter(order_id__in=orders).delete()
+    assert relay.returncode == 0, "".join(said)

@@ -242,6 +242,7 @@ class PostgreSQLDeliveryTests(DeliveryTests):
         ({"database": "nowhere"}, "no database 'nowhere' in settings.DATABASES"),
         ({"dead_letters": "memory"}, "must be a dead-letter store"),
         ({"batch": 0}, "settings.EVENTBUS: batch must be an int >= 1"),
+        ({"notify": "yes"}, "settings.EVENTBUS: notify must be True or False"),
         ({"max_deliveries": 0}, "settings.EVENTBUS: the keyword argument max_deliveries"),
     ],
     ids=str,
@@ -317,5 +318,20 @@ def test_clear_empties_the_outbox_and_the_inbox_for_tests(fresh_database, kind: 
         outbox.clear()
         assert outbox.status().pending == 0
         assert not outbox.seen("h", envelope_id)
+    finally:
+        outbox.close()
+
+
+@pytest.mark.parametrize(("kind", "notify"), [("sqlite", True), ("postgresql", False)])
+def test_without_notifications_the_relay_polls(fresh_database, kind: str, notify: bool) -> None:
+    """SQLite has no notifications, and ``notify=False`` turns PostgreSQL's off: ``listen``
+    says there is nothing to listen to (the relay then polls every ``poll_interval``),
+    and a write sends no NOTIFY."""
+    from eventbus_contrib.django import DjangoOutbox
+
+    outbox = DjangoOutbox(fresh_database(kind), notify=notify)
+    try:
+        assert outbox.listen(lambda: None) is None
+        assert "pg_notify" not in outbox._sql.insert(1, notify=outbox.notify)
     finally:
         outbox.close()

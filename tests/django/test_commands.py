@@ -199,8 +199,8 @@ def test_a_relay_process_on_postgresql_is_woken_by_a_commit_elsewhere(
     web process, with no relay of its own) wakes it through NOTIFY, so each row is
     delivered within seconds."""
     from django.db import transaction
-
     from eventbus_contrib.django import bus_from_settings
+
     from tests.django.shop import handlers
     from tests.django.shop.events import OrderPlaced
     from tests.django.shop.models import Reservation
@@ -248,3 +248,18 @@ def test_a_relay_process_on_postgresql_is_woken_by_a_commit_elsewhere(
         publisher.dead_letters.close()
         Reservation.objects.using(django_postgresql).filter(order_id__in=orders).delete()
     assert relay.returncode == 0, "".join(said)
+
+
+def test_the_shipped_migration_matches_the_models(django_project: None) -> None:
+    """A model changed without its migration would leave users' ``makemigrations``
+    writing one into site-packages: the shipped migrations must describe the models."""
+    result = subprocess.run(
+        [sys.executable, str(MANAGE), "makemigrations", "eventbus", "--check", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes detected" in result.stdout

@@ -166,6 +166,23 @@ class DeliveryTests(Shop, TransactionTestCase):
         assert sorted(handlers.RUNS) == [(h, "o-13") for h in DURABLE]
         assert Order.objects.using(self.db).filter(id="o-13").exists()
 
+    def test_an_async_view_publishes_through_sync_to_async(self) -> None:
+        """The README's pattern for async views: the atomic block in the sync code that
+        ``sync_to_async`` runs commits the order with its event, or rolls both back."""
+        response = self.post("orders/async", order_id="o-17")
+        assert response.status_code == 200
+        with pytest.raises(RuntimeError):
+            self.post("orders/async", order_id="o-18", fail="1")
+        self.drain()
+        assert sorted(handlers.RUNS) == [(h, "o-17") for h in DURABLE]
+        assert [(self.db, "o-17")] == handlers.RECEIPTS
+        assert handlers.NOTES == ["o-17"]
+        assert list(Reservation.objects.using(self.db).values_list("order_id", flat=True)) == [
+            "o-17"
+        ]
+        assert not Order.objects.using(self.db).filter(id="o-18").exists()
+        assert self.outbox_rows() == []
+
     def test_a_redelivered_row_changes_nothing(self) -> None:
         """The durable handler's effects and its inbox mark committed together: the same
         envelope delivered again (a relay that crashed before completing) runs nothing."""

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("django")
+
+from tests.servers import broker_namespace
+from tests.serving import Serving
 
 ROOT = Path(__file__).resolve().parents[2]
 MANAGE = ROOT / "tests" / "django" / "project" / "manage.py"
@@ -177,21 +179,6 @@ def test_options_that_would_be_ignored_are_refused(
     assert message in result.stderr
 
 
-def _lines_of(stream: Any) -> tuple[list[str], threading.Thread]:
-    """The lines ``stream`` gives, collected by a thread as they come (which closes it at
-    its end)."""
-    lines: list[str] = []
-
-    def read() -> None:
-        with stream:
-            for line in stream:
-                lines.append(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    return lines, reader
-
-
 def test_a_relay_process_on_postgresql_is_woken_by_a_commit_elsewhere(
     django_postgresql: str,
 ) -> None:
@@ -211,43 +198,74 @@ def test_a_relay_process_on_postgresql_is_woken_by_a_commit_elsewhere(
     publisher = bus_from_settings({"database": django_postgresql, "relay": False})
     handlers.subscribe(publisher)
     orders = [f"o-woken-{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    relay = subprocess.Popen(
+    settings = {"database": django_postgresql, "poll_interval": 30}
+    relay = Serving(
         [sys.executable, str(MANAGE), "eventbus", "relay"],
         cwd=ROOT,
-        env={
-            **os.environ,
-            "EVENTBUS_TEST_DJANGO_SETTINGS": json.dumps(
-                {"database": django_postgresql, "poll_interval": 30}
-            ),
-        },
-        stderr=subprocess.PIPE,
-        text=True,
+        env={**os.environ, "EVENTBUS_TEST_DJANGO_SETTINGS": json.dumps(settings)},
     )
-    said, reader = _lines_of(relay.stderr)
     try:
-        deadline = time.monotonic() + 60
-        while not any("relaying" in line for line in said) and time.monotonic() < deadline:
-            assert relay.poll() is None, "".join(said)
-            time.sleep(0.05)
-        for order_id in orders:
-            time.sleep(2)  # the relay's claim found nothing: it waits its 30 s
-            with transaction.atomic(using=django_postgresql):
-                publisher.publish(OrderPlaced(order_id=order_id), key=order_id)
-            started = time.monotonic()
-            reserved = Reservation.objects.using(django_postgresql).filter(order_id=order_id)
-            while not reserved.exists() and time.monotonic() - started < 10:
-                time.sleep(0.05)
-            assert reserved.exists(), f"not delivered within 10 s: {''.join(said)}"
+        with relay:
+            relay.wait_for("relaying")
+            for order_id in orders:
+                time.sleep(2)  # the relay's claim found nothing: it waits its 30 s
+                with transaction.atomic(using=django_postgresql):
+                    publisher.publish(OrderPlaced(order_id=order_id), key=order_id)
+                started = time.monotonic()
+                reserved = Reservation.objects.using(django_postgresql).filter(order_id=order_id)
+                while not reserved.exists() and time.monotonic() - started < 10:
+                    time.sleep(0.05)
+                assert reserved.exists(), f"not delivered within 10 s:\n{relay.stderr}"
         assert not [run for run in handlers.RUNS if run[1] in orders]  # the relay's process
+        assert relay.returncode == 0, relay.stderr
     finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=60)
-        reader.join(timeout=10)
         publisher.close()
         publisher.outbox.close()
         publisher.dead_letters.close()
         Reservation.objects.using(django_postgresql).filter(order_id__in=orders).delete()
-    assert relay.returncode == 0, "".join(said)
+
+
+def test_the_worker_consumes_the_transport_into_django_handlers(bus: Any) -> None:
+    """``manage.py eventbus worker`` on Redis Streams: what a web process (no worker)
+    publishes goes through its relay to the broker, and the worker's Django handlers run
+    it in their own transactions; SIGTERM stops it, exit 0."""
+    from eventbus_contrib.django import bus_from_settings
+
+    from tests.django.shop import handlers
+    from tests.django.shop.events import OrderPlaced
+    from tests.django.shop.models import Reservation
+
+    with broker_namespace("redis") as space:
+        group = space.group()
+        publisher = bus_from_settings({"transport_url": space.url, "group": group, "worker": False})
+        handlers.subscribe(publisher)
+        worker = Serving(
+            [sys.executable, str(MANAGE), "eventbus", "worker"],
+            cwd=ROOT,
+            env={**os.environ, "EVENTBUS_TRANSPORT_URL": space.url, "EVENTBUS_GROUP": group},
+        )
+        try:
+            with worker:
+                worker.wait_for("worker for group")
+                for order_id in ("o-worked-1", "o-worked-2"):
+                    publisher.publish(OrderPlaced(order_id=order_id), key=order_id)
+                publisher.drain(timeout=60)  # the relay handed them to the broker
+                reserved = Reservation.objects.filter(order_id__startswith="o-worked-")
+                deadline = time.monotonic() + 60
+                while reserved.count() < 2 and time.monotonic() < deadline:
+                    assert worker.running(), worker.stderr
+                    time.sleep(0.1)
+                assert sorted(reserved.values_list("order_id", flat=True)) == [
+                    "o-worked-1",
+                    "o-worked-2",
+                ]
+            assert worker.returncode == 0, worker.stderr
+            assert handlers.RUNS == []  # in the worker's process, not here
+            assert bus.outbox.status().pending == 0
+        finally:
+            publisher.close()
+            publisher.outbox.close()
+            publisher.dead_letters.close()
 
 
 def test_the_shipped_migration_matches_the_models(django_project: None) -> None:

@@ -11,6 +11,7 @@ that is where durable handlers run.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -352,3 +353,36 @@ def test_without_notifications_the_relay_polls(fresh_database, kind: str, notify
         assert "pg_notify" not in outbox._sql.insert(1, notify=outbox.notify)
     finally:
         outbox.close()
+
+
+def test_a_commit_wakes_a_listener_and_a_rollback_does_not(fresh_database) -> None:
+    """PostgreSQL sends the write's NOTIFY at COMMIT only: a rolled-back atomic block
+    wakes nobody; a committed one, and a write outside any transaction, do. Stopping
+    closes the listener's connection."""
+    import threading
+
+    from eventbus_contrib.django import DjangoOutbox
+
+    alias = fresh_database("postgresql")
+    outbox = DjangoOutbox(alias)
+    woken = threading.Event()
+    before = set(threading.enumerate())
+    stop = outbox.listen(woken.set)
+    assert stop is not None
+    (listener,) = [t for t in set(threading.enumerate()) - before if "listen" in t.name]
+    try:
+        time.sleep(1)  # the listener's LISTEN runs before the writes
+        with transaction.atomic(using=alias):
+            outbox.write(connections[alias], [PendingRow(uuid.uuid4(), "x", "h", None, b"{}")])
+            transaction.set_rollback(True, using=alias)
+        assert not woken.wait(1.5)  # the listener looks every 0.5 s: time to see it
+        with transaction.atomic(using=alias):
+            outbox.write(connections[alias], [PendingRow(uuid.uuid4(), "x", "h", None, b"{}")])
+        assert woken.wait(10)
+        woken.clear()
+        outbox.write_now([PendingRow(uuid.uuid4(), "x", "h", None, b"{}")])
+        assert woken.wait(10)
+    finally:
+        stop()
+        outbox.close()
+    assert not listener.is_alive()

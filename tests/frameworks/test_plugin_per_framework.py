@@ -348,6 +348,27 @@ DJANGO_FILES = {
 }
 
 
+DJANGO_CONFTEST = """
+import os
+
+import django
+import pytest
+from django.core.management import call_command
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings_for_tests")
+django.setup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database():
+    call_command("migrate", verbosity=0)
+    yield
+    from eventbus_contrib.django import bus
+
+    bus.close()
+"""
+
+
 @pytest.fixture
 def django_project(project: pytest.Pytester) -> pytest.Pytester:
     pytest.importorskip("django")
@@ -355,19 +376,19 @@ def django_project(project: pytest.Pytester) -> pytest.Pytester:
         path = project.path / name
         path.parent.mkdir(exist_ok=True)
         path.write_text(textwrap.dedent(code), encoding="utf-8")
-    project.makeconftest(readme_block("conftest.py of a Django project"))
     project.makeini("[pytest]\neventbus_app = eventbus_contrib.django:bus\n")
     return project
 
 
 def test_the_readme_django_test_runs(django_project: pytest.Pytester) -> None:
-    django_project.makepyfile(test_readme=readme_block("a test module of that project"))
+    django_project.makepyfile(test_readme=readme_block("a test of a Django project"))
     django_project.runpytest_subprocess("-W", "error").assert_outcomes(passed=1)
 
 
 def test_isolation_between_django_tests(django_project: pytest.Pytester) -> None:
     """The project's bus is made once, at import, with its tables in the tests' database:
     the isolation empties its outbox, inbox and dead letters between tests."""
+    django_project.makeconftest(DJANGO_CONFTEST)
     check_isolation(
         django_project,
         imports="from django.test import Client",

@@ -1,0 +1,187 @@
+"""The claim of the SQLite outbox: a window in id order, then each key's head directly.
+
+A row is claimable while it is due, unleased, and no earlier row of its (destination,
+key) is left in any state (pending, leased, delayed): its key's *head*. Rows without a
+key are claimable on their own. Finding heads by reading pending rows in id order and
+probing each for an earlier row of its key costs the whole backlog per claim once a few
+keys hold most of it (a hot key): draining it is quadratic.
+
+So one statement, in three steps:
+
+1. **The window**: the first ``window`` due, unleased rows in id order (about four
+   batches), each probed for an earlier row of its key. Oldest first; enough whenever
+   keys are many, or the backlog small.
+2. **The heads scan**, only when the window was full and gave a short batch: a loose
+   index scan over the (destination, key, id) index, one descent per key (a recursive
+   CTE: next key after the last one, its first row), from where the previous scan
+   stopped (``cd``, ``ck``) and round to it again, so keys late in that order are not
+   starved; it stops once it has found enough. Each destination's rows without a key
+   are taken there too, in id order, so a hot key cannot hold them back either.
+3. **Runs** (``per_key`` > 1): from each head, up to ``per_key`` consecutive rows of its
+   key, ending before the first that is not claimable (delayed or leased): a key's rows
+   are never claimed past one that is left.
+
+The batch is cut to ``batch`` rows in id order (a key's run stays a prefix of it) and
+leased. The statement also returns where its heads scan stopped, for the next claim.
+"""
+
+# ruff: noqa: S608 - the statements are built from the store's own table names; values are bound
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ["WINDOW", "ClaimState", "claim_sql"]
+
+WINDOW = 4
+"""Batches of rows in the id-order window."""
+
+
+class ClaimState:
+    """What a store's claims remember between them: where the last heads scan stopped
+    (the next one starts after it), and whether to begin with the heads scan.
+
+    After a claim whose window was short (a few keys hold the oldest rows), the next
+    claim skips the window and scans heads at once: reading the window again would only
+    find the same few heads. Once a heads-first claim fills its batch, keys are many
+    again and the window comes back. Only ever a hint: any state claims correctly.
+    """
+
+    __slots__ = ("cursor", "heads_first")
+
+    def __init__(self) -> None:
+        self.cursor: tuple[Any, Any] = (None, None)
+        self.heads_first = False
+
+    def parameters(self, owner: str, batch: int, lease: float, per_key: int) -> dict[str, Any]:
+        """The claim's named parameters."""
+        if isinstance(per_key, bool) or not isinstance(per_key, int) or per_key < 1:
+            raise ConfigurationError(f"per_key must be an int >= 1, got {per_key!r}")
+        return {
+            "owner": owner,
+            "lease": float(lease),
+            "batch": batch,
+            "window": 0 if self.heads_first else WINDOW * batch,
+            "per_key": per_key,
+            "cd": self.cursor[0],
+            "ck": self.cursor[1],
+        }
+
+    def update(self, rows: Sequence[Any], batch: int) -> None:
+        """Learn from a claim's rows (their last two columns: where its heads scan
+        stopped, NULL when it did not run)."""
+        scanned = bool(rows) and rows[0][-2] is not None
+        if scanned:
+            self.cursor = (rows[0][-2], rows[0][-1])
+        self.heads_first = len(rows) < batch if self.heads_first else scanned
+
+
+def claim_sql(outbox: str, inbox: str | None, now: str, *, per_key: int) -> str:
+    """The claim as ``UPDATE ... RETURNING``: the ``CLAIMED`` columns, then (with an
+    ``inbox``) whether it holds the envelope for the row's destination, then the
+    destination and key where the heads scan stopped (NULL when it did not run).
+
+    Named parameters: ``owner``, ``lease``, ``batch``, ``window`` (rows in the id-order
+    window), ``per_key`` (with ``per_key`` > 1 only), ``cd`` and ``ck`` (where the previous
+    heads scan stopped, or NULL).
+    """
+    due = _due("{a}", now)
+    # The unary + keeps SQLite from reading the window through the available_at index
+    # and sorting every due row by id: the window walks the primary key and stops.
+    walk = _due("+{a}", now)
+    # A row of the heads scan's second lap that is at or past where the first began.
+    past = "(h.d > c.d OR (h.d = c.d AND (c.k IS NULL OR (h.k IS NOT NULL AND h.k > c.k))))"
+    return f"""
+WITH RECURSIVE
+picked AS MATERIALIZED (
+    SELECT o.id FROM (SELECT w.id FROM {outbox} AS w WHERE {walk.format(a="w")}
+            ORDER BY w.id LIMIT :window) AS f
+        JOIN {outbox} AS o ON o.id = f.id
+    WHERE o.key IS NULL OR NOT EXISTS (SELECT 1 FROM {outbox} AS p
+            WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id)
+    ORDER BY o.id LIMIT :batch),
+need(n) AS (
+    SELECT :batch - (SELECT count(*) FROM picked)
+    WHERE (SELECT count(*) FROM picked) < :batch
+      AND (SELECT count(*) FROM (SELECT 1 FROM {outbox} AS w WHERE {walk.format(a="w")}
+            ORDER BY w.id LIMIT :window) AS z) = :window),
+c(d, k) AS (
+    SELECT COALESCE(:cd, (SELECT min(destination) FROM {outbox})), :ck),
+keys(step, lap, d, k, head, found) AS (
+    SELECT 0, 0, c.d, c.k, NULL, 0 FROM need, c WHERE need.n > 0
+    UNION ALL
+    SELECT h.step + 1,
+        CASE WHEN a.id IS NULL AND NOT EXISTS (SELECT 1 FROM {outbox}
+            WHERE destination > h.d) THEN h.lap + 1 ELSE h.lap END,
+        CASE WHEN a.id IS NOT NULL THEN h.d ELSE COALESCE(
+            (SELECT destination FROM {outbox} WHERE destination > h.d
+                ORDER BY destination LIMIT 1),
+            (SELECT min(destination) FROM {outbox})) END,
+        a.key,
+        CASE WHEN {due.format(a="a")} AND a.id NOT IN picked THEN a.id END,
+        h.found + ({due.format(a="a")} AND a.id NOT IN picked)
+    FROM keys AS h, c LEFT JOIN {outbox} AS a ON a.id = CASE WHEN h.k IS NULL
+        THEN (SELECT id FROM {outbox} WHERE destination = h.d AND key >= ''
+            ORDER BY key, id LIMIT 1)
+        ELSE (SELECT id FROM {outbox} WHERE destination = h.d AND key > h.k
+            ORDER BY key, id LIMIT 1) END
+    WHERE h.lap < 2 AND h.found < (SELECT n FROM need) AND NOT (h.lap = 1 AND {past})),
+visited AS (
+    SELECT h.* FROM keys AS h, c WHERE NOT (h.lap = 1 AND {past})),
+chosen(id, destination, key) AS (
+    SELECT o.id, o.destination, o.key FROM {outbox} AS o WHERE o.id IN picked
+    UNION ALL
+    SELECT head, d, k FROM visited WHERE head IS NOT NULL
+    UNION ALL
+    SELECT n.id, n.destination, NULL FROM visited AS h, {outbox} AS n
+    WHERE h.k IS NULL AND n.id IN (SELECT x.id FROM {outbox} AS x
+        WHERE x.destination = h.d AND x.key IS NULL AND {due.format(a="x")}
+          AND x.id NOT IN picked ORDER BY x.id LIMIT :batch)),
+{_runs(outbox, due, per_key)},
+last(d, k) AS (SELECT d, k FROM keys ORDER BY step DESC LIMIT 1)
+UPDATE {outbox} SET lease_owner = :owner, lease_until = {now} + :lease
+WHERE id IN (SELECT id FROM runs ORDER BY id LIMIT :batch)
+RETURNING id, envelope_id, name, destination, key, payload, attempts, created_at,
+    first_failed_at{_seen(outbox, inbox)}, (SELECT d FROM last), (SELECT k FROM last)
+"""
+
+
+def _due(alias: str, now: str) -> str:
+    """Whether the row ``alias`` is due and unleased (a template when ``alias`` is ``{a}``)."""
+    return (
+        f"({alias}.available_at <= {now} "
+        f"AND ({alias}.lease_until IS NULL OR {alias}.lease_until < {now}))"
+    )
+
+
+def _runs(outbox: str, due: str, per_key: int) -> str:
+    """``runs``: the rows to lease, each chosen head with the rows of its key after it."""
+    if per_key == 1:
+        return "runs AS (SELECT id FROM chosen)"
+    # Up to per_key rows of the key from its head, each with no row that is not
+    # claimable between the head and it.
+    return f"""runs AS (
+    SELECT id FROM chosen WHERE key IS NULL
+    UNION ALL
+    SELECT r.id FROM chosen AS c, {outbox} AS r
+    WHERE c.key IS NOT NULL
+      AND r.id IN (SELECT x.id FROM {outbox} AS x WHERE x.destination = c.destination
+            AND x.key = c.key AND x.id >= c.id ORDER BY x.id LIMIT :per_key)
+      AND NOT EXISTS (SELECT 1 FROM {outbox} AS b WHERE b.destination = c.destination
+            AND b.key = c.key AND b.id >= c.id AND b.id <= r.id
+            AND NOT {due.format(a="b")}))"""
+
+
+def _seen(outbox: str, inbox: str | None) -> str:
+    """Whether the destination's inbox holds the row's envelope. The unary + on the
+    updated row's columns is needed: without it SQLite (3.40) plans this subquery in
+    RETURNING as a scan of the whole inbox per row."""
+    if inbox is None:
+        return ""
+    return (
+        f", EXISTS (SELECT 1 FROM {inbox} AS i WHERE i.handler = +{outbox}.destination "
+        f"AND i.envelope_id = +{outbox}.envelope_id)"
+    )

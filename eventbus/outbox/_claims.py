@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["WINDOW", "ClaimState", "claim_sql"]
+__all__ = ["WINDOW", "ClaimState", "check_per_key", "claim_sql"]
 
 WINDOW = 4
 """Batches of rows in the id-order window."""
@@ -58,8 +58,7 @@ class ClaimState:
 
     def parameters(self, owner: str, batch: int, lease: float, per_key: int) -> dict[str, Any]:
         """The claim's named parameters."""
-        if isinstance(per_key, bool) or not isinstance(per_key, int) or per_key < 1:
-            raise ConfigurationError(f"per_key must be an int >= 1, got {per_key!r}")
+        check_per_key(per_key)
         return {
             "owner": owner,
             "lease": float(lease),
@@ -77,6 +76,12 @@ class ClaimState:
         if scanned:
             self.cursor = (rows[0][-2], rows[0][-1])
         self.heads_first = len(rows) < batch if self.heads_first else scanned
+
+
+def check_per_key(per_key: int) -> None:
+    """Refuse a ``per_key`` that is not a positive int."""
+    if isinstance(per_key, bool) or not isinstance(per_key, int) or per_key < 1:
+        raise ConfigurationError(f"per_key must be an int >= 1, got {per_key!r}")
 
 
 def claim_sql(outbox: str, inbox: str | None, now: str, *, per_key: int) -> str:
@@ -122,7 +127,7 @@ keys(step, lap, d, k, head, found) AS (
             (SELECT min(destination) FROM {outbox})) END,
         a.key,
         CASE WHEN {due.format(a="a")} AND a.id NOT IN picked THEN a.id END,
-        h.found + ({due.format(a="a")} AND a.id NOT IN picked)
+        h.found + COALESCE({due.format(a="a")} AND a.id NOT IN picked, 0)
     FROM keys AS h, c LEFT JOIN {outbox} AS a ON a.id = CASE WHEN h.k IS NULL
         THEN (SELECT id FROM {outbox} WHERE destination = h.d AND key >= ''
             ORDER BY key, id LIMIT 1)
@@ -130,7 +135,7 @@ keys(step, lap, d, k, head, found) AS (
             ORDER BY key, id LIMIT 1) END
     WHERE h.lap < 2 AND h.found < (SELECT n FROM need) AND NOT (h.lap = 1 AND {past})),
 visited AS (
-    SELECT h.* FROM keys AS h, c WHERE NOT (h.lap = 1 AND {past})),
+    SELECT h.* FROM keys AS h, c WHERE h.lap < 2 AND NOT (h.lap = 1 AND {past})),
 chosen(id, destination, key) AS (
     SELECT o.id, o.destination, o.key FROM {outbox} AS o WHERE o.id IN picked
     UNION ALL
@@ -143,7 +148,7 @@ chosen(id, destination, key) AS (
 {_runs(outbox, due, per_key)},
 last(d, k) AS (SELECT d, k FROM keys ORDER BY step DESC LIMIT 1)
 UPDATE {outbox} SET lease_owner = :owner, lease_until = {now} + :lease
-WHERE id IN (SELECT id FROM runs ORDER BY id LIMIT :batch)
+WHERE id IN (SELECT DISTINCT id FROM runs ORDER BY id LIMIT :batch)
 RETURNING id, envelope_id, name, destination, key, payload, attempts, created_at,
     first_failed_at{_seen(outbox, inbox)}, (SELECT d FROM last), (SELECT k FROM last)
 """

@@ -320,6 +320,10 @@ class SQLiteOutbox:
         rows.sort(key=lambda row: row.id)
         return rows
 
+    def claim_runs(self, *, owner: str, batch: int, lease: float, per_key: int) -> list[ClaimedRow]:
+        """``claim`` with ``per_key`` (``SupportsClaimRuns``)."""
+        return self.claim(owner=owner, batch=batch, lease=lease, per_key=per_key)
+
     def complete(
         self,
         ids: Iterable[int],
@@ -449,6 +453,7 @@ class SQLiteOutbox:
         with self._transaction("clear the outbox") as connection:
             connection.execute("DELETE FROM eventbus_outbox")
             connection.execute("DELETE FROM eventbus_inbox")
+        self._claims = ClaimState()  # an empty outbox: nothing to remember of its keys
 
     def connect(self) -> sqlite3.Connection:
         """A new connection to the application's database, set up like the relay's (and

@@ -141,6 +141,9 @@ class OutboxDialect(ABC):
             .with_for_update(skip_locked=True)  # rendered by PostgreSQL and MariaDB only
         )
 
+    def forget_claims(self) -> None:  # noqa: B027 - most dialects remember nothing
+        """Forget what claims remembered of the outbox's keys (it was emptied)."""
+
     @abstractmethod
     def claim(
         self, connection: Connection, *, owner: str, batch: int, lease: float, per_key: int = 1
@@ -260,6 +263,9 @@ class ReturningDialect(OutboxDialect):
         found = connection.execute(statement, parameters).all()
         self._claim_state.update(found, batch)
         return found
+
+    def forget_claims(self) -> None:
+        self._claim_state = ClaimState()
 
     @abstractmethod
     def _claim_sql(self, per_key: int) -> str:

@@ -123,9 +123,7 @@ def test_a_relay_behind_a_hot_key_takes_every_claimable_head_each_time(outbox: O
     claimable head (the scan went all the way round), so the backlog drains in order."""
     store = outbox.store
     layout: list[tuple[str, str | None]] = []
-    layout += [("d1", "hot")] * 30 + [
-        (f"d{n % 2}", f"k{n % 8}") for n in range(24)
-    ]
+    layout += [("d1", "hot")] * 30 + [(f"d{n % 2}", f"k{n % 8}") for n in range(24)]
     layout += [("d1", None)] * 3
     store.write_now([pending(n, key=k, destination=d) for n, (d, k) in enumerate(layout)])
     state = dict.fromkeys(range(len(layout)), "pending")

@@ -13,9 +13,10 @@ keys hold most of it (a hot key): draining it is quadratic.
 
 So one statement, in three steps:
 
-1. **The window**: the first ``window`` due, unleased rows in id order (about four
-   batches), each probed for an earlier row of its key. Oldest first; enough whenever
-   keys are many, or the backlog small.
+1. **The window**: the due, unleased rows in id order, each probed for an earlier row of
+   its key, up to ``batch`` heads or ``window`` rows read (about four batches), which
+   ever comes first. Oldest first; enough whenever keys are many, or the backlog small.
+   (``window`` 0 skips it: ``ClaimState`` does after a short window.)
 2. **The heads scan**, only when the window was full and gave a short batch: a loose
    index scan over the (destination, key, id) index, one descent per key (a recursive
    CTE: next key after the last one, its first row), from where the previous scan
@@ -50,7 +51,11 @@ __all__ = [
 ]
 
 WINDOW = 4
-"""Batches of rows in the id-order window."""
+"""Batches of rows in the id-order window. Measured on SQLite and PostgreSQL (8,000 rows):
+with 1,000 keys the window fills a batch within its first batch of rows and the heads
+scan never runs; with 50 keys it reads all its rows for 50 heads, and the heads scan
+finds them in a few descents each (which is why a short window sends the next claim
+to the heads scan first)."""
 
 
 class ClaimState:
@@ -279,7 +284,7 @@ loose AS {hold}(
     FOR UPDATE SKIP LOCKED),
 chosen AS (
     SELECT * FROM picked UNION ALL SELECT * FROM heads UNION ALL SELECT * FROM loose),
-{_runs(outbox, due, per_key)},
+{_postgresql_runs(outbox, due, per_key)},
 last(d, k) AS (SELECT d, k FROM keys ORDER BY step DESC LIMIT 1)
 UPDATE {outbox} SET lease_owner = :owner, lease_until = {now} + :lease
 WHERE {outbox}.id = ANY(ARRAY(SELECT DISTINCT id FROM runs ORDER BY id LIMIT :batch))
@@ -289,6 +294,22 @@ RETURNING {columns},
         OFFSET 0),
     (SELECT d FROM last), (SELECT k FROM last)
 """
+
+
+def _postgresql_runs(outbox: str, due: str, per_key: int) -> str:
+    """``runs`` on PostgreSQL: each head's first ``per_key`` rows of its key, read by one
+    descent of the key's index (LATERAL), kept while every row up to each is claimable."""
+    if per_key == 1:
+        return "runs AS (SELECT id FROM chosen)"
+    return f"""runs AS (
+    SELECT id FROM chosen WHERE key IS NULL
+    UNION ALL
+    SELECT r.id FROM chosen AS c CROSS JOIN LATERAL (
+        SELECT y.id, bool_and(y.ok) OVER (ORDER BY y.id) AS open FROM (
+            SELECT x.id, {due.format(a="x")} AS ok FROM {outbox} AS x
+            WHERE x.destination = c.destination AND x.key = c.key AND x.id >= c.id
+            ORDER BY x.id LIMIT :per_key) AS y) AS r
+    WHERE c.key IS NOT NULL AND r.open)"""
 
 
 _CLAIMED = (
@@ -308,7 +329,8 @@ _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 def positional(sql: str, placeholder: str = "%s") -> tuple[str, list[str]]:
     """``sql`` with each ``:name`` turned into ``placeholder``, and the names in order
-    (Django's cursors take positional parameters only)."""
+    (Django's cursors take positional parameters only). For the claims' own text: it
+    does not look inside quoted literals, which hold no ``:name`` there."""
     names: list[str] = []
 
     def take(found: re.Match[str]) -> str:

@@ -8,9 +8,10 @@ keys hold most of it (a hot key): draining it is quadratic.
 
 So one statement, in three steps:
 
-1. **The window**: the first ``window`` due, unleased rows in id order (about four
-   batches), each probed for an earlier row of its key. Oldest first; enough whenever
-   keys are many, or the backlog small.
+1. **The window**: the due, unleased rows in id order, each probed for an earlier row of
+   its key, up to ``batch`` heads or ``window`` rows read (about four batches), which
+   ever comes first. Oldest first; enough whenever keys are many, or the backlog small.
+   (``window`` 0 skips it: ``ClaimState`` does after a short window.)
 2. **The heads scan**, only when the window was full and gave a short batch: a loose
    index scan over the (destination, key, id) index, one descent per key (a recursive
    CTE: next key after the last one, its first row), from where the previous scan
@@ -37,7 +38,11 @@ from ..errors import ConfigurationError
 __all__ = ["WINDOW", "ClaimState", "check_per_key", "claim_sql"]
 
 WINDOW = 4
-"""Batches of rows in the id-order window."""
+"""Batches of rows in the id-order window. Measured on SQLite and PostgreSQL (8,000 rows):
+with 1,000 keys the window fills a batch within its first batch of rows and the heads
+scan never runs; with 50 keys it reads all its rows for 50 heads, and the heads scan
+finds them in a few descents each (which is why a short window sends the next claim
+to the heads scan first)."""
 
 
 class ClaimState:

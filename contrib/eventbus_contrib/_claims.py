@@ -36,7 +36,7 @@ leased. The statement also returns where its heads scan stopped, for the next cl
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventbus.errors import ConfigurationError
@@ -48,6 +48,8 @@ __all__ = [
     "claim_sql",
     "positional",
     "postgresql_claim_sql",
+    "postgresql_window_sql",
+    "window_sql",
 ]
 
 WINDOW = 4
@@ -59,23 +61,59 @@ to the heads scan first)."""
 
 
 class ClaimState:
-    """What a store's claims remember between them: where the last heads scan stopped
-    (the next one starts after it), and whether to begin with the heads scan.
+    """How a store claims, and what its claims remember between them: whether to begin
+    with the heads scan, and where the last heads scan stopped (the next one starts
+    after it).
 
-    After a claim whose window was short (a few keys hold the oldest rows), the next
-    claim skips the window and scans heads at once: reading the window again would only
-    find the same few heads. Once a heads-first claim fills its batch, keys are many
-    again and the window comes back. Only ever a hint: any state claims correctly.
+    A claim reads the window first (``window`` statement: the claim of old, bounded to
+    the first ``WINDOW`` batches of rows). When that gives a short batch, the heads scan
+    fills it (``heads``: the full statement without its window), and the claims after it
+    begin with the heads scan: reading the window again would find the same few heads.
+    Once a heads-first claim fills its batch, keys are many again and the window comes
+    back. Claims of runs (``per_key`` > 1) are the full statement with its window. The
+    mode is only ever a hint: any claim keeps the claim invariant.
     """
 
-    __slots__ = ("cursor", "heads_first")
+    __slots__ = ("_scanned", "cursor", "heads_first")
 
     def __init__(self) -> None:
         self.cursor: tuple[Any, Any] = (None, None)
         self.heads_first = False
+        self._scanned = False
+
+    def claim(
+        self,
+        execute: Callable[[str, dict[str, Any]], Sequence[Any]],
+        owner: str,
+        batch: int,
+        lease: float,
+        per_key: int,
+    ) -> list[Any]:
+        """Claim through ``execute(statement, parameters)``, where ``statement`` is
+        ``window``, ``heads`` or ``runs``; in one transaction, the rows they return."""
+        check_per_key(per_key)
+        if per_key > 1:
+            rows = list(execute("runs", self.parameters(owner, batch, lease, per_key)))
+            self._learn(rows)
+            self.heads_first = len(rows) < batch if self.heads_first else self._scanned
+            return rows
+        rows = []
+        if not self.heads_first:
+            rows = list(execute("window", self.parameters(owner, batch, lease, 1)))
+            if len(rows) == batch:
+                return rows
+            self.heads_first = True
+        self._scanned = False
+        heads = list(execute("heads", self.parameters(owner, batch - len(rows), lease, 1)))
+        self._learn(heads)
+        if rows:
+            return rows + heads
+        if len(heads) == batch:
+            self.heads_first = False
+        return heads
 
     def parameters(self, owner: str, batch: int, lease: float, per_key: int) -> dict[str, Any]:
-        """The claim's named parameters."""
+        """The named parameters of the statements."""
         check_per_key(per_key)
         return {
             "owner": owner,
@@ -87,13 +125,12 @@ class ClaimState:
             "ck": self.cursor[1],
         }
 
-    def update(self, rows: Sequence[Any], batch: int) -> None:
-        """Learn from a claim's rows (their last two columns: where its heads scan
-        stopped, NULL when it did not run)."""
-        scanned = bool(rows) and rows[0][-2] is not None
-        if scanned:
+    def _learn(self, rows: Sequence[Any]) -> None:
+        """Where the heads scan of the statement that returned ``rows`` stopped (their
+        last two columns: NULL when it did not run)."""
+        self._scanned = bool(rows) and rows[0][-2] is not None
+        if self._scanned:
             self.cursor = (rows[0][-2], rows[0][-1])
-        self.heads_first = len(rows) < batch if self.heads_first else scanned
 
 
 def check_per_key(per_key: int) -> None:
@@ -117,15 +154,14 @@ def claim_sql(outbox: str, inbox: str | None, now: str, *, per_key: int) -> str:
     walk = _due("+{a}", now)
     # A row of the heads scan's second lap that is at or past where the first began.
     past = "(h.d > c.d OR (h.d = c.d AND (c.k IS NULL OR (h.k IS NOT NULL AND h.k > c.k))))"
-    return f"""
+    return f"""/* eventbus claim: heads */
 WITH RECURSIVE
-picked AS MATERIALIZED (
-    SELECT o.id FROM (SELECT w.id FROM {outbox} AS w WHERE {walk.format(a="w")}
-            ORDER BY w.id LIMIT :window) AS f
-        JOIN {outbox} AS o ON o.id = f.id
+picked(id, destination, key) AS MATERIALIZED (
+    SELECT o.id, o.destination, o.key FROM (SELECT w.id, w.destination, w.key
+            FROM {outbox} AS w WHERE {walk.format(a="w")} ORDER BY w.id LIMIT :window) AS o
     WHERE o.key IS NULL OR NOT EXISTS (SELECT 1 FROM {outbox} AS p
             WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id)
-    ORDER BY o.id LIMIT :batch),
+    LIMIT :batch),
 need(n) AS (
     SELECT :batch - (SELECT count(*) FROM picked)
     WHERE (SELECT count(*) FROM picked) < :batch
@@ -144,8 +180,8 @@ keys(step, lap, d, k, head, found) AS (
                 ORDER BY destination LIMIT 1),
             (SELECT min(destination) FROM {outbox})) END,
         a.key,
-        CASE WHEN {due.format(a="a")} AND a.id NOT IN picked THEN a.id END,
-        h.found + COALESCE({due.format(a="a")} AND a.id NOT IN picked, 0)
+        CASE WHEN {due.format(a="a")} AND a.id NOT IN (SELECT id FROM picked) THEN a.id END,
+        h.found + COALESCE({due.format(a="a")} AND a.id NOT IN (SELECT id FROM picked), 0)
     FROM keys AS h, c LEFT JOIN {outbox} AS a ON a.id = CASE WHEN h.k IS NULL
         THEN (SELECT id FROM {outbox} WHERE destination = h.d AND key >= ''
             ORDER BY key, id LIMIT 1)
@@ -155,20 +191,42 @@ keys(step, lap, d, k, head, found) AS (
 visited AS (
     SELECT h.* FROM keys AS h, c WHERE h.lap < 2 AND NOT (h.lap = 1 AND {past})),
 chosen(id, destination, key) AS (
-    SELECT o.id, o.destination, o.key FROM {outbox} AS o WHERE o.id IN picked
+    SELECT id, destination, key FROM picked
     UNION ALL
     SELECT head, d, k FROM visited WHERE head IS NOT NULL
     UNION ALL
     SELECT n.id, n.destination, NULL FROM visited AS h, {outbox} AS n
     WHERE h.k IS NULL AND n.id IN (SELECT x.id FROM {outbox} AS x
         WHERE x.destination = h.d AND x.key IS NULL AND {due.format(a="x")}
-          AND x.id NOT IN picked ORDER BY x.id LIMIT :batch)),
+          AND x.id NOT IN (SELECT id FROM picked) ORDER BY x.id LIMIT :batch)),
 {_runs(outbox, due, per_key)},
 last(d, k) AS (SELECT d, k FROM keys ORDER BY step DESC LIMIT 1)
 UPDATE {outbox} SET lease_owner = :owner, lease_until = {now} + :lease
 WHERE id IN (SELECT DISTINCT id FROM runs ORDER BY id LIMIT :batch)
 RETURNING id, envelope_id, name, destination, key, payload, attempts, created_at,
     first_failed_at{_seen(outbox, inbox)}, (SELECT d FROM last), (SELECT k FROM last)
+"""
+
+
+def window_sql(outbox: str, inbox: str | None, now: str) -> str:
+    """The ``window`` statement, the claim of one row per key as it was before heads
+    scans, bounded: the due, unleased rows whose key has no earlier row left, oldest
+    first, among ids below the smallest plus ``WINDOW`` batches (at most that many rows,
+    in any state: a bound found by one descent of the primary key), leased. Returns the
+    ``CLAIMED`` columns (and, with an ``inbox``, whether it holds the envelope); named
+    parameters ``owner``, ``lease`` and ``batch``. The unary + keeps SQLite walking the
+    primary key, not the available_at index."""
+    return f"""
+UPDATE {outbox} SET lease_owner = :owner, lease_until = {now} + :lease
+WHERE id IN (
+    SELECT o.id FROM {outbox} AS o
+    WHERE o.id < (SELECT min(w.id) FROM {outbox} AS w) + {WINDOW} * :batch
+      AND {_due("+o", now)}
+      AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM {outbox} AS p
+            WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id))
+    ORDER BY o.id LIMIT :batch)
+RETURNING id, envelope_id, name, destination, key, payload, attempts, created_at,
+    first_failed_at{_seen(outbox, inbox)}
 """
 
 
@@ -225,7 +283,7 @@ def postgresql_claim_sql(
     first = f"""NOT EXISTS (SELECT 1 FROM {outbox} AS p
             WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id)"""
     columns = ", ".join(f"{outbox}.{name}" for name in _CLAIMED)
-    return f"""
+    return f"""/* eventbus claim: heads */
 WITH RECURSIVE
 picked AS {hold}(
     SELECT o.id, o.destination, o.key
@@ -293,6 +351,29 @@ RETURNING {columns},
         WHERE i.handler = {outbox}.destination AND i.envelope_id = {outbox}.envelope_id
         OFFSET 0),
     (SELECT d FROM last), (SELECT k FROM last)
+"""
+
+
+def postgresql_window_sql(outbox: str, inbox: str, now: str, *, materialize: bool) -> str:
+    """``window_sql`` on PostgreSQL: the picks locked ``FOR UPDATE SKIP LOCKED`` in a
+    materialised CTE, the inbox probed by its primary key (OFFSET 0)."""
+    hold = "MATERIALIZED " if materialize else ""
+    columns = ", ".join(f"{outbox}.{name}" for name in _CLAIMED)
+    return f"""
+WITH eventbus_claimable AS {hold}(
+    SELECT o.id FROM {outbox} AS o
+    WHERE o.id < (SELECT min(w.id) FROM {outbox} AS w) + {WINDOW} * :batch
+      AND {_due("o", now)}
+      AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM {outbox} AS p
+            WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id))
+    ORDER BY o.id LIMIT :batch
+    FOR UPDATE SKIP LOCKED)
+UPDATE {outbox} SET lease_owner = :owner, lease_until = {now} + :lease
+FROM eventbus_claimable WHERE {outbox}.id = eventbus_claimable.id
+RETURNING {columns},
+    EXISTS (SELECT 1 FROM {inbox} AS i
+        WHERE i.handler = {outbox}.destination AND i.envelope_id = {outbox}.envelope_id
+        OFFSET 0)
 """
 
 

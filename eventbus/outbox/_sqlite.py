@@ -38,7 +38,7 @@ from .._records import ClaimedRow, OutboxStatus, PendingRow
 from .._redact import redact
 from .._transactions import SQLiteTransaction
 from ..errors import ConfigurationError, OutboxError
-from ._claims import ClaimState, claim_sql
+from ._claims import ClaimState, claim_sql, window_sql
 
 __all__ = ["SQLiteOutbox"]
 
@@ -77,10 +77,13 @@ _INSERT = (
 )
 
 _CLAIMS = {
-    per_key: claim_sql("eventbus_outbox", "eventbus_inbox", _NOW, per_key=per_key)
-    for per_key in (1, 2)
+    "window": window_sql("eventbus_outbox", "eventbus_inbox", _NOW),
+    "heads": claim_sql("eventbus_outbox", "eventbus_inbox", _NOW, per_key=1),
+    "runs": claim_sql("eventbus_outbox", "eventbus_inbox", _NOW, per_key=2),
 }
-"""The claim (see ``_claims``) of one row per key, and of runs of several."""
+"""The statements of a claim (see ``_claims``): the window, the heads scan, and runs."""
+_CLAIM = _CLAIMS["window"]
+"""The claim's first statement, on its own: one row per key from a window of the oldest."""
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -298,10 +301,12 @@ class SQLiteOutbox:
         key left or, with ``per_key`` > 1, up to that many consecutive rows of one key
         from its first (``SupportsClaimRuns``); each says whether its destination's inbox
         holds its envelope already."""
-        parameters = self._claims.parameters(owner, batch, lease, per_key)
         with self._transaction("claim outbox rows") as connection:
-            found = connection.execute(_CLAIMS[min(per_key, 2)], parameters).fetchall()
-        self._claims.update(found, batch)
+
+            def execute(statement: str, parameters: dict[str, Any]) -> list[Any]:
+                return connection.execute(_CLAIMS[statement], parameters).fetchall()
+
+            found = self._claims.claim(execute, owner, batch, lease, per_key)
         rows = [
             ClaimedRow(
                 id=row[0],

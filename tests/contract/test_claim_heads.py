@@ -454,7 +454,9 @@ def test_a_postgresql_claim_behind_hot_keys_reads_a_bounded_part_of_the_table(
     for heads_first, per_key in ((False, 1), (True, 1), (True, 4)):
         dialect._claim_state.heads_first = heads_first
         parameters = dialect._claim_state.parameters(OWNER, 200, 60.0, per_key)
-        claim = dialect._claim_sql(min(per_key, 2))
+        claim = dialect._claim_sql(
+            "runs" if per_key > 1 else "window" if not heads_first else "heads"
+        )
         with outbox.engine.connect() as connection:
             connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
             (plan,) = connection.execute(

@@ -17,6 +17,9 @@ def test_the_sqlalchemy_and_django_sqlite_claims_are_the_stdlib_stores_own() -> 
             assert contrib.claim_sql("t_outbox", inbox, "NOW", per_key=per_key) == core.claim_sql(
                 "t_outbox", inbox, "NOW", per_key=per_key
             )
+        assert contrib.window_sql("t_outbox", inbox, "NOW") == core.window_sql(
+            "t_outbox", inbox, "NOW"
+        )
     assert contrib.WINDOW == core.WINDOW
 
 
@@ -35,19 +38,32 @@ def test_every_named_parameter_of_the_claims_is_given() -> None:
         contrib.postgresql_claim_sql("o", "i", "NOW", per_key=per_key, materialize=True)
         for per_key in (1, 2)
     ]
+    statements += [
+        core.window_sql("o", "i", "NOW"),
+        contrib.postgresql_window_sql("o", "i", "NOW", materialize=True),
+    ]
     for statement in statements:
         _, names = contrib.positional(statement.replace("''", ""))
         assert set(names) <= given, set(names) - given
 
 
-def test_the_claim_state_goes_heads_first_after_a_short_window_and_back() -> None:
+def test_a_claim_reads_the_window_then_the_heads_and_keeps_to_the_heads_while_short() -> None:
     state = core.ClaimState()
-    assert state.parameters("me", 10, 1.0, 1)["window"] == 40
-    scanned = [(1, "d", "k7")]  # rows end with where the heads scan stopped
-    state.update(scanned, 10)
+    calls: list[tuple[str, int, int]] = []
+    answers: dict[str, list[list[tuple[object, ...]]]] = {
+        "window": [[(1, "x")] * 3, [(1, "x")] * 10],
+        "heads": [[(2, "d", "k7")] * 2, [(2, "d", "k9")] * 10],
+    }
+
+    def execute(statement: str, parameters: dict[str, object]) -> list[tuple[object, ...]]:
+        calls.append((statement, parameters["batch"], parameters["window"]))  # type: ignore[arg-type]
+        return answers[statement].pop(0)
+
+    assert len(state.claim(execute, "me", 10, 1.0, 1)) == 5  # a short window, then heads
+    assert calls == [("window", 10, 40), ("heads", 7, 0)]
     assert (state.cursor, state.heads_first) == (("d", "k7"), True)
-    assert state.parameters("me", 10, 1.0, 1)["window"] == 0
-    state.update(scanned * 10, 10)  # a full batch: keys are many again
-    assert state.heads_first is False
-    state.update([(1, None, None)], 10)  # the window alone: no scan, the cursor stays
-    assert (state.cursor, state.heads_first) == (("d", "k7"), False)
+    assert len(state.claim(execute, "me", 10, 1.0, 1)) == 10  # heads first: a full batch
+    assert calls[2:] == [("heads", 10, 0)]
+    assert (state.cursor, state.heads_first) == (("d", "k9"), False)
+    assert len(state.claim(execute, "me", 10, 1.0, 1)) == 10  # the window again: enough
+    assert calls[3:] == [("window", 10, 40)]

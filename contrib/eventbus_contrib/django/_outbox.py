@@ -201,14 +201,16 @@ class DjangoOutbox:
         from its first (``SupportsClaimRuns``); each says whether its destination's
         inbox holds its envelope already."""
         sql = self._sql
-        named = self._claim_state.parameters(owner, batch, lease, per_key)
-        statement, names = sql.claim(min(per_key, 2))
         with self._own_cursor("claim outbox rows") as cursor:
             for prelude in sql.claim_prelude:
                 cursor.execute(prelude)
-            cursor.execute(statement, [named[name] for name in names])
-            found = cursor.fetchall()
-        self._claim_state.update(found, batch)
+
+            def execute(statement: str, named: dict[str, Any]) -> list[Any]:
+                text, names = sql.claim(statement)
+                cursor.execute(text, [named[name] for name in names])
+                return list(cursor.fetchall())
+
+            found = self._claim_state.claim(execute, owner, batch, lease, per_key)
         rows = [
             ClaimedRow(
                 id=int(row[0]),

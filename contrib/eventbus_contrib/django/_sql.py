@@ -15,7 +15,13 @@ from __future__ import annotations
 import functools
 from typing import Final
 
-from eventbus_contrib._claims import claim_sql, positional, postgresql_claim_sql
+from eventbus_contrib._claims import (
+    claim_sql,
+    positional,
+    postgresql_claim_sql,
+    postgresql_window_sql,
+    window_sql,
+)
 
 __all__ = ["VENDORS", "Statements", "statements_for"]
 
@@ -41,9 +47,10 @@ class Statements:
     claim_prelude: tuple[str, ...] = ()
     """Run first in the claim's transaction."""
 
-    def claim(self, per_key: int = 1) -> tuple[str, list[str]]:
-        """The claim (``eventbus_contrib._claims``) with ``%s`` placeholders, and the
-        names of its parameters in their order."""
+    def claim(self, statement: str) -> tuple[str, list[str]]:
+        """The claim's ``window``, ``heads`` or ``runs`` statement
+        (``eventbus_contrib._claims``) with ``%s`` placeholders, and the names of its
+        parameters in their order."""
         raise NotImplementedError
 
     def insert(self, count: int) -> str:
@@ -109,8 +116,8 @@ class SQLiteStatements(Statements):
     begin = "BEGIN IMMEDIATE"
     max_parameters = 999  # SQLite before 3.32
 
-    def claim(self, per_key: int = 1) -> tuple[str, list[str]]:
-        return _sqlite_claim(self.now, per_key)
+    def claim(self, statement: str) -> tuple[str, list[str]]:
+        return _sqlite_claim(self.now, statement)
 
 
 class PostgreSQLStatements(Statements):
@@ -123,18 +130,24 @@ class PostgreSQLStatements(Statements):
     # store: 14.9 ms a claim against 2.8 ms). SET LOCAL ends with the claim's transaction.
     claim_prelude = ("SET LOCAL enable_seqscan = off",)
 
-    def claim(self, per_key: int = 1) -> tuple[str, list[str]]:
-        return _postgresql_claim(self.now, per_key)
+    def claim(self, statement: str) -> tuple[str, list[str]]:
+        return _postgresql_claim(self.now, statement)
 
 
 @functools.cache
-def _sqlite_claim(now: str, per_key: int) -> tuple[str, list[str]]:
+def _sqlite_claim(now: str, statement: str) -> tuple[str, list[str]]:
+    if statement == "window":
+        return positional(window_sql(OUTBOX, INBOX, now))
+    per_key = 2 if statement == "runs" else 1
     return positional(claim_sql(OUTBOX, INBOX, now, per_key=per_key))
 
 
 @functools.cache
-def _postgresql_claim(now: str, per_key: int) -> tuple[str, list[str]]:
+def _postgresql_claim(now: str, statement: str) -> tuple[str, list[str]]:
     # Django needs PostgreSQL 12 or later, where MATERIALIZED exists.
+    if statement == "window":
+        return positional(postgresql_window_sql(OUTBOX, INBOX, now, materialize=True))
+    per_key = 2 if statement == "runs" else 1
     return positional(postgresql_claim_sql(OUTBOX, INBOX, now, per_key=per_key, materialize=True))
 
 

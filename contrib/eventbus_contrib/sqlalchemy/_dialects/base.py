@@ -241,35 +241,34 @@ class OutboxDialect(ABC):
 
 
 class ReturningDialect(OutboxDialect):
-    """A database with ``UPDATE ... RETURNING`` and recursive CTEs: the claim is one
-    statement (``eventbus_contrib._claims``): a window of the oldest rows, then each
-    key's head found directly, then with ``per_key`` > 1 the runs that follow them. Its
-    rows end with two more columns (where its heads scan stopped), which the store
-    leaves alone."""
+    """A database with ``UPDATE ... RETURNING`` and recursive CTEs: a claim is a window of
+    the oldest rows, then (when that was short) each key's head found directly, each one
+    statement (``eventbus_contrib._claims``). The rows of a heads scan end with two more
+    columns (where it stopped), which the store leaves alone."""
 
     def __init__(self, engine: Engine, outbox: sa.Table, inbox: sa.Table) -> None:
         super().__init__(engine, outbox, inbox)
-        self._claims: dict[int, sa.TextClause] = {}
+        self._claims: dict[str, sa.TextClause] = {}
         self._claim_state = ClaimState()
 
     def claim(
         self, connection: Connection, *, owner: str, batch: int, lease: float, per_key: int = 1
     ) -> Sequence[Any]:
-        parameters = self._claim_state.parameters(owner, batch, lease, per_key)
-        runs = min(per_key, 2)  # one statement for one row per key, one for runs
-        statement = self._claims.get(runs)
-        if statement is None:
-            statement = self._claims[runs] = sa.text(self._claim_sql(runs))
-        found = connection.execute(statement, parameters).all()
-        self._claim_state.update(found, batch)
-        return found
+        def execute(statement: str, parameters: dict[str, Any]) -> Sequence[Any]:
+            text = self._claims.get(statement)
+            if text is None:
+                text = self._claims[statement] = sa.text(self._claim_sql(statement))
+            return connection.execute(text, parameters).all()
+
+        return self._claim_state.claim(execute, owner, batch, lease, per_key)
 
     def forget_claims(self) -> None:
         self._claim_state = ClaimState()
 
     @abstractmethod
-    def _claim_sql(self, per_key: int) -> str:
-        """The claim's text (named parameters as ``ClaimState.parameters`` gives them)."""
+    def _claim_sql(self, statement: str) -> str:
+        """The text of the claim's ``window``, ``heads`` or ``runs`` statement (named
+        parameters as ``ClaimState.parameters`` gives them)."""
 
 
 def _driver_flag(raw: object) -> bool:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from eventbus_contrib._claims import postgresql_claim_sql
+from eventbus_contrib._claims import postgresql_claim_sql, postgresql_window_sql
 
 from .._core import logger
 from .base import ReturningDialect
@@ -64,7 +64,7 @@ class PostgreSQLDialect(ReturningDialect):
         connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
         return super().claim(connection, owner=owner, batch=batch, lease=lease, per_key=per_key)
 
-    def _claim_sql(self, per_key: int) -> str:
+    def _claim_sql(self, statement: str) -> str:
         """Its picks are materialised CTEs, each run exactly once: as ``id IN (SELECT
         ...)``, a nested-loop plan (the planner's choice on a table whose statistics say
         it is empty) runs a locking subquery again for each outer row; forced, that
@@ -73,12 +73,12 @@ class PostgreSQLDialect(ReturningDialect):
         EXISTS into a hashed subplan, a scan of the whole inbox per claim (its choice
         while the inbox has no statistics): with it, each row is one probe of the
         inbox's primary key."""
+        outbox, inbox, now = self.outbox.name, self.inbox.name, self.now_sql
+        if statement == "window":
+            return postgresql_window_sql(outbox, inbox, now, materialize=self._materialize)
+        per_key = 2 if statement == "runs" else 1
         return postgresql_claim_sql(
-            self.outbox.name,
-            self.inbox.name,
-            self.now_sql,
-            per_key=per_key,
-            materialize=self._materialize,
+            outbox, inbox, now, per_key=per_key, materialize=self._materialize
         )
 
     def complete(

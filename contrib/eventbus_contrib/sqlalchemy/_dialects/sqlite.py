@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from eventbus_contrib._claims import claim_sql
+from eventbus_contrib._claims import claim_sql, window_sql
 
 from .._core import ConfigurationError
 from .base import ReturningDialect
@@ -59,7 +59,10 @@ class SQLiteDialect(ReturningDialect):
         if str(mode).lower() != "wal":
             connection.exec_driver_sql("PRAGMA journal_mode = WAL")
 
-    def _claim_sql(self, per_key: int) -> str:
+    def _claim_sql(self, statement: str) -> str:
+        if statement == "window":
+            return window_sql(self.outbox.name, None, self.now_sql)
+        per_key = 2 if statement == "runs" else 1
         return claim_sql(self.outbox.name, None, self.now_sql, per_key=per_key)
 
     def _insert_new(self, values: dict[str, Any] | list[dict[str, Any]]) -> sa.Insert:

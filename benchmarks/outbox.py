@@ -486,7 +486,9 @@ def hot_key_case(
         return SQLAlchemyOutbox(engine, prefix=made, **options)
 
     def bus(store: Any, *, relay: bool) -> EventBus:
-        forward = {"transport_url": url, "worker": False} if kind.endswith("redis") else {}
+        forward: dict[str, Any] = (
+            {"transport_url": url, "worker": False} if kind.endswith("redis") else {}
+        )
         made_bus = EventBus(registry=registry, outbox=store, relay=relay, **forward)
         made_bus.subscribe(OrderPlaced, name="billing.charge", delivery="durable")(
             lambda _event: None

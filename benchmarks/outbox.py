@@ -15,7 +15,14 @@ One process, one run, interleaved samples (minimum kept), ratios in the same run
            statement (database clock), run the handlers outside any transaction, then
            delete the batch in another short statement fenced by the lease owner.
 
-    python benchmarks/outbox.py [--quick]
+  hot keys: the relay draining a backlog of 50 keys of 2,000, 8,000 and 32,000 rows, and
+           of 1,000 keys of 8,000 rows, in seconds per row: to an in-process handler on
+           SQLite and on PostgreSQL, and forwarding from PostgreSQL to Redis. Targets: at
+           32,000 rows within 1.5x of the cost at 2,000; 50 keys at least half the rate of
+           1,000 keys (each claim takes at most one row per key, so 50 keys give a claim
+           50 rows where 1,000 keys give it 200).
+
+    python benchmarks/outbox.py [--quick] [--hot-keys with|only|without]
 """
 
 from __future__ import annotations
@@ -69,6 +76,9 @@ CREATE TABLE IF NOT EXISTS hand_leased (
 )
 """
 SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+SAME_DURABILITY = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL")
+"""The hand-written relay loops commit as the relay does (``SQLiteOutbox``'s defaults):
+without it they fsync at every commit (FULL) and the relay does not (NORMAL, in WAL)."""
 
 
 def publish_rows(
@@ -158,6 +168,8 @@ def relay_rows(path: Path, rows: int) -> dict[str, Callable[[], float]]:
 
     def hand() -> float:
         connection = sqlite3.connect(path, isolation_level=None)
+        for pragma in SAME_DURABILITY:
+            connection.execute(pragma)
         connection.execute(HAND_TABLE)
         connection.execute("BEGIN IMMEDIATE")
         payload = json.dumps(
@@ -209,6 +221,8 @@ def sqlite_lease_and_delete(path: Path, rows: int, seen: list[int]) -> Callable[
 
     def leased() -> float:
         connection = sqlite3.connect(path, isolation_level=None)
+        for pragma in SAME_DURABILITY:
+            connection.execute(pragma)
         connection.execute(LEASED_TABLE)
         payload = json.dumps(
             {"order_id": "o-1", "customer": "alice", "total": "12.50", "quantity": 2}
@@ -446,6 +460,170 @@ def postgres_drop(engine: Any, prefix: str) -> None:
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {prefix}_{table}")
 
 
+# -- hot keys: a backlog of few keys ---------------------------------------------------------
+
+HOT_KEYS = 50
+MANY_KEYS = 1000
+HOT_BACKLOGS = (2000, 8000, 32000)
+REDIS_URL = os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def hot_key_case(
+    kind: str, rows: int, keys: int, *, folder: Path, engine: Any
+) -> Callable[[], float]:
+    """Seconds per row for the relay to drain ``rows`` committed rows over ``keys`` keys:
+    ``kind`` is "sqlite" or "postgresql" (in-process delivery) or "postgresql->redis"
+    (forwarding). Each sample writes the backlog again, then times a fresh relay."""
+    made = f"hot{uuid.uuid4().hex[:8]}"
+    database = folder / f"{made}.sqlite3"
+    url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={made}:"
+
+    def outbox(**options: Any) -> Any:
+        if kind == "sqlite":
+            return SQLiteOutbox(database, **options)
+        from eventbus_contrib.sqlalchemy import SQLAlchemyOutbox
+
+        return SQLAlchemyOutbox(engine, prefix=made, **options)
+
+    def bus(store: Any, *, relay: bool) -> EventBus:
+        forward: dict[str, Any] = (
+            {"transport_url": url, "worker": False} if kind.endswith("redis") else {}
+        )
+        made_bus = EventBus(registry=registry, outbox=store, relay=relay, **forward)
+        made_bus.subscribe(OrderPlaced, name="billing.charge", delivery="durable")(
+            lambda _event: None
+        )
+        return made_bus
+
+    def sample() -> float:
+        writer = bus(outbox(), relay=False)
+        if kind == "sqlite":
+            connection = sqlite3.connect(database, isolation_level=None)
+            with writer.transaction(connection):
+                for number in range(rows):
+                    writer.publish(EVENT, key=f"k{number % keys}")
+            connection.close()
+        else:
+            from sqlalchemy.orm import Session
+
+            with Session(engine) as session, writer.transaction(session):
+                for number in range(rows):
+                    writer.publish(EVENT, key=f"k{number % keys}")
+        writer.close()
+        store = outbox(poll_interval=0.01, batch=200)
+        relay = bus(store, relay=True)
+        start = time.perf_counter()
+        relay.start()
+        relay.drain(timeout=900)
+        elapsed = time.perf_counter() - start
+        left = store.status().pending
+        relay.close()
+        assert left == 0, f"{left} rows left"
+        return elapsed / rows
+
+    def cleanup() -> None:
+        if kind != "sqlite":
+            with engine.begin() as connection:
+                for table in ("outbox", "inbox"):
+                    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {made}_{table}")
+        if kind.endswith("redis"):
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            keys_made = list(client.scan_iter(f"{made}:*"))
+            if keys_made:
+                client.delete(*keys_made)
+            client.close()
+
+    hot_cleanups.append(cleanup)
+    return sample
+
+
+hot_cleanups: list[Callable[[], None]] = []
+
+
+def redis_answers() -> bool:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+        client.close()
+    except Exception:
+        return False
+    return True
+
+
+def hot_keys(engine: Any, *, quick: bool, samples: int, missed: list[str]) -> None:
+    """Per-row cost of draining a backlog of 50 keys as it grows (target: the largest
+    within 1.5x of the smallest), and against 1,000 keys (target: at least half their rate)."""
+    backlogs = (300, 600, 1200) if quick else HOT_BACKLOGS
+    middle = backlogs[1]
+    kinds = ["sqlite"]
+    if engine is not None:
+        kinds.append("postgresql")
+        if redis_answers():
+            kinds.append("postgresql->redis")
+        else:
+            print(f"(no Redis at {REDIS_URL}: forwarding is left out)")
+    print(
+        f"\n{'hot keys: relay drains':<26} {'keys':>5} {'rows':>6} {'us/row':>9} {'ratio':>6} "
+        f"{'target':>8}"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            for kind in kinds:
+                cases = {
+                    (HOT_KEYS, rows): hot_key_case(
+                        kind, rows, HOT_KEYS, folder=Path(folder), engine=engine
+                    )
+                    for rows in backlogs
+                }
+                cases[(MANY_KEYS, middle)] = hot_key_case(
+                    kind, middle, MANY_KEYS, folder=Path(folder), engine=engine
+                )
+                kept: dict[str, list[float]] = {}
+                best = measure(
+                    {f"{keys} {rows}": case for (keys, rows), case in cases.items()},
+                    samples,
+                    kept=kept,
+                    warm_up=False,
+                )
+                smallest = best[f"{HOT_KEYS} {backlogs[0]}"]
+                largest = best[f"{HOT_KEYS} {backlogs[-1]}"]
+                growth = largest / smallest
+                rate = best[f"{MANY_KEYS} {middle}"] / best[f"{HOT_KEYS} {middle}"]
+                for (keys, rows), _ in cases.items():
+                    seconds = best[f"{keys} {rows}"]
+                    if keys == HOT_KEYS and rows == backlogs[-1]:
+                        shown, target = f"{growth:6.2f}", f"<= 1.5 of {backlogs[0]}"
+                    elif keys == MANY_KEYS:
+                        shown, target = f"{rate:6.2f}", f">= 0.5 of {HOT_KEYS}"
+                    else:
+                        shown, target = "", ""
+                    print(
+                        f"{kind:<26} {keys:>5} {rows:>6} {seconds * 1e6:>9.1f} {shown:>6} "
+                        f"{target:>8}"
+                    )
+                for name, values in kept.items():
+                    listed = ", ".join(f"{value * 1e6:.1f}" for value in values)
+                    print(f"{'':<26}   samples of {name} (keys rows): {listed}")
+                if growth > 1.5:
+                    missed.append(
+                        f"{kind}, {HOT_KEYS} keys: {growth:.2f}x from "
+                        f"{backlogs[0]} to {backlogs[-1]} rows"
+                    )
+                if rate < 0.5:
+                    missed.append(
+                        f"{kind}, {HOT_KEYS} keys at {middle} rows: {rate:.2f}x "
+                        f"the rate of {MANY_KEYS} keys"
+                    )
+        finally:
+            for cleanup in hot_cleanups:
+                cleanup()
+            hot_cleanups.clear()
+
+
 def report(case: str, best: dict[str, float], ratio: float, target: str) -> None:
     """Print a case's rows: the baseline at 1.00, eventbus with its ratio and target."""
     for name, seconds in best.items():
@@ -478,12 +656,39 @@ def main() -> int:
     parser.add_argument(
         "--relay-samples", type=int, default=0, help="samples of the relay rows (default: 3)"
     )
+    parser.add_argument(
+        "--hot-keys",
+        choices=("with", "only", "without"),
+        default="with",
+        help="the hot-key drains (50 keys at 2k, 8k, 32k rows; 1,000 keys at 8k): "
+        "with the rest (default), only them, or without them",
+    )
+    parser.add_argument(
+        "--hot-samples", type=int, default=0, help="samples of the hot-key drains (default: 2)"
+    )
     args = parser.parse_args()
     samples = 2 if args.quick else 7
     relay_samples = args.relay_samples or max(1, samples // 2)
     print(f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {samples} samples\n")
+    missed: list[str] = []
+    if args.hot_keys != "only":
+        the_rest(args, samples, relay_samples, missed)
+    if args.hot_keys != "without":
+        engine = postgres_engine()
+        if engine is None:
+            print(f"\n(no PostgreSQL at {PG_URL}: its hot-key rows are left out)")
+        hot_samples = args.hot_samples or (1 if args.quick else 2)
+        try:
+            hot_keys(engine, quick=args.quick, samples=hot_samples, missed=missed)
+        finally:
+            if engine is not None:
+                engine.dispose()
+    return verdict(missed)
+
+
+def the_rest(args: Any, samples: int, relay_samples: int, missed: list[str]) -> None:
+    """Durable publishes and the relay against hand-written SQL."""
     print(f"{'case':<34} {'row':<32} {'us/event':>9} {'ratio':>6} {'target':>8}")
-    missed = []
     with tempfile.TemporaryDirectory() as folder:
         for per_transaction, transactions in (
             (1, 200 if args.quick else 1000),
@@ -533,7 +738,6 @@ def main() -> int:
         finally:
             postgres_drop(engine, prefix)
             engine.dispose()
-    return verdict(missed)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ __all__ = [
     "SupportsAmbientTransaction",
     "SupportsAsyncTransactionControl",
     "SupportsAsyncWrite",
+    "SupportsClaimRuns",
     "SupportsClear",
     "SupportsContention",
     "SupportsCreateSchema",
@@ -179,7 +180,7 @@ class OutboxStore(Inbox, Protocol):
     uncounted), ``SupportsOpenTransaction`` (a publish that would escape an open transaction
     is refused), ``SupportsAmbientTransaction`` (publishes join the transactions its framework
     opens, Django's atomic blocks), ``SupportsSchemaSQL`` and ``SupportsCreateSchema``
-    (``eventbus outbox init``).
+    (``eventbus outbox init``), ``SupportsClaimRuns`` (several rows of one key per claim).
     """
 
     batch: int
@@ -348,6 +349,24 @@ class SupportsCreateSchema(Protocol):
     """A store that can create its own tables (``eventbus outbox init``)."""
 
     def create_schema(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsClaimRuns(Protocol):
+    """A store whose claim can take several consecutive rows of one key at once.
+
+    ``claim_runs`` is ``claim`` with ``per_key``: from each key's first row left (its
+    head), up to ``per_key`` rows of that key, consecutive in outbox order, ending before
+    the first that is not claimable (delayed, or leased): a key's rows are never claimed
+    past one that is left. Rows of one key in a batch are then in outbox order, and a
+    relay must deliver them in that order, and stop at the first that fails
+    (rescheduling the rest of the run, or letting its lease lapse), so that no later row
+    of a key is completed while an earlier one is left. ``per_key=1`` is ``claim``.
+    """
+
+    def claim_runs(
+        self, *, owner: str, batch: int, lease: float, per_key: int
+    ) -> list[ClaimedRow]: ...
 
 
 @runtime_checkable

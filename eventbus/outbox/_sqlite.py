@@ -38,6 +38,7 @@ from .._records import ClaimedRow, OutboxStatus, PendingRow
 from .._redact import redact
 from .._transactions import SQLiteTransaction
 from ..errors import ConfigurationError, OutboxError
+from ._claims import ClaimState, claim_sql, window_sql
 
 __all__ = ["SQLiteOutbox"]
 
@@ -75,29 +76,14 @@ _INSERT = (
     f"created_at, available_at) VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW})"
 )
 
-# One statement: pick the oldest available rows whose key has no earlier row left, and
-# lease them. AUTOINCREMENT ids never go back, so "earlier" is "smaller id". It also says
-# whether the destination's inbox already holds each envelope, which spares the relay a
-# second statement per batch. The unary + on the updated row's columns is needed: without
-# it SQLite (3.40) plans that subquery in RETURNING as a scan of the whole inbox per row.
-_CLAIM = f"""
-UPDATE eventbus_outbox
-SET lease_owner = :owner, lease_until = {_NOW} + :lease
-WHERE id IN (
-    SELECT o.id FROM eventbus_outbox AS o
-    WHERE o.available_at <= {_NOW}
-      AND (o.lease_until IS NULL OR o.lease_until < {_NOW})
-      AND (o.key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM eventbus_outbox AS p
-            WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id))
-    ORDER BY o.id
-    LIMIT :batch
-)
-RETURNING id, envelope_id, name, destination, key, payload, attempts, created_at,
-    first_failed_at, EXISTS (SELECT 1 FROM eventbus_inbox AS i
-            WHERE i.handler = +eventbus_outbox.destination
-              AND i.envelope_id = +eventbus_outbox.envelope_id)
-"""
+_CLAIMS = {
+    "window": window_sql("eventbus_outbox", "eventbus_inbox", _NOW),
+    "heads": claim_sql("eventbus_outbox", "eventbus_inbox", _NOW, per_key=1),
+    "runs": claim_sql("eventbus_outbox", "eventbus_inbox", _NOW, per_key=2),
+}
+"""The statements of a claim (see ``_claims``): the window, the heads scan, and runs."""
+_CLAIM = _CLAIMS["window"]
+"""The claim's first statement, on its own: one row per key from a window of the oldest."""
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -169,6 +155,7 @@ class SQLiteOutbox:
         self._synchronous = synchronous.upper()
         self._lock = threading.Lock()
         self._closed = False
+        self._claims = ClaimState()
         self._connection = self._connect()
         try:
             if create:
@@ -309,13 +296,17 @@ class SQLiteOutbox:
 
     # -- the relay's side --------------------------------------------------------------
 
-    def claim(self, *, owner: str, batch: int, lease: float) -> list[ClaimedRow]:
-        """Lease up to ``batch`` available rows, oldest first, at most one per key (each
-        saying whether its destination's inbox holds its envelope already)."""
+    def claim(self, *, owner: str, batch: int, lease: float, per_key: int = 1) -> list[ClaimedRow]:
+        """Lease up to ``batch`` available rows, oldest first, each the first row of its
+        key left or, with ``per_key`` > 1, up to that many consecutive rows of one key
+        from its first (``SupportsClaimRuns``); each says whether its destination's inbox
+        holds its envelope already."""
         with self._transaction("claim outbox rows") as connection:
-            found = connection.execute(
-                _CLAIM, {"owner": owner, "lease": lease, "batch": batch}
-            ).fetchall()
+
+            def execute(statement: str, parameters: dict[str, Any]) -> list[Any]:
+                return connection.execute(_CLAIMS[statement], parameters).fetchall()
+
+            found = self._claims.claim(execute, owner, batch, lease, per_key)
         rows = [
             ClaimedRow(
                 id=row[0],
@@ -333,6 +324,10 @@ class SQLiteOutbox:
         ]
         rows.sort(key=lambda row: row.id)
         return rows
+
+    def claim_runs(self, *, owner: str, batch: int, lease: float, per_key: int) -> list[ClaimedRow]:
+        """``claim`` with ``per_key`` (``SupportsClaimRuns``)."""
+        return self.claim(owner=owner, batch=batch, lease=lease, per_key=per_key)
 
     def complete(
         self,
@@ -463,6 +458,7 @@ class SQLiteOutbox:
         with self._transaction("clear the outbox") as connection:
             connection.execute("DELETE FROM eventbus_outbox")
             connection.execute("DELETE FROM eventbus_inbox")
+        self._claims = ClaimState()  # an empty outbox: nothing to remember of its keys
 
     def connect(self) -> sqlite3.Connection:
         """A new connection to the application's database, set up like the relay's (and

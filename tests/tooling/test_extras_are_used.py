@@ -24,6 +24,7 @@ NOT_FOR_USERS = {"dev", "all"}
 IMPORT_NAMES = {
     "aio-pika": "aio_pika",
     "flask-sqlalchemy": "flask_sqlalchemy",
+    "hiredis": "hiredis",
     "nats-py": "nats",
     "psycopg": "psycopg",
     "pymysql": "pymysql",
@@ -36,6 +37,11 @@ DRIVERS = {"psycopg": "postgresql", "pymysql": "mysql"}
 """Database drivers no module imports: SQLAlchemy loads them for URLs of a database our
 SQLAlchemy stores serve (``postgresql+psycopg://``, ``mysql+pymysql://``), which is how
 they are used. Each counts as used while that database is served."""
+
+ACCELERATORS = {"hiredis": "redis"}
+"""C parsers no module imports: the client library of the other name loads one when it is
+installed (redis-py parses replies and packs commands with hiredis), which is how it is
+used. Each counts as used while that library is imported."""
 
 WAITING: dict[str, str] = {}
 """Extras whose module is being written elsewhere: each must still be unused (so the
@@ -75,19 +81,22 @@ def import_name(distribution: str) -> str:
 
 def imported_by_us() -> set[str]:
     """The top-level modules every shipped module imports, anywhere in it (and the
-    drivers of the databases the SQLAlchemy stores serve)."""
+    drivers of the databases the SQLAlchemy stores serve, and the C parsers of the
+    client libraries imported)."""
     from eventbus_contrib.sqlalchemy._dialects import _BY_NAME
 
     names = {driver for driver, database in DRIVERS.items() if database in _BY_NAME}
+    found: set[str] = set()
     for folder in SHIPPED:
         for path in folder.rglob("*.py"):
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
             for node in ast.walk(tree):
                 if isinstance(node, ast.Import):
-                    names.update(alias.name.split(".")[0] for alias in node.names)
+                    found.update(alias.name.split(".")[0] for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names.add(node.module.split(".")[0])
-    return names
+                    found.add(node.module.split(".")[0])
+    names |= found
+    return names | {parser for parser, user in ACCELERATORS.items() if user in found}
 
 
 def test_every_extra_installs_only_what_some_module_imports() -> None:

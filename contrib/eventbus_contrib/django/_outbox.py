@@ -20,6 +20,8 @@ from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.connection import ConnectionProxy
 
+from eventbus_contrib._claims import ClaimState
+
 from ._connection import OwnConnection, application_connection, check_alias, statements_of
 from ._core import ClaimedRow, ConfigurationError, OutboxError, OutboxStatus, PendingRow, redact
 from ._listen import listen
@@ -84,6 +86,7 @@ class DjangoOutbox:
         if not isinstance(notify, bool):
             raise ConfigurationError(f"notify must be True or False, got {notify!r}")
         self._sql: Statements = statements_of(self.alias, "DjangoOutbox")
+        self._claim_state = ClaimState()
         self.notify = notify and self._sql.channel is not None
         self._own = OwnConnection(self.alias, failure=self._failure, closed=self._closed)
 
@@ -217,15 +220,22 @@ class DjangoOutbox:
 
     # -- the relay's side --------------------------------------------------------------
 
-    def claim(self, *, owner: str, batch: int, lease: float) -> list[ClaimedRow]:
-        """Lease up to ``batch`` available rows, oldest first, at most one per key (each
-        saying whether its destination's inbox holds its envelope already)."""
+    def claim(self, *, owner: str, batch: int, lease: float, per_key: int = 1) -> list[ClaimedRow]:
+        """Lease up to ``batch`` available rows, oldest first, each the first row of its
+        key left or, with ``per_key`` > 1, up to that many consecutive rows of one key
+        from its first (``SupportsClaimRuns``); each says whether its destination's
+        inbox holds its envelope already."""
         sql = self._sql
         with self._own_cursor("claim outbox rows") as cursor:
-            for statement in sql.claim_prelude:
-                cursor.execute(statement)
-            cursor.execute(sql.claim(), sql.claim_parameters(owner, float(lease), batch))
-            found = cursor.fetchall()
+            for prelude in sql.claim_prelude:
+                cursor.execute(prelude)
+
+            def execute(statement: str, named: dict[str, Any]) -> list[Any]:
+                text, names = sql.claim(statement)
+                cursor.execute(text, [named[name] for name in names])
+                return list(cursor.fetchall())
+
+            found = self._claim_state.claim(execute, owner, batch, lease, per_key)
         rows = [
             ClaimedRow(
                 id=int(row[0]),
@@ -243,6 +253,10 @@ class DjangoOutbox:
         ]
         rows.sort(key=lambda row: row.id)
         return rows
+
+    def claim_runs(self, *, owner: str, batch: int, lease: float, per_key: int) -> list[ClaimedRow]:
+        """``claim`` with ``per_key`` (``SupportsClaimRuns``)."""
+        return self.claim(owner=owner, batch=batch, lease=lease, per_key=per_key)
 
     def complete(
         self,
@@ -376,6 +390,7 @@ class DjangoOutbox:
         with self._own_cursor("clear the outbox") as cursor:
             cursor.execute(f"DELETE FROM {OUTBOX}")  # noqa: S608 - constants
             cursor.execute(f"DELETE FROM {INBOX}")  # noqa: S608
+        self._claim_state = ClaimState()  # an empty outbox: nothing to remember of its keys
 
     # -- plumbing ------------------------------------------------------------------------
 

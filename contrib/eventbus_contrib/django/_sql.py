@@ -1,20 +1,29 @@
 """Every statement the Django stores send, per database vendor, in one place.
 
-The outbox's claim is today's claim of the other stores, written out: rows picked by
-their state (never by the highest id seen), oldest first, leased with the database's
-clock, and never a row while an earlier row of its (destination, key) is left in any
-state. PostgreSQL picks them ``FOR UPDATE SKIP LOCKED`` in a materialised CTE (as
-``eventbus_contrib.sqlalchemy`` does), SQLite in one ``UPDATE ... RETURNING`` (as
-``eventbus.outbox.SQLiteOutbox`` does: SQLite has one writer at a time). On PostgreSQL an
-outbox INSERT may carry a ``pg_notify``, which wakes relays in other processes (LISTEN, in
-``_listen.py``). Parameters are
+The outbox's claim is the claim of the other stores (``eventbus_contrib._claims``): rows
+picked by their state (never by the highest id seen), a window of the oldest first, then
+each key's head found directly, leased with the database's clock, and never a row while
+an earlier row of its (destination, key) is left in any state. PostgreSQL locks what it
+picks ``FOR UPDATE SKIP LOCKED`` (as ``eventbus_contrib.sqlalchemy`` does), SQLite needs
+no lock (as ``eventbus.outbox.SQLiteOutbox``: SQLite has one writer at a time). On
+PostgreSQL an outbox INSERT may carry a ``pg_notify``, which wakes relays in other
+processes (LISTEN, in ``_listen.py``). Parameters are
 ``%s`` placeholders, as Django's cursors take them on every backend; table names are
 constants.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Final
+
+from eventbus_contrib._claims import (
+    claim_sql,
+    positional,
+    postgresql_claim_sql,
+    postgresql_window_sql,
+    window_sql,
+)
 
 __all__ = ["CHANNEL", "VENDORS", "Statements", "statements_for"]
 
@@ -45,11 +54,10 @@ class Statements:
     claim_prelude: tuple[str, ...] = ()
     """Run first in the claim's transaction."""
 
-    def claim(self) -> str:
-        """Lease up to ``batch`` rows; parameters in ``claim_parameters`` order."""
-        raise NotImplementedError
-
-    def claim_parameters(self, owner: str, lease: float, batch: int) -> list[object]:
+    def claim(self, statement: str) -> tuple[str, list[str]]:
+        """The claim's ``window``, ``heads`` or ``runs`` statement
+        (``eventbus_contrib._claims``) with ``%s`` placeholders, and the names of its
+        parameters in their order."""
         raise NotImplementedError
 
     def insert(self, count: int, *, notify: bool = False) -> str:  # noqa: ARG002 - no notifications here
@@ -116,30 +124,8 @@ class SQLiteStatements(Statements):
     begin = "BEGIN IMMEDIATE"
     max_parameters = 999  # SQLite before 3.32
 
-    def claim(self) -> str:
-        # The unary + on the updated row's columns keeps SQLite (3.40) from planning the
-        # subquery in RETURNING as a scan of the whole inbox per row.
-        now = self.now
-        return f"""
-UPDATE {OUTBOX}
-SET lease_owner = %s, lease_until = {now} + %s
-WHERE id IN (
-    SELECT o.id FROM {OUTBOX} AS o
-    WHERE o.available_at <= {now}
-      AND (o.lease_until IS NULL OR o.lease_until < {now})
-      AND (o.key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM {OUTBOX} AS p
-            WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id))
-    ORDER BY o.id
-    LIMIT %s
-)
-RETURNING {CLAIMED}, EXISTS (SELECT 1 FROM {INBOX} AS i
-            WHERE i.handler = +{OUTBOX}.destination
-              AND i.envelope_id = +{OUTBOX}.envelope_id)
-"""  # noqa: S608
-
-    def claim_parameters(self, owner: str, lease: float, batch: int) -> list[object]:
-        return [owner, lease, batch]
+    def claim(self, statement: str) -> tuple[str, list[str]]:
+        return _sqlite_claim(self.now, statement)
 
 
 class PostgreSQLStatements(Statements):
@@ -163,33 +149,25 @@ class PostgreSQLStatements(Statements):
     # store: 14.9 ms a claim against 2.8 ms). SET LOCAL ends with the claim's transaction.
     claim_prelude = ("SET LOCAL enable_seqscan = off",)
 
-    def claim(self) -> str:
-        # The SELECT is a materialised CTE, run exactly once (Django needs PostgreSQL 12
-        # or later, where MATERIALIZED exists); OFFSET 0 keeps the inbox probe one
-        # lookup of its key per row instead of a hashed scan of the whole inbox.
-        now = self.now
-        return f"""
-WITH eventbus_claimable AS MATERIALIZED (
-    SELECT o.id FROM {OUTBOX} AS o
-    WHERE o.available_at <= {now}
-      AND (o.lease_until IS NULL OR o.lease_until < {now})
-      AND (o.key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM {OUTBOX} AS p
-            WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id))
-    ORDER BY o.id
-    LIMIT %s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE {OUTBOX} SET lease_owner = %s, lease_until = {now} + %s
-FROM eventbus_claimable WHERE {OUTBOX}.id = eventbus_claimable.id
-RETURNING {", ".join(f"{OUTBOX}.{column}" for column in CLAIMED.split(", "))},
-    EXISTS (SELECT 1 FROM {INBOX} AS i
-            WHERE i.handler = {OUTBOX}.destination AND i.envelope_id = {OUTBOX}.envelope_id
-            OFFSET 0)
-"""  # noqa: S608
+    def claim(self, statement: str) -> tuple[str, list[str]]:
+        return _postgresql_claim(self.now, statement)
 
-    def claim_parameters(self, owner: str, lease: float, batch: int) -> list[object]:
-        return [batch, owner, lease]
+
+@functools.cache
+def _sqlite_claim(now: str, statement: str) -> tuple[str, list[str]]:
+    if statement == "window":
+        return positional(window_sql(OUTBOX, INBOX, now))
+    per_key = 2 if statement == "runs" else 1
+    return positional(claim_sql(OUTBOX, INBOX, now, per_key=per_key))
+
+
+@functools.cache
+def _postgresql_claim(now: str, statement: str) -> tuple[str, list[str]]:
+    # Django needs PostgreSQL 12 or later, where MATERIALIZED exists.
+    if statement == "window":
+        return positional(postgresql_window_sql(OUTBOX, INBOX, now, materialize=True))
+    per_key = 2 if statement == "runs" else 1
+    return positional(postgresql_claim_sql(OUTBOX, INBOX, now, per_key=per_key, materialize=True))
 
 
 VENDORS: Final[dict[str, Statements]] = {

@@ -248,12 +248,16 @@ class SQLAlchemyOutbox:
 
     # -- the relay's side --------------------------------------------------------------
 
-    def claim(self, *, owner: str, batch: int, lease: float) -> list[ClaimedRow]:
-        """Lease up to ``batch`` available rows, oldest first, at most one per key (on
-        PostgreSQL each also says whether its destination's inbox holds its envelope)."""
+    def claim(self, *, owner: str, batch: int, lease: float, per_key: int = 1) -> list[ClaimedRow]:
+        """Lease up to ``batch`` available rows, oldest first, each the first row of its
+        key left or, with ``per_key`` > 1, up to that many consecutive rows of one key
+        from its first (``SupportsClaimRuns``). On PostgreSQL each also says whether its
+        destination's inbox holds its envelope."""
         seen = self._dialect.claim_reports_seen
         with self._begin("claim outbox rows") as connection:
-            found = self._dialect.claim(connection, owner=owner, batch=batch, lease=lease)
+            found = self._dialect.claim(
+                connection, owner=owner, batch=batch, lease=lease, per_key=per_key
+            )
         # Rows unpacked by position (the dialects' CLAIMED order): a Row's attributes by name
         # cost a lookup each, which shows on batches of hundreds.
         rows = [
@@ -273,6 +277,10 @@ class SQLAlchemyOutbox:
         ]
         rows.sort(key=lambda row: row.id)
         return rows
+
+    def claim_runs(self, *, owner: str, batch: int, lease: float, per_key: int) -> list[ClaimedRow]:
+        """``claim`` with ``per_key`` (``SupportsClaimRuns``)."""
+        return self.claim(owner=owner, batch=batch, lease=lease, per_key=per_key)
 
     def complete(
         self,
@@ -362,6 +370,7 @@ class SQLAlchemyOutbox:
         with self._begin("clear the outbox") as connection:
             connection.execute(sa.delete(self.outbox))
             connection.execute(sa.delete(self.inbox))
+        self._dialect.forget_claims()
 
     # -- the inbox -----------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 import sqlalchemy as sa
 
+from eventbus_contrib._claims import ClaimState
+
 from .._core import ConfigurationError
 
 if TYPE_CHECKING:
@@ -139,12 +141,16 @@ class OutboxDialect(ABC):
             .with_for_update(skip_locked=True)  # rendered by PostgreSQL and MariaDB only
         )
 
+    def forget_claims(self) -> None:  # noqa: B027 - most dialects remember nothing
+        """Forget what claims remembered of the outbox's keys (it was emptied)."""
+
     @abstractmethod
     def claim(
-        self, connection: Connection, *, owner: str, batch: int, lease: float
+        self, connection: Connection, *, owner: str, batch: int, lease: float, per_key: int = 1
     ) -> Sequence[Any]:
         """Lease up to ``batch`` claimable rows to ``owner`` for ``lease`` seconds, in
-        ``connection``'s transaction; returns them as rows of the ``CLAIMED`` columns."""
+        ``connection``'s transaction; returns them as rows of the ``CLAIMED`` columns.
+        With ``per_key`` > 1, up to that many consecutive rows of one key, from its first."""
 
     def complete(
         self, connection: Connection, ids: list[int], *, owner: str, pairs: list[tuple[str, str]]
@@ -235,41 +241,34 @@ class OutboxDialect(ABC):
 
 
 class ReturningDialect(OutboxDialect):
-    """A database with ``UPDATE ... RETURNING``: the claim is one statement, the UPDATE
-    of the rows its SELECT picked, built once per batch size (building it cost more per
-    call than SQLAlchemy's cached compilation saves)."""
+    """A database with ``UPDATE ... RETURNING`` and recursive CTEs: a claim is a window of
+    the oldest rows, then (when that was short) each key's head found directly, each one
+    statement (``eventbus_contrib._claims``). The rows of a heads scan end with two more
+    columns (where it stopped), which the store leaves alone."""
 
     def __init__(self, engine: Engine, outbox: sa.Table, inbox: sa.Table) -> None:
         super().__init__(engine, outbox, inbox)
-        self._claims: dict[int, sa.Update] = {}
+        self._claims: dict[str, sa.TextClause] = {}
+        self._claim_state = ClaimState()
 
     def claim(
-        self, connection: Connection, *, owner: str, batch: int, lease: float
+        self, connection: Connection, *, owner: str, batch: int, lease: float, per_key: int = 1
     ) -> Sequence[Any]:
-        statement = self._claims.get(batch)
-        if statement is None:
-            statement = self._claims[batch] = self._claim_statement(batch)
-        return connection.execute(statement, {"owner": owner, "lease": float(lease)}).all()
+        def execute(statement: str, parameters: dict[str, Any]) -> Sequence[Any]:
+            text = self._claims.get(statement)
+            if text is None:
+                text = self._claims[statement] = sa.text(self._claim_sql(statement))
+            return connection.execute(text, parameters).all()
+
+        return self._claim_state.claim(execute, owner, batch, lease, per_key)
+
+    def forget_claims(self) -> None:
+        self._claim_state = ClaimState()
 
     @abstractmethod
-    def _claim_statement(self, batch: int) -> sa.Update:
-        """The claim of up to ``batch`` rows (bound ``owner`` and ``lease``)."""
-
-    def _leasing(self, chosen: sa.ColumnElement[bool], *also: sa.ColumnElement[Any]) -> sa.Update:
-        """Lease the ``chosen`` rows (bound ``owner`` and ``lease``), returning their
-        ``CLAIMED`` columns and then ``also``."""
-        table = self.outbox
-        returned: list[sa.ColumnElement[Any]] = [table.c[name] for name in CLAIMED]
-        returned.extend(also)
-        lease: sa.BindParameter[float] = sa.bindparam("lease", type_=sa.Double())
-        return (
-            sa.update(table)
-            .where(chosen)
-            .values(
-                lease_owner=sa.bindparam("owner", type_=sa.String()), lease_until=self.now + lease
-            )
-            .returning(*returned)
-        )
+    def _claim_sql(self, statement: str) -> str:
+        """The text of the claim's ``window``, ``heads`` or ``runs`` statement (named
+        parameters as ``ClaimState.parameters`` gives them)."""
 
 
 def _driver_flag(raw: object) -> bool:

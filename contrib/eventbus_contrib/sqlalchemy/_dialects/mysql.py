@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
-from .base import OutboxDialect
+from eventbus_contrib._claims import check_per_key
+
+from .base import CLAIMED, OutboxDialect
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect
@@ -56,18 +58,66 @@ class MySQLDialect(OutboxDialect):
         return self.mariadb_floor if getattr(dialect, "is_mariadb", False) else self.floor
 
     def claim(
-        self, connection: Connection, *, owner: str, batch: int, lease: float
+        self, connection: Connection, *, owner: str, batch: int, lease: float, per_key: int = 1
     ) -> Sequence[Any]:
-        """Lock the rows, then lease them, in the same short transaction."""
-        found = connection.execute(self.claimable(batch, only_id=False)).all()
+        """Lock the rows, then lease them, in the same short transaction.
+
+        Each key's head is found by walking the due rows in id order, as before: the
+        (destination, key, id) index holds only the first 255 characters of ``key``
+        here, and MariaDB sorts (filesort) every row of a destination to find the next
+        key in it, so a loose index scan would cost more than the walk (measured on
+        MariaDB 10.11: 10 ms for one step on 8,000 rows). With ``per_key`` > 1 each head
+        brings the rows of its key that follow it, read through the index (no sort:
+        the key is matched whole)."""
+        check_per_key(per_key)
+        found: list[Any] = list(connection.execute(self.claimable(batch, only_id=False)).all())
+        if per_key > 1 and found:
+            found = self._runs(connection, found, batch, per_key)
         if found:
             table = self.outbox
             connection.execute(
                 sa.update(table)
-                .where(table.c.id.in_([row.id for row in found]))
+                .where(table.c.id.in_([row[0] for row in found]))
                 .values(lease_owner=owner, lease_until=self.now + float(lease))
             )
         return found
+
+    def _runs(
+        self, connection: Connection, heads: list[Any], batch: int, per_key: int
+    ) -> list[Any]:
+        """The heads with up to ``per_key`` rows of each one's key from it, each run ending
+        before the first row that is not claimable; cut to ``batch`` rows in id order."""
+        table, now = self.outbox, self.now
+        due = sa.and_(
+            table.c.available_at <= now,
+            sa.or_(table.c.lease_until.is_(None), table.c.lease_until < now),
+        )
+        columns = [table.c[name] for name in CLAIMED]
+        parts = [
+            sa.select(*columns, due.label("due"))
+            .where(
+                table.c.destination == head[3],
+                table.c.key == head[4],
+                table.c.id >= head[0],
+            )
+            .order_by(table.c.id)
+            .limit(per_key)
+            for head in heads
+            if head[4] is not None
+        ]
+        rows = [head for head in heads if head[4] is None]
+        if parts:
+            following = connection.execute(sa.union_all(*parts)).all()
+            run: tuple[Any, Any] | None = None
+            stopped = False
+            for row in sorted(following, key=lambda row: (row[3], row[4], row[0])):
+                if (row[3], row[4]) != run:
+                    run, stopped = (row[3], row[4]), False
+                stopped = stopped or not row[-1]
+                if not stopped:
+                    rows.append(tuple(row[:-1]))
+        rows.sort(key=lambda row: row[0])
+        return rows[:batch]
 
     def _insert_new(self, values: dict[str, Any] | list[dict[str, Any]]) -> sa.Insert:
         # IGNORE also turns other errors into warnings, but the values are bounded by

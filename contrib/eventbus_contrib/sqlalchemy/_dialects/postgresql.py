@@ -1,8 +1,10 @@
 """PostgreSQL (>= 9.5): one-statement claims and completions, NOTIFY on commit.
 
-The claim is ``WITH c AS MATERIALIZED (SELECT ... FOR UPDATE SKIP LOCKED) UPDATE ... FROM
-c RETURNING``, its transaction planned without sequential scans; the completion writes
-the inbox marks and deletes the rows in one statement with array parameters. The clock
+The claim is one ``WITH RECURSIVE ... UPDATE ... RETURNING``: a window of the oldest rows,
+then each key's head by a loose index scan (``eventbus_contrib._claims``), what it picks
+locked ``FOR UPDATE SKIP LOCKED``, its transaction planned without sequential scans; the
+completion writes the inbox marks and deletes the rows in one statement with array
+parameters. The clock
 is ``clock_timestamp()`` (``now()`` is the transaction's start). Outbox pages are left
 half empty (fillfactor) so a claim's UPDATE is a HOT one. Writes may NOTIFY the relays,
 which LISTEN on a connection of their own.
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+
+from eventbus_contrib._claims import postgresql_claim_sql, postgresql_window_sql
 
 from .._core import logger
 from .base import ReturningDialect
@@ -50,7 +54,7 @@ class PostgreSQLDialect(ReturningDialect):
     # -- the relay -------------------------------------------------------------------------
 
     def claim(
-        self, connection: Connection, *, owner: str, batch: int, lease: float
+        self, connection: Connection, *, owner: str, batch: int, lease: float, per_key: int = 1
     ) -> Sequence[Any]:
         # Once its statistics say most rows pass the filter, the planner prefers a
         # sequential scan of the whole table and a sort (it cannot see that the
@@ -58,34 +62,24 @@ class PostgreSQLDialect(ReturningDialect):
         # 1,000 keys, 14.9 ms a claim against 2.8 ms by the primary key, which stops
         # at the batch's last row. SET LOCAL ends with this short transaction.
         connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        return super().claim(connection, owner=owner, batch=batch, lease=lease)
+        return super().claim(connection, owner=owner, batch=batch, lease=lease, per_key=per_key)
 
-    def _claim_statement(self, batch: int) -> sa.Update:
-        """The SELECT is a materialised CTE, run exactly once: as ``id IN (SELECT ...)``,
-        a nested-loop plan (the planner's choice on a table whose statistics say it is
-        empty) runs the locking subquery again for each outer row; forced, that leased 30
-        rows for a batch of 2."""
-        table = self.outbox
-        picked = self.claimable(batch, only_id=True).cte("eventbus_claimable")
-        if self._materialize:  # PostgreSQL >= 12 may inline a CTE; older ones never do
-            picked = picked.prefix_with("MATERIALIZED")
-        # Whether the inbox holds the envelope already: spares the relay a statement.
-        # OFFSET 0 keeps PostgreSQL from turning the EXISTS into a hashed subplan, a
-        # scan of the whole inbox per claim (its choice while the inbox has no
-        # statistics); with it, each row is one probe of the inbox's primary key.
-        # (Not on SQLite, which plans this subquery in RETURNING as an inbox scan.)
-        inbox = self.inbox
-        seen = (
-            sa.select(inbox.c.handler)
-            .where(
-                inbox.c.handler == table.c.destination,
-                inbox.c.envelope_id == table.c.envelope_id,
-            )
-            .offset(0)
-            .exists()
-            .label("seen")
+    def _claim_sql(self, statement: str) -> str:
+        """Its picks are materialised CTEs, each run exactly once: as ``id IN (SELECT
+        ...)``, a nested-loop plan (the planner's choice on a table whose statistics say
+        it is empty) runs a locking subquery again for each outer row; forced, that
+        leased 30 rows for a batch of 2. Whether the inbox holds the envelope already
+        spares the relay a statement; its OFFSET 0 keeps PostgreSQL from turning the
+        EXISTS into a hashed subplan, a scan of the whole inbox per claim (its choice
+        while the inbox has no statistics): with it, each row is one probe of the
+        inbox's primary key."""
+        outbox, inbox, now = self.outbox.name, self.inbox.name, self.now_sql
+        if statement == "window":
+            return postgresql_window_sql(outbox, inbox, now, materialize=self._materialize)
+        per_key = 2 if statement == "runs" else 1
+        return postgresql_claim_sql(
+            outbox, inbox, now, per_key=per_key, materialize=self._materialize
         )
-        return self._leasing(table.c.id == picked.c.id, seen)
 
     def complete(
         self, connection: Connection, ids: list[int], *, owner: str, pairs: list[tuple[str, str]]

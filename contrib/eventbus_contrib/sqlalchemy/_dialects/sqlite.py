@@ -1,6 +1,7 @@
 """SQLite (>= 3.35, the ``pysqlite`` driver, a database file): the claim of ``SQLiteOutbox``.
 
-The claim is the same single ``UPDATE ... RETURNING`` as ``eventbus.outbox.SQLiteOutbox``.
+The claim is the same single ``UPDATE ... RETURNING`` as ``eventbus.outbox.SQLiteOutbox``
+(without its inbox column).
 SQLite has one writer at a time, so the transactions of the outbox and of
 ``bus.transaction()`` take the write lock at BEGIN (``BEGIN IMMEDIATE``): a deferred one
 that reads then writes fails at once with SQLITE_BUSY instead of waiting. To emit that
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
+
+from eventbus_contrib._claims import claim_sql, window_sql
 
 from .._core import ConfigurationError
 from .base import ReturningDialect
@@ -56,9 +59,11 @@ class SQLiteDialect(ReturningDialect):
         if str(mode).lower() != "wal":
             connection.exec_driver_sql("PRAGMA journal_mode = WAL")
 
-    def _claim_statement(self, batch: int) -> sa.Update:
-        # SQLite runs an uncorrelated IN subquery once.
-        return self._leasing(self.outbox.c.id.in_(self.claimable(batch, only_id=True)))
+    def _claim_sql(self, statement: str) -> str:
+        if statement == "window":
+            return window_sql(self.outbox.name, None, self.now_sql)
+        per_key = 2 if statement == "runs" else 1
+        return claim_sql(self.outbox.name, None, self.now_sql, per_key=per_key)
 
     def _insert_new(self, values: dict[str, Any] | list[dict[str, Any]]) -> sa.Insert:
         return sqlite.insert(self.inbox).values(values).on_conflict_do_nothing()

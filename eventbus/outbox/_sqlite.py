@@ -38,7 +38,7 @@ from .._records import ClaimedRow, OutboxStatus, PendingRow
 from .._redact import redact
 from .._transactions import SQLiteTransaction
 from ..errors import ConfigurationError, OutboxError
-from ._claims import ClaimState, claim_sql, window_sql
+from .claims import ClaimState, claim_sql, window_sql
 
 __all__ = ["SQLiteOutbox"]
 

@@ -225,8 +225,8 @@ def test_the_sqlite_claim_looks_up_the_inbox_by_its_key_not_by_a_scan(outbox: Ou
     import sqlite3
 
     from eventbus.outbox import SQLiteOutbox
-    from eventbus.outbox._claims import ClaimState
     from eventbus.outbox._sqlite import _CLAIMS
+    from eventbus.outbox.claims import ClaimState
 
     if not isinstance(outbox.store, SQLiteOutbox):
         pytest.skip("the stdlib store's statement")

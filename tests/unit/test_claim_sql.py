@@ -1,26 +1,11 @@
-"""The claim statements of the stores: one SQLite text for every SQLite store, and the
-named parameters of the Django stores put in order."""
+"""The claim statements of the stores (``eventbus.outbox.claims``, and PostgreSQL's in
+contrib), and the named parameters of the Django stores put in order."""
 
 from __future__ import annotations
 
 import pytest
 
-from eventbus.outbox import _claims as core
-
-
-def test_the_sqlalchemy_and_django_sqlite_claims_are_the_stdlib_stores_own() -> None:
-    # contrib may not import eventbus's private modules: it keeps a copy of the SQLite
-    # claim, which must not drift from the one of eventbus.outbox.SQLiteOutbox.
-    contrib = pytest.importorskip("eventbus_contrib._claims")
-    for per_key in (1, 2):
-        for inbox in ("eventbus_inbox", None):
-            assert contrib.claim_sql("t_outbox", inbox, "NOW", per_key=per_key) == core.claim_sql(
-                "t_outbox", inbox, "NOW", per_key=per_key
-            )
-        assert contrib.window_sql("t_outbox", inbox, "NOW") == core.window_sql(
-            "t_outbox", inbox, "NOW"
-        )
-    assert contrib.WINDOW == core.WINDOW
+from eventbus.outbox import claims as core
 
 
 def test_named_parameters_become_positional_in_order_and_casts_stay() -> None:

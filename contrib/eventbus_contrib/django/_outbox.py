@@ -20,7 +20,7 @@ from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.connection import ConnectionProxy
 
-from eventbus_contrib._claims import ClaimState
+from eventbus.outbox.claims import ClaimState
 
 from ._connection import OwnConnection, application_connection, check_alias, statements_of
 from ._core import ClaimedRow, ConfigurationError, OutboxError, OutboxStatus, PendingRow, redact

@@ -17,13 +17,8 @@ from __future__ import annotations
 import functools
 from typing import Final
 
-from eventbus_contrib._claims import (
-    claim_sql,
-    positional,
-    postgresql_claim_sql,
-    postgresql_window_sql,
-    window_sql,
-)
+from eventbus.outbox.claims import claim_sql, window_sql
+from eventbus_contrib._claims import positional, postgresql_claim_sql, postgresql_window_sql
 
 __all__ = ["CHANNEL", "VENDORS", "Statements", "statements_for"]
 

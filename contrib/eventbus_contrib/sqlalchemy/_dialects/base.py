@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 import sqlalchemy as sa
 
-from eventbus_contrib._claims import ClaimState
+from eventbus.outbox.claims import ClaimState
 
 from .._core import ConfigurationError
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
-from eventbus_contrib._claims import check_per_key
+from eventbus.outbox.claims import check_per_key
 
 from .base import CLAIMED, OutboxDialect
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from eventbus_contrib._claims import claim_sql, window_sql
+from eventbus.outbox.claims import claim_sql, window_sql
 
 from .._core import ConfigurationError
 from .base import ReturningDialect

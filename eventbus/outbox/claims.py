@@ -1,4 +1,9 @@
-"""The claim of the SQLite outbox: a window in id order, then each key's head directly.
+"""The claim of an outbox on a SQL database: a window in id order, then each key's head.
+
+Public for store authors: ``SQLiteOutbox`` claims with it, and so do the SQLAlchemy and
+Django stores (their PostgreSQL statement, in ``eventbus_contrib``, has the same steps
+with row locks); a store of your own over SQL can run the same statements and keep the
+same promises. The SQLite text is shown; other databases need their own spelling.
 
 A row is claimable while it is due, unleased, and no earlier row of its (destination,
 key) is left in any state (pending, leased, delayed): its key's *head*. Rows without a
@@ -35,7 +40,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["WINDOW", "ClaimState", "check_per_key", "claim_sql", "window_sql"]
+__all__ = ["WINDOW", "ClaimState", "check_per_key", "claim_sql", "due_sql", "window_sql"]
 
 WINDOW = 4
 """Batches of rows in the id-order window. Measured on SQLite and PostgreSQL (8,000 rows):
@@ -133,10 +138,10 @@ def claim_sql(outbox: str, inbox: str | None, now: str, *, per_key: int) -> str:
     window), ``per_key`` (with ``per_key`` > 1 only), ``cd`` and ``ck`` (where the previous
     heads scan stopped, or NULL).
     """
-    due = _due("{a}", now)
+    due = due_sql("{a}", now)
     # The unary + keeps SQLite from reading the window through the available_at index
     # and sorting every due row by id: the window walks the primary key and stops.
-    walk = _due("+{a}", now)
+    walk = due_sql("+{a}", now)
     # A row of the heads scan's second lap that is at or past where the first began.
     past = "(h.d > c.d OR (h.d = c.d AND (c.k IS NULL OR (h.k IS NOT NULL AND h.k > c.k))))"
     return f"""/* eventbus claim: heads */
@@ -206,7 +211,7 @@ UPDATE {outbox} SET lease_owner = :owner, lease_until = {now} + :lease
 WHERE id IN (
     SELECT o.id FROM {outbox} AS o
     WHERE o.id < (SELECT min(w.id) FROM {outbox} AS w) + {WINDOW} * :batch
-      AND {_due("+o", now)}
+      AND {due_sql("+o", now)}
       AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM {outbox} AS p
             WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id))
     ORDER BY o.id LIMIT :batch)
@@ -215,7 +220,7 @@ RETURNING id, envelope_id, name, destination, key, payload, attempts, created_at
 """
 
 
-def _due(alias: str, now: str) -> str:
+def due_sql(alias: str, now: str) -> str:
     """Whether the row ``alias`` is due and unleased (a template when ``alias`` is ``{a}``)."""
     return (
         f"({alias}.available_at <= {now} "

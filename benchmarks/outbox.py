@@ -6,14 +6,15 @@ One process, one run, interleaved samples (minimum kept), ratios in the same run
            INSERTs written by hand (json.dumps of the fields, a uuid4, one INSERT each)
            through the same sqlite3 connection. Target: <= 1.3x.
   relay:   delivering R committed rows to an in-process handler against a hand-written
-           claim (SELECT a batch) and delete loop on the same database. Target: >= 0.7x
-           (reported as throughput: rows per second, ours / hand-written).
-           That loop holds one write transaction across a batch's handlers, which a
-           relay must not do (on SQLite it blocks every writer of the application
-           meanwhile). A second hand-written loop, reported beside it without a target,
-           does what a correct relay must at the least: lease a batch in one short
-           statement (database clock), run the handlers outside any transaction, then
-           delete the batch in another short statement fenced by the lease owner.
+           lease-and-delete loop on the same database, the least a correct relay does:
+           lease a batch in one short statement (database clock), run the handlers
+           outside any transaction, then delete the batch in another short statement
+           fenced by the lease owner (on PostgreSQL through psycopg itself). Same
+           durability on both sides (SQLite: WAL, synchronous=NORMAL, the relay's).
+           Targets (throughput, ours / hand-written): >= 0.7x on SQLite, >= 0.9x on
+           PostgreSQL. A claim-and-delete loop, which holds one write transaction across
+           a batch's handlers (a relay must not: on SQLite it blocks every writer of the
+           application meanwhile), is reported beside them without a target.
 
     python benchmarks/outbox.py [--quick]
 """
@@ -137,7 +138,7 @@ def time_relay(outbox: Any, rows: int, seen: list[int]) -> float:
 
 
 def relay_rows(path: Path, rows: int) -> dict[str, Callable[[], float]]:
-    """Seconds per delivered row: the relay against a claim-and-delete loop."""
+    """Seconds per delivered row: the relay and the hand-written loops."""
     seen: list[int] = []
 
     def fill_ours() -> None:
@@ -158,6 +159,7 @@ def relay_rows(path: Path, rows: int) -> dict[str, Callable[[], float]]:
 
     def hand() -> float:
         connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("PRAGMA synchronous = NORMAL")  # the relay's setting
         connection.execute(HAND_TABLE)
         connection.execute("BEGIN IMMEDIATE")
         payload = json.dumps(
@@ -209,6 +211,7 @@ def sqlite_lease_and_delete(path: Path, rows: int, seen: list[int]) -> Callable[
 
     def leased() -> float:
         connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("PRAGMA synchronous = NORMAL")  # the relay's setting
         connection.execute(LEASED_TABLE)
         payload = json.dumps(
             {"order_id": "o-1", "customer": "alice", "total": "12.50", "quantity": 2}
@@ -338,7 +341,7 @@ def postgres_publish_rows(
 
 
 def postgres_relay_rows(engine: Any, prefix: str, rows: int) -> dict[str, Callable[[], float]]:
-    """Seconds per delivered row on PostgreSQL: the relay against a claim-and-delete loop."""
+    """Seconds per delivered row on PostgreSQL: the relay and the hand-written loops."""
     from eventbus_contrib.sqlalchemy import SQLAlchemyOutbox
     from sqlalchemy.orm import Session
 
@@ -394,9 +397,21 @@ def postgres_relay_rows(engine: Any, prefix: str, rows: int) -> dict[str, Callab
                 )
         return (time.perf_counter() - start) / rows
 
+    return {
+        "hand-written claim-and-delete": hand,
+        "hand-written lease-and-delete": postgres_lease_and_delete(engine, prefix, rows, seen),
+        "eventbus relay": ours,
+    }
+
+
+def postgres_lease_and_delete(
+    engine: Any, prefix: str, rows: int, seen: list[int]
+) -> Callable[[], float]:
+    """Seconds per delivered row of the least a correct relay does, through psycopg."""
     leased_table = f"{prefix}_leased"
 
     def leased() -> float:
+        # Through psycopg itself: the least a correct relay does, with no layer between.
         payload = json.dumps(
             {"order_id": "o-1", "customer": "alice", "total": "12.50", "quantity": 2}
         ).encode()
@@ -411,33 +426,33 @@ def postgres_relay_rows(engine: Any, prefix: str, rows: int) -> dict[str, Callab
             f"UPDATE {leased_table} AS t SET lease_owner = 'me', lease_until = {PG_NOW} + 30 "
             "FROM c WHERE t.id = c.id RETURNING t.id, t.payload"
         )
-        start = time.perf_counter()
-        while True:
-            with engine.begin() as connection:
-                batch = connection.exec_driver_sql(claim).all()
-            if not batch:
-                break
-            for _row_id, body in batch:
-                data = json.loads(bytes(body))
-                OrderPlaced(
-                    order_id=data["order_id"],
-                    customer=data["customer"],
-                    total=Decimal(data["total"]),
-                    quantity=data["quantity"],
-                )
-                seen.append(1)
-            with engine.begin() as connection:
-                connection.exec_driver_sql(
-                    f"DELETE FROM {leased_table} WHERE lease_owner = 'me' AND id = ANY(%s)",
-                    ([row_id for row_id, _ in batch],),
-                )
-        return (time.perf_counter() - start) / rows
+        delete = f"DELETE FROM {leased_table} WHERE lease_owner = 'me' AND id = ANY(%s)"
+        raw = engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            start = time.perf_counter()
+            while True:
+                with driver.transaction():
+                    batch = driver.execute(claim).fetchall()
+                if not batch:
+                    break
+                for _row_id, body in batch:
+                    data = json.loads(body)
+                    OrderPlaced(
+                        order_id=data["order_id"],
+                        customer=data["customer"],
+                        total=Decimal(data["total"]),
+                        quantity=data["quantity"],
+                    )
+                    seen.append(1)
+                with driver.transaction():
+                    driver.execute(delete, ([row_id for row_id, _ in batch],))
+            elapsed = time.perf_counter() - start
+        finally:
+            raw.close()
+        return elapsed / rows
 
-    return {
-        "hand-written claim-and-delete": hand,
-        "hand-written lease-and-delete": leased,
-        "eventbus relay": ours,
-    }
+    return leased
 
 
 def postgres_drop(engine: Any, prefix: str) -> None:
@@ -454,18 +469,18 @@ def report(case: str, best: dict[str, float], ratio: float, target: str) -> None
         print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
 
 
-def report_relay(case: str, best: dict[str, float], samples: dict[str, list[float]]) -> float:
-    """Print a relay case; returns the judged throughput ratio (against claim-and-delete).
+def report_relay(
+    case: str, best: dict[str, float], samples: dict[str, list[float]], target: float
+) -> float:
+    """Print a relay case; returns the judged throughput ratio (against lease-and-delete).
 
-    Throughputs are relative to the first hand-written loop; the lease-and-delete loop
-    and eventbus against it are information, without a target."""
-    hand = best["hand-written claim-and-delete"]
+    Throughputs are relative to the lease-and-delete loop; claim-and-delete is shown for
+    scale, without a target."""
+    hand = best["hand-written lease-and-delete"]
     for name, seconds in best.items():
         ours = name.startswith("eventbus")
-        mark = ">= 0.7" if ours else ""
+        mark = f">= {target}" if ours else ""
         print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {hand / seconds:>6.2f} {mark:>8}")
-    fair = best["hand-written lease-and-delete"] / best["eventbus relay"]
-    print(f"{'':<34} {'(eventbus vs lease-and-delete)':<32} {'':>9} {fair:>6.2f}")
     for name, values in samples.items():
         shown = ", ".join(f"{value * 1e6:.1f}" for value in values)
         print(f"{'':<34}   samples of {name}: {shown}")
@@ -500,7 +515,7 @@ def main() -> int:
         kept: dict[str, list[float]] = {}
         best = measure(relay_rows(path, 500 if args.quick else 5000), relay_samples, kept=kept)
         case = "sqlite relay to a handler"
-        throughput = report_relay(case, best, kept)
+        throughput = report_relay(case, best, kept, 0.7)
         if throughput < 0.7:
             missed.append(f"sqlite relay throughput: {throughput:.2f}x")
     engine = postgres_engine()
@@ -527,8 +542,8 @@ def main() -> int:
                 postgres_relay_rows(engine, prefix, relay_count), relay_samples, kept=kept
             )
             case = "postgresql relay to a handler"
-            throughput = report_relay(case, best, kept)
-            if throughput < 0.7:
+            throughput = report_relay(case, best, kept, 0.9)
+            if throughput < 0.9:
                 missed.append(f"postgresql relay throughput: {throughput:.2f}x")
         finally:
             postgres_drop(engine, prefix)

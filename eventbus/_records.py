@@ -244,6 +244,11 @@ class Capabilities:
     """The broker itself moves messages past a delivery limit aside."""
     delayed_redelivery: bool = False
     """``nack`` can ask the broker to redeliver later rather than at once."""
+    ordered_batches: bool = False
+    """A ``publish`` of several messages never stores a later one when an earlier one was
+    not stored (a failure leaves at most a prefix, in order). The relay then forwards
+    several outbox rows of one key per claim; otherwise one, and the next only once the
+    broker confirmed it."""
 
 
 # -- dead letters ----------------------------------------------------------------------

@@ -40,6 +40,7 @@ __all__ = [
     "SupportsAmbientTransaction",
     "SupportsAsyncTransactionControl",
     "SupportsAsyncWrite",
+    "SupportsClaimRuns",
     "SupportsClear",
     "SupportsContention",
     "SupportsCreateSchema",
@@ -287,6 +288,23 @@ class SupportsAsyncWrite(Protocol):
     """A store that writes outbox rows through an async resource: ``write``, awaited."""
 
     async def awrite(self, resource: Any, rows: Sequence[PendingRow]) -> None: ...
+
+
+@runtime_checkable
+class SupportsClaimRuns(Protocol):
+    """A store whose claim can lease a run of several rows of one key at once.
+
+    ``claim(per_key=n)`` may return up to ``n`` rows of one (destination, key): the
+    key's first rows in id order, consecutive, each due and unleased, the first with no
+    earlier row of its key left in any state (the claim invariant, for the run's head).
+    ``claims_runs`` says whether this store does (a store that wraps another may not).
+    """
+
+    claims_runs: bool
+
+    def claim(
+        self, *, owner: str, batch: int, lease: float, per_key: int = 1
+    ) -> list[ClaimedRow]: ...
 
 
 @runtime_checkable

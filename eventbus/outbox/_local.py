@@ -52,6 +52,10 @@ _STORE_RETRY_DELAY = 60.0
 """Seconds before a row whose dead letter could not be stored is tried again."""
 _CONTENTION_DELAY = 0.1
 
+RUN_LENGTH = 100
+"""Rows of one key a claim may give this process's handlers at once (where the store
+claims runs): they run in order, the rest of a run held back after a failure."""
+
 _INLINE_BUDGET = 0.005
 """Seconds of plain sync handlers the claiming worker thread runs itself, one after
 another. Quick handlers (the usual case) then cost no handoff to other threads; once a
@@ -152,6 +156,8 @@ class LocalHandlers:
     ``store`` is the outbox the rows come from, as the handlers' inbox (and the judge of
     its own lock waits, ``SupportsContention``).
     """
+
+    per_key = RUN_LENGTH
 
     def __init__(self, context: Context, store: Inbox) -> None:
         self._context = context

@@ -21,7 +21,7 @@ import attrs
 
 from .. import hooks
 from .._delivery import bury
-from .._records import FORWARD, DeadLetter, Message, first_failure
+from .._records import FORWARD, DeadLetter, Message, envelope_uuid, first_failure
 from .._redact import describe_error, masked_logger
 from .._retry import Backoff
 from ..errors import MessageRejectedError
@@ -226,4 +226,4 @@ def _held_back(row: ClaimedRow) -> Retry:
 
 
 def _message(row: ClaimedRow) -> Message:
-    return Message(row.envelope_id, row.name, row.key, row.payload)
+    return Message(envelope_uuid(row), row[2], row[4], row[5])

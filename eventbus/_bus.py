@@ -45,7 +45,7 @@ from ._causation import TOKEN, Frame, current_frame, envelope_of, full_frame
 from ._codec import JSONCodec
 from ._config import load_settings, transport_from_settings
 from ._context import Context
-from ._delivery import Attempts, ReplayResult, deliver
+from ._delivery import Attempts, ReplayResult, cut_short, deliver
 from ._envelope import Envelope, check_headers, check_key
 from ._events import EventRegistry, EventType, default_registry
 from ._handlers import Delivery, Handler, HandlerTable, check_resource, inspect_handler
@@ -689,7 +689,9 @@ class EventBus:
         context = self._context
         for handler in route.after_commit:
             self._runtime.submit(
-                functools.partial(deliver, context, handler, envelope), handler.name
+                functools.partial(deliver, context, handler, envelope),
+                handler.name,
+                cancelled=functools.partial(cut_short, context, handler, envelope),
             )
 
     def _frame(
@@ -799,7 +801,8 @@ class EventBus:
 
         Outbox rows waiting for a later retry are not waited for: they stay in the
         outbox, for the next start (or another process). What is still running when the
-        time is up is logged by name and cancelled.
+        time is up is logged by name and cancelled; an after-commit delivery cut short
+        (or still queued) is kept as a dead letter (``DeliveryCancelledError``).
         """
         self._life.stop()
 

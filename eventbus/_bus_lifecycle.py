@@ -216,7 +216,8 @@ class Lifecycle:
         logger.warning(
             "eventbus is stopping with work unfinished after its shutdown_timeout (%ss): %s. "
             "Unfinished after-commit deliveries are cancelled (their handlers may have run "
-            "part way); outbox rows and unacknowledged messages stay, and are delivered again",
+            "part way) and kept as dead letters (DeliveryCancelledError), to replay once "
+            "safe; outbox rows and unacknowledged messages stay, and are delivered again",
             self._runtime.shutdown_timeout,
             "; ".join(parts),
         )

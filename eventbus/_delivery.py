@@ -14,6 +14,7 @@ a ``Context`` (``eventbus._context``), never the bus. Each step has one home:
 - ``Attempts`` counts a handler's attempts and asks its retry policy after a failure,
   telling the hooks (``after_failure``); ``attempt`` is the loop around them;
 - ``dead_letter`` and ``bury`` keep a dead letter: stored, logged, the hooks told;
+  ``cut_short`` keeps one for an after-commit delivery a stop cancelled;
 - ``replay`` runs a dead letter's handler again through the same steps.
 
 Replaying. A replay takes the same per-handler step as the first delivery: a handler that
@@ -46,6 +47,7 @@ from ._redact import bounded, masked_logger
 from .errors import (
     ConfigurationError,
     DeadLetterNotReplayableError,
+    DeliveryCancelledError,
     EncodeError,
     RejectEvent,
     ReplayInProgressError,
@@ -71,6 +73,7 @@ __all__ = [
     "attempt",
     "bury",
     "call",
+    "cut_short",
     "dead_letter",
     "deliver",
     "replay",
@@ -384,18 +387,33 @@ async def bury(
     """
     try:
         await context.runtime.run_sync(context.dead_letters.add, letter)
-    except Exception:
-        logger.critical(
-            "could not store dead letter %s (%s gave up on %s, envelope %s: %s: %s)",
-            letter.id,
-            letter.handler,
-            letter.event_name,
-            letter.envelope_id,
-            letter.error_type,
-            letter.message,
-            exc_info=True,
-        )
+    except Exception as failure:
+        _unstored(letter, failure)
         raise
+    _kept(context, letter, envelope=envelope, error=error)
+
+
+def _unstored(letter: DeadLetter, failure: Exception) -> None:
+    logger.critical(
+        "could not store dead letter %s (%s gave up on %s, envelope %s: %s: %s)",
+        letter.id,
+        letter.handler,
+        letter.event_name,
+        letter.envelope_id,
+        letter.error_type,
+        letter.message,
+        exc_info=failure,
+    )
+
+
+def _kept(
+    context: Context,
+    letter: DeadLetter,
+    *,
+    envelope: Envelope | None,
+    error: BaseException | None,
+) -> None:
+    """Log a stored letter and, for a decoded ``envelope``, tell ``event_dead_lettered``."""
     if isinstance(error, RejectEvent):
         logger.info(
             "%s rejected %s (envelope %s): %s; kept as dead letter %s",
@@ -426,6 +444,46 @@ async def bury(
             error=error,
             letter=letter,
         )
+
+
+def cut_short(context: Context, handler: Handler, envelope: Envelope, started: bool) -> None:
+    """Keep an after-commit delivery that a stop cancelled as a dead letter.
+
+    Called on the loop as the runtime stops (or the interpreter ends), where the worker
+    threads may all be held by the handlers that ran out of time: the store is written
+    from here, directly. Nothing else holds the envelope; a letter that cannot be stored
+    is logged whole, as ``deliver`` does.
+    """
+    timeout = context.runtime.shutdown_timeout
+    error = DeliveryCancelledError(
+        f"{handler.name} did not finish before the bus stopped (shutdown_timeout {timeout}s)"
+        + ("; it may have run part way" if started else "; it had not started")
+    )
+    now = datetime.now(UTC)
+    try:
+        letter = DeadLetter.from_failure(
+            envelope=envelope,
+            handler=handler.name,
+            error=error,
+            attempts=1 if started else 0,
+            first_failed_at=now,
+            codec=context.codec,
+            now=now,
+        )
+        context.dead_letters.add(letter)
+    except Exception:
+        logger.critical(
+            "the after-commit delivery of envelope %s (%s) to %s was cancelled by the stop "
+            "and could not be kept as a dead letter; it is logged here only: %r",
+            envelope.id,
+            envelope.name,
+            handler.name,
+            envelope,
+            exc_info=True,
+        )
+        _lost(context, handler, envelope, error)
+        return
+    _kept(context, letter, envelope=envelope, error=error)
 
 
 # -- replaying a dead letter -------------------------------------------------------------

@@ -210,20 +210,27 @@ class Runtime:
 
     # -- running work ------------------------------------------------------------------
 
-    def submit(self, make: Callable[[], Coroutine[Any, Any, object]], label: str = "") -> None:
+    def submit(
+        self,
+        make: Callable[[], Coroutine[Any, Any, object]],
+        label: str = "",
+        *,
+        cancelled: Callable[[bool], object] | None = None,
+    ) -> None:
         """Run the coroutine ``make()`` on the loop, from any thread; counted for drain.
 
         ``label`` (a handler's name) says what is still running when a drain or a stop
-        runs out of time.
+        runs out of time. ``cancelled(started)`` runs on the loop if a stop cancels the
+        work, before or after ``make()`` began (``started``), so it is never lost unsaid.
         """
         self.ensure_started()
         run = self._current()
         self._begin(run, label)
         try:
             if self._in_loop_thread():
-                self._spawn(run, make, label)
+                self._spawn(run, make, label, cancelled)
             else:
-                run.loop.call_soon_threadsafe(self._spawn, run, make, label)
+                run.loop.call_soon_threadsafe(self._spawn, run, make, label, cancelled)
         except RuntimeError:  # the loop closed under us
             self._done(run, label)
             raise
@@ -244,17 +251,31 @@ class Runtime:
             run.loop.call_soon_threadsafe(spawn)
 
     def _spawn(
-        self, run: _Run, make: Callable[[], Coroutine[Any, Any, object]], label: str
+        self,
+        run: _Run,
+        make: Callable[[], Coroutine[Any, Any, object]],
+        label: str,
+        cancelled: Callable[[bool], object] | None,
     ) -> None:
-        task = run.loop.create_task(self._work(run, make, label))
+        started = _Started()
+        task = run.loop.create_task(self._work(run, make, label, started))
         run.tasks.add(task)
         task.add_done_callback(run.tasks.discard)
+        if cancelled is not None:
+            # A done callback, not an except clause: a task cancelled before its first
+            # step never enters its coroutine (work still queued behind the semaphore).
+            task.add_done_callback(functools.partial(_when_cancelled, cancelled, started))
 
     async def _work(
-        self, run: _Run, make: Callable[[], Coroutine[Any, Any, object]], label: str
+        self,
+        run: _Run,
+        make: Callable[[], Coroutine[Any, Any, object]],
+        label: str,
+        started: _Started,
     ) -> None:
         try:
             async with run.semaphore:
+                started.value = True
                 await make()
         except Exception:  # the delivery pipeline handles failures; this is a bug guard
             logger.exception("eventbus work failed outside the delivery pipeline")
@@ -503,6 +524,26 @@ class Runtime:
             logger.exception("eventbus could not finish its work at interpreter exit")
         finally:
             self.stop()
+
+
+class _Started:
+    """Whether a piece of work got past the concurrency bound and began."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+
+def _when_cancelled(
+    cancelled: Callable[[bool], object], started: _Started, task: asyncio.Task[None]
+) -> None:
+    if not task.cancelled():
+        return
+    try:
+        cancelled(started.value)
+    except Exception:  # it reports a loss itself; this guards the loop's shutdown
+        logger.exception("eventbus could not report work a stop cancelled")
 
 
 async def _cancel_all(run: _Run) -> None:

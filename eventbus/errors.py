@@ -16,6 +16,7 @@ Misuse errors also subclass the builtin a caller would already catch, so
     ├── BusClosedError(RuntimeError)          publish() on a closed bus
     ├── AsyncHandlerError(TypeError)          publish() from sync code reached an async handler
     ├── DeliveryUnavailableError(RuntimeError)  a delivery mode this bus cannot carry out
+    ├── DeliveryCancelledError                an after-commit delivery cut short by a stop
     ├── SerializationError(ValueError)
     │   ├── EncodeError                       an event cannot be written to the wire
     │   └── DecodeError                       bytes from the wire are not a valid envelope
@@ -51,6 +52,7 @@ __all__ = [
     "DeadLetterNotReplayableError",
     "DeadLetterStoreError",
     "DecodeError",
+    "DeliveryCancelledError",
     "DeliveryUnavailableError",
     "DuplicateEventError",
     "DuplicateHandlerError",
@@ -141,6 +143,12 @@ class AsyncHandlerError(EventBusError, TypeError):
 
 class DeliveryUnavailableError(EventBusError, RuntimeError):
     """A handler's delivery mode needs machinery this bus does not have."""
+
+
+class DeliveryCancelledError(EventBusError):
+    """An after-commit delivery did not finish within its bus's ``shutdown_timeout`` and
+    was cancelled by the stop (or the end of the interpreter). It is kept as a dead letter
+    with this error: its handler may have run part way, so replay it once that is safe."""
 
 
 class SerializationError(EventBusError, ValueError):

@@ -27,11 +27,11 @@ REQUIREMENT = re.compile(
 def floors(extras: list[str]) -> list[str]:
     """``name==floor`` for the core dependencies and those of ``extras``."""
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
-    optional: dict[str, list[str]] = project["optional-dependencies"]
+    optional: dict[str, list[str]] = project.get("optional-dependencies", {})
     unknown = [extra for extra in extras if extra not in optional]
     if unknown:
         raise SystemExit(f"floors.py: pyproject.toml has no extra {', '.join(unknown)}")
-    pins: set[str] = set()
+    pins: dict[str, str] = {}
     for requirement in [*project["dependencies"], *(r for e in extras for r in optional[e])]:
         match = REQUIREMENT.fullmatch(requirement.strip())
         if match is None:
@@ -39,9 +39,19 @@ def floors(extras: list[str]) -> list[str]:
                 f"floors.py: cannot read a floor in {requirement!r}: write it as "
                 "name>=version (or name==version for a pinned tool)"
             )
-        if match["name"].lower() != project["name"]:  # an extra made of other extras
-            pins.add(f"{match['name'].lower()}=={match['version']}")
-    return sorted(pins)
+        name = match["name"].lower()
+        if name == project["name"]:  # an extra made of other extras
+            continue
+        # A name floored twice (the core's blinker and the flask extra's, which Flask
+        # itself needs newer) takes the higher floor: installed together, that is the least.
+        if name not in pins or _release(match["version"]) > _release(pins[name]):
+            pins[name] = match["version"]
+    return sorted(f"{name}=={version}" for name, version in pins.items())
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``1.9`` as ``(1, 9)``: the floors are plain releases (no pre-release suffixes)."""
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.examples.shop_story import ROOT
+from tests.strict_warnings import FLAGS
 
 CLIENT = """
 import json
@@ -46,7 +47,7 @@ def run_example(database_url: str, cwd: Path) -> dict[str, object]:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", CLIENT],
+        [sys.executable, *FLAGS, "-c", CLIENT],
         cwd=cwd,
         env=env,
         capture_output=True,

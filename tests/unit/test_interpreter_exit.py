@@ -60,7 +60,14 @@ for n in range(6):
 """
 
 STUCK = """
-bus = EventBus(retry=RetryPolicy.never(), shutdown_timeout=0.5)
+from eventbus import SQLiteDeadLetterStore
+
+bus = EventBus(
+    retry=RetryPolicy.never(),
+    shutdown_timeout=0.5,
+    dead_letters=SQLiteDeadLetterStore(sys.argv[2]),
+    concurrency=int(sys.argv[3]),
+)
 never = threading.Event()
 
 @bus.subscribe(delivery="after_commit")
@@ -120,17 +127,65 @@ def test_a_sync_script_that_exits_still_finishes_its_durable_deliveries(tmp_path
         connection.close()
 
 
-def test_what_is_unfinished_at_the_shutdown_timeout_is_named_in_the_log(tmp_path: Path) -> None:
+def letters(database: Path) -> list[tuple[str, str, int, str]]:
+    """(handler, error type, attempts, message) of each dead letter, by handler."""
+    connection = sqlite3.connect(database)
+    try:
+        return sorted(
+            connection.execute(
+                "SELECT handler, error_type, attempts, message FROM eventbus_dead_letters"
+            ).fetchall()
+        )
+    finally:
+        connection.close()
+
+
+def test_what_is_unfinished_at_the_shutdown_timeout_is_named_and_kept(tmp_path: Path) -> None:
     """A handler that never returns does not hold the process, and is not silent: the
-    log says how many deliveries were cut short and whose; nothing turns into a dead
-    letter that cannot be stored, and the quick handler's deliveries all ran."""
-    result, out = run_script(tmp_path, STUCK)
+    log says how many deliveries were cut short and whose, each is kept as a dead letter
+    to replay (its handler may have run part way), and the quick handler's deliveries
+    all ran."""
+    database = tmp_path / "dead_letters.db"
+    result, out = run_script(tmp_path, STUCK, str(database), "64")
     assert result.returncode == 0, result.stderr
     assert handled(out) == [0, 1]
     warnings = [line for line in result.stderr.splitlines() if "shutdown_timeout" in line]
-    assert len(warnings) == 1, result.stderr
+    assert len(warnings) == 3, result.stderr  # the stop's warning, and one per letter kept
     assert "2 deliveries (__main__.stuck: 2)" in warnings[0]
-    assert "cancelled" in warnings[0]
+    assert (
+        "cancelled (their handlers may have run part way) and kept as dead letters" in (warnings[0])
+    )
+    cut = "__main__.stuck did not finish before the bus stopped (shutdown_timeout 0.5s)"
+    assert (
+        letters(database)
+        == [
+            (
+                "__main__.stuck",
+                "eventbus.errors.DeliveryCancelledError",
+                1,
+                f"{cut}; it may have run part way",
+            ),
+        ]
+        * 2
+    )
     assert "Traceback" not in result.stderr
-    assert "dead letter" not in result.stderr
+    assert "could not" not in result.stderr
     assert "can't create new thread" not in result.stderr
+
+
+def test_a_delivery_still_queued_at_the_shutdown_timeout_is_kept_too(tmp_path: Path) -> None:
+    """One delivery at a time: the quick handler's wait behind the stuck one and never
+    begin; they are kept as letters that say so."""
+    database = tmp_path / "dead_letters.db"
+    result, out = run_script(tmp_path, STUCK, str(database), "1")
+    assert result.returncode == 0, result.stderr
+    assert handled(out) == []
+    kept = letters(database)
+    assert [(handler, attempts) for handler, _, attempts, _ in kept] == [
+        ("__main__.quick", 0),
+        ("__main__.quick", 0),
+        ("__main__.stuck", 0),
+        ("__main__.stuck", 1),
+    ]
+    assert kept[0][3].endswith("; it had not started")
+    assert "Traceback" not in result.stderr

@@ -228,3 +228,36 @@ def test_stop_from_the_runtimes_own_loop_is_refused_with_the_async_form() -> Non
         await bus.aclose()
 
     asyncio.run(main())
+
+
+def test_an_after_commit_delivery_a_stop_cuts_short_is_kept_and_replays() -> None:
+    """``stop()`` with a handler still running past ``shutdown_timeout``: the delivery is
+    kept as a dead letter that says so, and replays once the handler can finish."""
+    bus = EventBus(registry=REGISTRY, shutdown_timeout=0.2)
+    release = threading.Event()
+    done: list[str] = []
+
+    @bus.subscribe(name="lifecycle.slow", delivery="after_commit")
+    def slow(event: OrderPlaced) -> None:
+        if not release.is_set():
+            release.wait(5)  # holds its worker thread past the stop
+            return
+        done.append(event.order_id)
+
+    try:
+        bus.publish(OrderPlaced(order_id="o-1"))
+        bus.stop()
+        [letter] = bus.dead_letters.list()
+        assert letter.handler == "lifecycle.slow"
+        assert letter.error_type == "eventbus.errors.DeliveryCancelledError"
+        assert letter.message == (
+            "lifecycle.slow did not finish before the bus stopped (shutdown_timeout 0.2s); "
+            "it may have run part way"
+        )
+        release.set()
+        assert bus.replay(letter.id).ok
+        assert done == ["o-1"]
+        assert bus.dead_letters.count() == 0
+    finally:
+        release.set()
+        bus.close()

@@ -31,6 +31,7 @@ import attrs
 import pytest
 
 from eventbus import DeadLetter
+from tests.strict_warnings import FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -148,7 +149,7 @@ def test_each_block_runs_as_written(block: Block, tmp_path: Path) -> None:
     script = tmp_path / f"{block.module}.py"
     script.write_text(code, encoding="utf-8")
     ran = subprocess.run(
-        [sys.executable, "-W", "error", str(script)],
+        [sys.executable, *FLAGS, str(script)],
         cwd=tmp_path,
         env=_environment(),
         capture_output=True,

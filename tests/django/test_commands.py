@@ -19,6 +19,9 @@ import pytest
 
 pytest.importorskip("django")
 
+from tests.servers import broker_namespace
+from tests.serving import Serving
+
 ROOT = Path(__file__).resolve().parents[2]
 MANAGE = ROOT / "tests" / "django" / "project" / "manage.py"
 
@@ -174,3 +177,107 @@ def test_options_that_would_be_ignored_are_refused(
     result = manage(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_a_relay_process_on_postgresql_is_woken_by_a_commit_elsewhere(
+    django_postgresql: str,
+) -> None:
+    """``manage.py eventbus relay`` polls only every 30 s; a commit in another process (a
+    web process, with no relay of its own) wakes it through NOTIFY, so each row is
+    delivered within seconds."""
+    from django.db import transaction
+    from eventbus_contrib.django import bus_from_settings
+
+    from tests.django.shop import handlers
+    from tests.django.shop.events import OrderPlaced
+    from tests.django.shop.models import Reservation
+
+    in_this_process = handlers.BUSES.get(django_postgresql)
+    if in_this_process is not None:
+        in_this_process.stop()  # the session's bus on this database relays nothing meanwhile
+    publisher = bus_from_settings({"database": django_postgresql, "relay": False})
+    handlers.subscribe(publisher)
+    orders = [f"o-woken-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    settings = {"database": django_postgresql, "poll_interval": 30}
+    relay = Serving(
+        [sys.executable, str(MANAGE), "eventbus", "relay"],
+        cwd=ROOT,
+        env={**os.environ, "EVENTBUS_TEST_DJANGO_SETTINGS": json.dumps(settings)},
+    )
+    try:
+        with relay:
+            relay.wait_for("relaying")
+            for order_id in orders:
+                time.sleep(2)  # the relay's claim found nothing: it waits its 30 s
+                with transaction.atomic(using=django_postgresql):
+                    publisher.publish(OrderPlaced(order_id=order_id), key=order_id)
+                started = time.monotonic()
+                reserved = Reservation.objects.using(django_postgresql).filter(order_id=order_id)
+                while not reserved.exists() and time.monotonic() - started < 10:
+                    time.sleep(0.05)
+                assert reserved.exists(), f"not delivered within 10 s:\n{relay.stderr}"
+        assert not [run for run in handlers.RUNS if run[1] in orders]  # the relay's process
+        assert relay.returncode == 0, relay.stderr
+    finally:
+        publisher.close()
+        publisher.outbox.close()
+        publisher.dead_letters.close()
+        Reservation.objects.using(django_postgresql).filter(order_id__in=orders).delete()
+
+
+def test_the_worker_consumes_the_transport_into_django_handlers(bus: Any) -> None:
+    """``manage.py eventbus worker`` on Redis Streams: what a web process (no worker)
+    publishes goes through its relay to the broker, and the worker's Django handlers run
+    it in their own transactions; SIGTERM stops it, exit 0."""
+    from eventbus_contrib.django import bus_from_settings
+
+    from tests.django.shop import handlers
+    from tests.django.shop.events import OrderPlaced
+    from tests.django.shop.models import Reservation
+
+    with broker_namespace("redis") as space:
+        group = space.group()
+        publisher = bus_from_settings({"transport_url": space.url, "group": group, "worker": False})
+        handlers.subscribe(publisher)
+        worker = Serving(
+            [sys.executable, str(MANAGE), "eventbus", "worker"],
+            cwd=ROOT,
+            env={**os.environ, "EVENTBUS_TRANSPORT_URL": space.url, "EVENTBUS_GROUP": group},
+        )
+        try:
+            with worker:
+                worker.wait_for("worker for group")
+                for order_id in ("o-worked-1", "o-worked-2"):
+                    publisher.publish(OrderPlaced(order_id=order_id), key=order_id)
+                publisher.drain(timeout=60)  # the relay handed them to the broker
+                reserved = Reservation.objects.filter(order_id__startswith="o-worked-")
+                deadline = time.monotonic() + 60
+                while reserved.count() < 2 and time.monotonic() < deadline:
+                    assert worker.running(), worker.stderr
+                    time.sleep(0.1)
+                assert sorted(reserved.values_list("order_id", flat=True)) == [
+                    "o-worked-1",
+                    "o-worked-2",
+                ]
+            assert worker.returncode == 0, worker.stderr
+            assert handlers.RUNS == []  # in the worker's process, not here
+            assert bus.outbox.status().pending == 0
+        finally:
+            publisher.close()
+            publisher.outbox.close()
+            publisher.dead_letters.close()
+
+
+def test_the_shipped_migration_matches_the_models(django_project: None) -> None:
+    """A model changed without its migration would leave users' ``makemigrations``
+    writing one into site-packages: the shipped migrations must describe the models."""
+    result = subprocess.run(
+        [sys.executable, str(MANAGE), "makemigrations", "eventbus", "--check", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes detected" in result.stdout

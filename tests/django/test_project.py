@@ -11,6 +11,7 @@ that is where durable handlers run.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -166,6 +167,23 @@ class DeliveryTests(Shop, TransactionTestCase):
         assert sorted(handlers.RUNS) == [(h, "o-13") for h in DURABLE]
         assert Order.objects.using(self.db).filter(id="o-13").exists()
 
+    def test_an_async_view_publishes_through_sync_to_async(self) -> None:
+        """The README's pattern for async views: the atomic block in the sync code that
+        ``sync_to_async`` runs commits the order with its event, or rolls both back."""
+        response = self.post("orders/async", order_id="o-17")
+        assert response.status_code == 200
+        with pytest.raises(RuntimeError):
+            self.post("orders/async", order_id="o-18", fail="1")
+        self.drain()
+        assert sorted(handlers.RUNS) == [(h, "o-17") for h in DURABLE]
+        assert [(self.db, "o-17")] == handlers.RECEIPTS
+        assert handlers.NOTES == ["o-17"]
+        assert list(Reservation.objects.using(self.db).values_list("order_id", flat=True)) == [
+            "o-17"
+        ]
+        assert not Order.objects.using(self.db).filter(id="o-18").exists()
+        assert self.outbox_rows() == []
+
     def test_a_redelivered_row_changes_nothing(self) -> None:
         """The durable handler's effects and its inbox mark committed together: the same
         envelope delivered again (a relay that crashed before completing) runs nothing."""
@@ -242,6 +260,7 @@ class PostgreSQLDeliveryTests(DeliveryTests):
         ({"database": "nowhere"}, "no database 'nowhere' in settings.DATABASES"),
         ({"dead_letters": "memory"}, "must be a dead-letter store"),
         ({"batch": 0}, "settings.EVENTBUS: batch must be an int >= 1"),
+        ({"notify": "yes"}, "settings.EVENTBUS: notify must be True or False"),
         ({"max_deliveries": 0}, "settings.EVENTBUS: the keyword argument max_deliveries"),
     ],
     ids=str,
@@ -319,3 +338,51 @@ def test_clear_empties_the_outbox_and_the_inbox_for_tests(fresh_database, kind: 
         assert not outbox.seen("h", envelope_id)
     finally:
         outbox.close()
+
+
+@pytest.mark.parametrize(("kind", "notify"), [("sqlite", True), ("postgresql", False)])
+def test_without_notifications_the_relay_polls(fresh_database, kind: str, notify: bool) -> None:
+    """SQLite has no notifications, and ``notify=False`` turns PostgreSQL's off: ``listen``
+    says there is nothing to listen to (the relay then polls every ``poll_interval``),
+    and a write sends no NOTIFY."""
+    from eventbus_contrib.django import DjangoOutbox
+
+    outbox = DjangoOutbox(fresh_database(kind), notify=notify)
+    try:
+        assert outbox.listen(lambda: None) is None
+        assert "pg_notify" not in outbox._sql.insert(1, notify=outbox.notify)
+    finally:
+        outbox.close()
+
+
+def test_a_commit_wakes_a_listener_and_a_rollback_does_not(fresh_database) -> None:
+    """PostgreSQL sends the write's NOTIFY at COMMIT only: a rolled-back atomic block
+    wakes nobody; a committed one, and a write outside any transaction, do. Stopping
+    closes the listener's connection."""
+    import threading
+
+    from eventbus_contrib.django import DjangoOutbox
+
+    alias = fresh_database("postgresql")
+    outbox = DjangoOutbox(alias)
+    woken = threading.Event()
+    before = set(threading.enumerate())
+    stop = outbox.listen(woken.set)
+    assert stop is not None
+    (listener,) = [t for t in set(threading.enumerate()) - before if "listen" in t.name]
+    try:
+        time.sleep(1)  # the listener's LISTEN runs before the writes
+        with transaction.atomic(using=alias):
+            outbox.write(connections[alias], [PendingRow(uuid.uuid4(), "x", "h", None, b"{}")])
+            transaction.set_rollback(True, using=alias)
+        assert not woken.wait(1.5)  # the listener looks every 0.5 s: time to see it
+        with transaction.atomic(using=alias):
+            outbox.write(connections[alias], [PendingRow(uuid.uuid4(), "x", "h", None, b"{}")])
+        assert woken.wait(10)
+        woken.clear()
+        outbox.write_now([PendingRow(uuid.uuid4(), "x", "h", None, b"{}")])
+        assert woken.wait(10)
+    finally:
+        stop()
+        outbox.close()
+    assert not listener.is_alive()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -22,6 +22,7 @@ from django.utils.connection import ConnectionProxy
 
 from ._connection import OwnConnection, application_connection, check_alias, statements_of
 from ._core import ClaimedRow, ConfigurationError, OutboxError, OutboxStatus, PendingRow, redact
+from ._listen import listen
 from ._sql import INBOX, OUTBOX, Statements
 from ._transactions import DjangoTransaction, ambient
 
@@ -53,12 +54,20 @@ class DjangoOutbox:
         batch: int = 100,
         lease: float = 30.0,
         poll_interval: float = 1.0,
+        notify: bool = True,
     ) -> None:
         """Use the outbox tables in the database ``using`` (created by ``manage.py
         migrate``). ``batch``, ``lease`` and ``poll_interval`` set how it is relayed:
         rows claimed at once, seconds a relay holds a claim before another may take it
         over (renewed while a handler runs), and seconds between polls when no commit
-        woke the relay."""
+        woke the relay.
+
+        ``notify`` (PostgreSQL): each write also sends ``NOTIFY`` at its commit, which
+        wakes relays in other processes (``manage.py eventbus relay``) at once. Polling
+        stays what makes delivery correct: notifications are lost while nobody listens
+        and do not pass PgBouncer in transaction mode; turn them off there, or to spare
+        the commit its notification lock. SQLite has no notifications: a relay in
+        another process finds the rows at its next poll."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigurationError(f"batch must be an int >= 1, got {batch!r}")
         for name, number in (("lease", lease), ("poll_interval", poll_interval)):
@@ -72,7 +81,10 @@ class DjangoOutbox:
         self.batch = batch
         self.lease = float(lease)
         self.poll_interval = float(poll_interval)
+        if not isinstance(notify, bool):
+            raise ConfigurationError(f"notify must be True or False, got {notify!r}")
         self._sql: Statements = statements_of(self.alias, "DjangoOutbox")
+        self.notify = notify and self._sql.channel is not None
         self._own = OwnConnection(self.alias, failure=self._failure, closed=self._closed)
 
     def __repr__(self) -> str:
@@ -148,7 +160,7 @@ class DjangoOutbox:
     def _insert(self, connection: Any, chunks: list[Sequence[PendingRow]]) -> None:
         with connection.cursor() as cursor:
             for chunk in chunks:
-                cursor.execute(self._sql.insert(len(chunk)), _parameters(chunk))
+                cursor.execute(self._sql.insert(len(chunk), notify=self.notify), _parameters(chunk))
 
     def _chunks(self, rows: Sequence[PendingRow]) -> Iterator[Sequence[PendingRow]]:
         most = self._sql.max_parameters // 5
@@ -167,7 +179,20 @@ class DjangoOutbox:
         chunks = list(self._chunks(rows))
         with self._own_cursor("write to the outbox") as cursor:
             for chunk in chunks:
-                cursor.execute(self._sql.insert(len(chunk)), _parameters(chunk))
+                cursor.execute(self._sql.insert(len(chunk), notify=self.notify), _parameters(chunk))
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` whenever outbox rows commit anywhere, in another process too
+        (PostgreSQL ``LISTEN``, on a connection of its own); returns how to stop. None on
+        SQLite, which has no notifications (or with ``notify=False``): the relay then
+        polls every ``poll_interval``. A dropped listening connection is opened again
+        after a pause; meanwhile polling carries on."""
+        channel = self._sql.channel
+        if not self.notify or channel is None:
+            return None
+        if self._own.closed:
+            raise self._closed("listen for commits")
+        return listen(self.alias, channel, wake, pause=self.poll_interval)
 
     def ambient_transaction(self) -> object | None:
         """This thread's connection to the outbox's database while it has a transaction

@@ -5,7 +5,7 @@ The eventbus settings keep their spelling (``transport_url``, ``group``,
 arguments, so they win over ``EVENTBUS_*`` variables and the TOML files, and a setting
 left out is still read from those. ``EventBus``'s other keyword arguments that make sense
 in settings (``relay``, ``retry``, ``concurrency``, ``workers``, ``shutdown_timeout``),
-the outbox's (``batch``, ``lease``, ``poll_interval``), ``database`` (the alias of
+the outbox's (``batch``, ``lease``, ``poll_interval``, ``notify``), ``database`` (the alias of
 ``DATABASES`` holding the outbox, the inbox and the dead letters) and ``dead_letters`` (a
 store of your own instead) complete them. Any other key is refused, with what it looks
 like a typo of.
@@ -26,7 +26,7 @@ __all__ = ["KEYS", "bus_from_settings", "checked_settings"]
 BUS_SETTINGS: Final = ("transport_url", "group", "max_deliveries", "worker")
 """The eventbus settings (``EVENTBUS_<NAME>``, ``[tool.eventbus]``): the same names here."""
 BUS_ARGUMENTS: Final = ("relay", "retry", "concurrency", "workers", "shutdown_timeout")
-OUTBOX_ARGUMENTS: Final = ("batch", "lease", "poll_interval")
+OUTBOX_ARGUMENTS: Final = ("batch", "lease", "poll_interval", "notify")
 KEYS: Final = (*BUS_SETTINGS, *BUS_ARGUMENTS, *OUTBOX_ARGUMENTS, "database", "dead_letters")
 
 _CLOSE: Final = 0.75  # as close as the TOML settings' "did you mean" asks

@@ -6,6 +6,7 @@ one transaction: by ``ATOMIC_REQUESTS`` on ``default``, by the view's own
 ``transaction.atomic()`` on ``postgresql`` (so that a request touches one database).
 """
 
+import json
 import os
 
 SECRET_KEY = "eventbus-tests-only"
@@ -36,5 +37,6 @@ DATABASES = {
 }
 
 # The project's bus (eventbus_contrib.django.bus): its outbox, inbox and dead letters in
-# the default database. The transport and group come from the environment, if any.
-EVENTBUS = {"database": "default"}
+# the default database. The transport and group come from the environment, if any. A
+# manage.py process a test starts may be given other settings (JSON) in this variable.
+EVENTBUS = json.loads(os.environ.get("EVENTBUS_TEST_DJANGO_SETTINGS", '{"database": "default"}'))

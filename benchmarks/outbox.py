@@ -6,14 +6,15 @@ One process, one run, interleaved samples (minimum kept), ratios in the same run
            INSERTs written by hand (json.dumps of the fields, a uuid4, one INSERT each)
            through the same sqlite3 connection. Target: <= 1.3x.
   relay:   delivering R committed rows to an in-process handler against a hand-written
-           claim (SELECT a batch) and delete loop on the same database. Target: >= 0.7x
-           (reported as throughput: rows per second, ours / hand-written).
-           That loop holds one write transaction across a batch's handlers, which a
-           relay must not do (on SQLite it blocks every writer of the application
-           meanwhile). A second hand-written loop, reported beside it without a target,
-           does what a correct relay must at the least: lease a batch in one short
-           statement (database clock), run the handlers outside any transaction, then
-           delete the batch in another short statement fenced by the lease owner.
+           lease-and-delete loop on the same database, the least a correct relay does:
+           lease a batch in one short statement (database clock), run the handlers
+           outside any transaction, then delete the batch in another short statement
+           fenced by the lease owner (on PostgreSQL through psycopg itself). Same
+           durability on both sides (SQLite: WAL, synchronous=NORMAL, the relay's).
+           Targets (throughput, ours / hand-written): >= 0.7x on SQLite, >= 0.9x on
+           PostgreSQL. A claim-and-delete loop, which holds one write transaction across
+           a batch's handlers (a relay must not: on SQLite it blocks every writer of the
+           application meanwhile), is reported beside them without a target.
 
   hot keys: the relay draining a backlog of 50 keys of 2,000, 8,000 and 32,000 rows, and
            of 1,000 keys of 8,000 rows, in seconds per row: to an in-process handler on
@@ -130,41 +131,41 @@ def publish_rows(
     return {"hand-written INSERTs": hand, "eventbus durable publish": ours}
 
 
-def time_relay(outbox: Any, rows: int, seen: list[int]) -> float:
-    """Seconds per row for a fresh bus on ``outbox`` to relay what it holds to a handler."""
+def time_relay(outbox: Any, rows: int, seen: list[int], connect: Callable[[], Any]) -> float:
+    """Seconds per row for a running bus on ``outbox`` to relay ``rows`` rows committed at
+    once to a handler: from the commit (the relay is started and idle before: its start
+    is not relay throughput, and the hand-written loops have none) to the last row done."""
     bus = EventBus(registry=registry, outbox=outbox)
 
     @bus.subscribe(OrderPlaced, name="billing.charge", delivery="durable")
     def charge(event: OrderPlaced) -> None:
         seen.append(event.quantity)
 
-    start = time.perf_counter()
     bus.start()
     bus.drain(timeout=300)
-    elapsed = time.perf_counter() - start
-    bus.close()
+    connection = connect()
+    try:
+        with bus.transaction(connection):
+            for _ in range(rows):
+                bus.publish(EVENT)
+        # From the commit on (the writes are the publisher's, whenever they are sent):
+        # the commit's nudge has the relay claim at once.
+        start = time.perf_counter()
+        bus.drain(timeout=300)
+        elapsed = time.perf_counter() - start
+    finally:
+        connection.close()
+        bus.close()
     return elapsed / rows
 
 
 def relay_rows(path: Path, rows: int) -> dict[str, Callable[[], float]]:
-    """Seconds per delivered row: the relay against a claim-and-delete loop."""
+    """Seconds per delivered row: the relay and the hand-written loops."""
     seen: list[int] = []
 
-    def fill_ours() -> None:
-        writer = EventBus(registry=registry, outbox=SQLiteOutbox(path), relay=False)
-        writer.subscribe(OrderPlaced, name="billing.charge", delivery="durable")(
-            lambda _event: None
-        )
-        connection = sqlite3.connect(path, isolation_level=None)
-        with writer.transaction(connection):
-            for _ in range(rows):
-                writer.publish(EVENT)
-        connection.close()
-        writer.close()
-
     def ours() -> float:
-        fill_ours()
-        return time_relay(SQLiteOutbox(path, poll_interval=0.01, batch=200), rows, seen)
+        outbox = SQLiteOutbox(path, poll_interval=0.01, batch=200)
+        return time_relay(outbox, rows, seen, lambda: sqlite3.connect(path, isolation_level=None))
 
     def hand() -> float:
         connection = sqlite3.connect(path, isolation_level=None)
@@ -352,7 +353,7 @@ def postgres_publish_rows(
 
 
 def postgres_relay_rows(engine: Any, prefix: str, rows: int) -> dict[str, Callable[[], float]]:
-    """Seconds per delivered row on PostgreSQL: the relay against a claim-and-delete loop."""
+    """Seconds per delivered row on PostgreSQL: the relay and the hand-written loops."""
     from eventbus_contrib.sqlalchemy import SQLAlchemyOutbox
     from sqlalchemy.orm import Session
 
@@ -360,18 +361,8 @@ def postgres_relay_rows(engine: Any, prefix: str, rows: int) -> dict[str, Callab
     seen: list[int] = []
 
     def ours() -> float:
-        writer = EventBus(
-            registry=registry, outbox=SQLAlchemyOutbox(engine, prefix=prefix), relay=False
-        )
-        writer.subscribe(OrderPlaced, name="billing.charge", delivery="durable")(
-            lambda _event: None
-        )
-        with Session(engine) as session, writer.transaction(session):
-            for _ in range(rows):
-                writer.publish(EVENT)
-        writer.close()
         outbox = SQLAlchemyOutbox(engine, prefix=prefix, poll_interval=0.01, batch=200)
-        return time_relay(outbox, rows, seen)
+        return time_relay(outbox, rows, seen, lambda: Session(engine))
 
     def hand() -> float:
         payload = json.dumps(
@@ -408,9 +399,21 @@ def postgres_relay_rows(engine: Any, prefix: str, rows: int) -> dict[str, Callab
                 )
         return (time.perf_counter() - start) / rows
 
+    return {
+        "hand-written claim-and-delete": hand,
+        "hand-written lease-and-delete": postgres_lease_and_delete(engine, prefix, rows, seen),
+        "eventbus relay": ours,
+    }
+
+
+def postgres_lease_and_delete(
+    engine: Any, prefix: str, rows: int, seen: list[int]
+) -> Callable[[], float]:
+    """Seconds per delivered row of the least a correct relay does, through psycopg."""
     leased_table = f"{prefix}_leased"
 
     def leased() -> float:
+        # Through psycopg itself: the least a correct relay does, with no layer between.
         payload = json.dumps(
             {"order_id": "o-1", "customer": "alice", "total": "12.50", "quantity": 2}
         ).encode()
@@ -425,33 +428,33 @@ def postgres_relay_rows(engine: Any, prefix: str, rows: int) -> dict[str, Callab
             f"UPDATE {leased_table} AS t SET lease_owner = 'me', lease_until = {PG_NOW} + 30 "
             "FROM c WHERE t.id = c.id RETURNING t.id, t.payload"
         )
-        start = time.perf_counter()
-        while True:
-            with engine.begin() as connection:
-                batch = connection.exec_driver_sql(claim).all()
-            if not batch:
-                break
-            for _row_id, body in batch:
-                data = json.loads(bytes(body))
-                OrderPlaced(
-                    order_id=data["order_id"],
-                    customer=data["customer"],
-                    total=Decimal(data["total"]),
-                    quantity=data["quantity"],
-                )
-                seen.append(1)
-            with engine.begin() as connection:
-                connection.exec_driver_sql(
-                    f"DELETE FROM {leased_table} WHERE lease_owner = 'me' AND id = ANY(%s)",
-                    ([row_id for row_id, _ in batch],),
-                )
-        return (time.perf_counter() - start) / rows
+        delete = f"DELETE FROM {leased_table} WHERE lease_owner = 'me' AND id = ANY(%s)"
+        raw = engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            start = time.perf_counter()
+            while True:
+                with driver.transaction():
+                    batch = driver.execute(claim).fetchall()
+                if not batch:
+                    break
+                for _row_id, body in batch:
+                    data = json.loads(body)
+                    OrderPlaced(
+                        order_id=data["order_id"],
+                        customer=data["customer"],
+                        total=Decimal(data["total"]),
+                        quantity=data["quantity"],
+                    )
+                    seen.append(1)
+                with driver.transaction():
+                    driver.execute(delete, ([row_id for row_id, _ in batch],))
+            elapsed = time.perf_counter() - start
+        finally:
+            raw.close()
+        return elapsed / rows
 
-    return {
-        "hand-written claim-and-delete": hand,
-        "hand-written lease-and-delete": leased,
-        "eventbus relay": ours,
-    }
+    return leased
 
 
 def postgres_drop(engine: Any, prefix: str) -> None:
@@ -632,18 +635,18 @@ def report(case: str, best: dict[str, float], ratio: float, target: str) -> None
         print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {shown:>6.2f} {mark:>8}")
 
 
-def report_relay(case: str, best: dict[str, float], samples: dict[str, list[float]]) -> float:
-    """Print a relay case; returns the judged throughput ratio (against claim-and-delete).
+def report_relay(
+    case: str, best: dict[str, float], samples: dict[str, list[float]], target: float
+) -> float:
+    """Print a relay case; returns the judged throughput ratio (against lease-and-delete).
 
-    Throughputs are relative to the first hand-written loop; the lease-and-delete loop
-    and eventbus against it are information, without a target."""
-    hand = best["hand-written claim-and-delete"]
+    Throughputs are relative to the lease-and-delete loop; claim-and-delete is shown for
+    scale, without a target."""
+    hand = best["hand-written lease-and-delete"]
     for name, seconds in best.items():
         ours = name.startswith("eventbus")
-        mark = ">= 0.7" if ours else ""
+        mark = f">= {target}" if ours else ""
         print(f"{case:<34} {name:<32} {seconds * 1e6:>9.1f} {hand / seconds:>6.2f} {mark:>8}")
-    fair = best["hand-written lease-and-delete"] / best["eventbus relay"]
-    print(f"{'':<34} {'(eventbus vs lease-and-delete)':<32} {'':>9} {fair:>6.2f}")
     for name, values in samples.items():
         shown = ", ".join(f"{value * 1e6:.1f}" for value in values)
         print(f"{'':<34}   samples of {name}: {shown}")
@@ -705,7 +708,7 @@ def the_rest(args: Any, samples: int, relay_samples: int, missed: list[str]) -> 
         kept: dict[str, list[float]] = {}
         best = measure(relay_rows(path, 500 if args.quick else 5000), relay_samples, kept=kept)
         case = "sqlite relay to a handler"
-        throughput = report_relay(case, best, kept)
+        throughput = report_relay(case, best, kept, 0.7)
         if throughput < 0.7:
             missed.append(f"sqlite relay throughput: {throughput:.2f}x")
     engine = postgres_engine()
@@ -732,8 +735,8 @@ def the_rest(args: Any, samples: int, relay_samples: int, missed: list[str]) -> 
                 postgres_relay_rows(engine, prefix, relay_count), relay_samples, kept=kept
             )
             case = "postgresql relay to a handler"
-            throughput = report_relay(case, best, kept)
-            if throughput < 0.7:
+            throughput = report_relay(case, best, kept, 0.9)
+            if throughput < 0.9:
                 missed.append(f"postgresql relay throughput: {throughput:.2f}x")
         finally:
             postgres_drop(engine, prefix)

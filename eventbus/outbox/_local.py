@@ -22,7 +22,7 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import attrs
 
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from .._handlers import Handler
     from .._records import ClaimedRow
     from ..typing import Inbox
+else:  # _Item's fields are read at run time by NamedTuple
+    ClaimedRow = Envelope = Handler = Any
 
 __all__ = ["LocalHandlers", "contention"]
 
@@ -50,14 +52,17 @@ _STORE_RETRY_DELAY = 60.0
 """Seconds before a row whose dead letter could not be stored is tried again."""
 _CONTENTION_DELAY = 0.1
 
+RUN_LENGTH = 100
+"""Rows of one key a claim may give this process's handlers at once (where the store
+claims runs): they run in order, the rest of a run held back after a failure."""
+
 _INLINE_BUDGET = 0.005
 """Seconds of plain sync handlers the claiming worker thread runs itself, one after
 another. Quick handlers (the usual case) then cost no handoff to other threads; once a
 batch's handlers take longer (they wait on I/O), the rest run on all the worker threads."""
 
 
-@attrs.frozen
-class _Item:
+class _Item(NamedTuple):
     row: ClaimedRow
     envelope: Envelope
     handler: Handler
@@ -96,7 +101,7 @@ def contention(error: BaseException, store: object) -> bool:
     return False
 
 
-def _chunks(items: list[_Item], count: int) -> list[list[_Item]]:
+def _chunks(items: list[_T], count: int) -> list[list[_T]]:
     """Split ``items`` into at most ``count`` chunks of nearly equal size, in order."""
     if not items:
         return []
@@ -108,6 +113,31 @@ def _chunks(items: list[_Item], count: int) -> list[list[_Item]]:
         chunks.append(items[start:end])
         start = end
     return chunks
+
+
+_HELD_BACK = "held back: an earlier outbox row of its key was not delivered yet"
+
+
+class _HeldBack:
+    """The outcome of a row held back behind a failed earlier row of its key."""
+
+
+_HELD = _HeldBack()
+_Outcome = Exception | None | _HeldBack
+_T = TypeVar("_T")
+
+
+def _chain(row: ClaimedRow) -> object:
+    """What a row's order is kept within: its (destination, key); a row without a key is
+    ordered with nothing."""
+    key = row[4]
+    return row[0] if key is None else (row[3], key)
+
+
+def _held_back(row: ClaimedRow) -> Retry:
+    """A row of a run whose earlier row was not delivered: put back at once, its attempt
+    uncounted. The claim invariant keeps it unclaimable until the earlier row is gone."""
+    return Retry(row, _HELD_BACK, 0.0, count_attempt=False)
 
 
 def _marks(handled: list[_Item]) -> list[tuple[str, uuid.UUID]]:
@@ -127,6 +157,8 @@ class LocalHandlers:
     its own lock waits, ``SupportsContention``).
     """
 
+    per_key = RUN_LENGTH
+
     def __init__(self, context: Context, store: Inbox) -> None:
         self._context = context
         self._store = store
@@ -134,31 +166,59 @@ class LocalHandlers:
     # -- on the worker thread that claimed the batch -----------------------------------
 
     def take(self, rows: list[ClaimedRow]) -> _LocalBatch:
-        """Prepare the rows, and run the plain sync handlers within the time budget."""
+        """Prepare the rows, and run the plain sync handlers within the time budget.
+
+        Rows come in id order; a store that claims runs (``SupportsClaimRuns``) may give
+        several of one key, which run one after another: once a row of a key failed
+        here, the key's later rows are held back (put back uncounted; the claim
+        invariant keeps them until the failed row is gone), and once one is left for
+        the loop, its later rows follow it there."""
         batch = _LocalBatch(rows)
-        items = self._prepare(rows, batch)
+        blocks: dict[object, int] = {}
+        items = self._prepare(rows, batch, blocks)
         fresh = self._unseen(items, batch.finished)
-        plain = [item for item in fresh if _plain(item.handler)]
-        batch.waiting = [item for item in fresh if not _plain(item.handler)]
+        deferred: set[object] = set()
+        waiting = batch.waiting
         deadline = time.perf_counter() + _INLINE_BUDGET
-        for index, item in enumerate(plain):
-            if time.perf_counter() > deadline:
-                # Slow handlers (waiting on I/O): the rest overlap on the worker threads.
-                batch.waiting.extend(plain[index:])
-                break
+        for item in fresh:
+            row = item.row
+            if blocks or deferred:
+                chain = _chain(row)
+                first = blocks.get(chain)
+                if first is not None and row[0] > first:
+                    batch.retries.append(_held_back(row))
+                    continue
+                if chain in deferred:
+                    waiting.append(item)
+                    continue
+            handler = item.handler
+            if (
+                handler.is_async
+                or handler.connection_type is not None
+                or (time.perf_counter() > deadline)
+            ):
+                # Async, connection-taking, or past the budget (slow handlers waiting on
+                # I/O): on the loop, where the rest overlap on the worker threads.
+                waiting.append(item)
+                deferred.add(_chain(row))
+                continue
             error = _call_plain(item)
             if error is None or isinstance(error, SkipEvent):
                 batch.handled.append(item)
-                batch.finished.append(item.row.id)
+                batch.finished.append(row[0])
             else:
                 batch.failed.append((item, error))
+                blocks.setdefault(_chain(row), row[0])
         batch.processed = _marks(batch.handled)
         batch.left = bool(batch.waiting or batch.failed or batch.undecodable)
         return batch
 
-    def _prepare(self, rows: list[ClaimedRow], batch: _LocalBatch) -> list[_Item]:
+    def _prepare(
+        self, rows: list[ClaimedRow], batch: _LocalBatch, blocks: dict[object, int]
+    ) -> list[_Item]:
         """Decode rows and find their handlers: the items to deliver. A row that cannot
-        be decoded is left to bury; one for a handler this process lacks waits."""
+        be decoded is left to bury; one for a handler this process lacks waits. Either
+        blocks its key's later rows (``blocks``: the chain's first such row id)."""
         decode = self._context.codec.decode
         handlers = self._context.handlers
         items: list[_Item] = []
@@ -167,6 +227,7 @@ class LocalHandlers:
                 envelope = decode(row.payload)
             except (SerializationError, UnknownEventError) as error:
                 batch.undecodable.append((row, error))
+                blocks.setdefault(_chain(row), row[0])
                 continue
             handler = handlers.get(row.destination)
             if handler is None or handler.delivery != "durable":
@@ -185,6 +246,7 @@ class LocalHandlers:
                         waited=False,
                     )
                 )
+                blocks.setdefault(_chain(row), row[0])
                 continue
             items.append(_Item(row, envelope, handler))
         return items
@@ -192,15 +254,23 @@ class LocalHandlers:
     def _unseen(self, items: list[_Item], finished: list[int]) -> list[_Item]:
         """The items the inbox does not know yet; the others are finished (delivered before:
         a crash after the handler, or twice in this batch)."""
-        keys = [(item.handler.name, item.envelope.id) for item in items]
-        asked = [pair for item, pair in zip(items, keys, strict=True) if item.row.seen is None]
-        seen = self._store.seen_many(asked) if asked else set()
+        asked = [(item.handler.name, item.envelope.id) for item in items if item.row[9] is None]
+        known = self._store.seen_many(asked) if asked else set()
+        # A row's destination is its handler's name; its envelope id as the store's text
+        # (hashed once, unlike a UUID) tells rows of one envelope apart.
+        taken: set[tuple[str, str]] = set()
         fresh: list[_Item] = []
-        for item, pair in zip(items, keys, strict=True):
-            if item.row.seen or pair in seen:
-                finished.append(item.row.id)
+        for item in items:
+            row = item.row
+            pair = (row[3], row.envelope_text)
+            if (
+                row[9]
+                or pair in taken
+                or (row[9] is None and (item.handler.name, item.envelope.id) in known)
+            ):
+                finished.append(row[0])
             else:
-                seen.add(pair)
+                taken.add(pair)
                 fresh.append(item)
         return fresh
 
@@ -214,15 +284,17 @@ class LocalHandlers:
         for row, why in batch.undecodable:
             if await self._bury_undecodable(row, why, batch):
                 batch.finished.append(row.id)
-        outcomes: list[tuple[_Item, Exception | None]] = list(batch.failed)
+        outcomes: list[tuple[_Item, _Outcome]] = list(batch.failed)
         if batch.waiting:
             outcomes.extend(await self._run_all(batch.waiting))
         handled: list[_Item] = []
         for item, error in outcomes:
-            if error is None or isinstance(error, SkipEvent):
+            if error is _HELD:
+                batch.retries.append(_held_back(item.row))
+            elif error is None or isinstance(error, SkipEvent):
                 handled.append(item)
                 batch.finished.append(item.row.id)
-            elif await self._failed(item, error, batch):
+            elif await self._failed(item, error, batch):  # type: ignore[arg-type]
                 batch.finished.append(item.row.id)
         batch.handled.extend(handled)
         batch.processed.extend(_marks(handled))
@@ -239,30 +311,40 @@ class LocalHandlers:
             envelopes = tuple(item.envelope for item in batch.handled)
             hooks._send(hooks.outbox_relayed, self._context.sender, envelopes=envelopes)
 
-    async def _run_all(self, items: list[_Item]) -> list[tuple[_Item, Exception | None]]:
-        """Run every item's handler; returns each item with its error (or None)."""
+    async def _run_all(self, items: list[_Item]) -> list[tuple[_Item, _Outcome]]:
+        """Run every item's handler; returns each item with its error (or None, or
+        ``_HELD`` for one held back behind a failed earlier row of its key). The rows of
+        one key (a run) run one after another; different keys overlap."""
         runtime = self._context.runtime
-        plain = [item for item in items if _plain(item.handler)]
-        others = [item for item in items if not _plain(item.handler)]
+        chains: dict[object, list[_Item]] = {}
+        for item in items:
+            chains.setdefault(_chain(item.row), []).append(item)
+        plain = [chain for chain in chains.values() if _plain(chain[0].handler)]
+        others = [chain for chain in chains.values() if not _plain(chain[0].handler)]
         chunks = _chunks(plain, runtime.workers)
         outcomes = await asyncio.gather(
             *(runtime.run_sync(_run_chunk, chunk) for chunk in chunks),
-            *(self._run_one(item) for item in others),
+            *(self._run_chain(chain) for chain in others),
         )
-        results: list[tuple[_Item, Exception | None]] = []
-        for chunk, errors in zip(chunks, outcomes[: len(chunks)], strict=True):
-            results.extend(zip(chunk, errors, strict=True))  # type: ignore[arg-type]
-        results.extend(zip(others, outcomes[len(chunks) :], strict=True))  # type: ignore[arg-type]
-        return results
+        return [pair for outcome in outcomes for pair in outcome]
 
-    async def _run_one(self, item: _Item) -> Exception | None:
-        """Run an async or connection-taking handler through the pipeline's own step (a
-        duplicate found by the inbox counts as handled); returns its error (or None)."""
-        try:
-            await run_handler(self._context, item.handler, item.envelope)
-        except Exception as error:
-            return error
-        return None
+    async def _run_chain(self, chain: list[_Item]) -> list[tuple[_Item, _Outcome]]:
+        """Run async or connection-taking handlers through the pipeline's own step (a
+        duplicate found by the inbox counts as handled), one row after another, holding
+        back the rows after the first that fails."""
+        results: list[tuple[_Item, _Outcome]] = []
+        for index, item in enumerate(chain):
+            try:
+                await run_handler(self._context, item.handler, item.envelope)
+            except SkipEvent as error:
+                results.append((item, error))
+            except Exception as error:
+                results.append((item, error))
+                results.extend((held, _HELD) for held in chain[index + 1 :])
+                break
+            else:
+                results.append((item, None))
+        return results
 
     async def _failed(self, item: _Item, error: Exception, batch: Batch) -> bool:
         """A durable attempt failed: reschedule the row, or bury it; True when buried."""
@@ -343,9 +425,18 @@ class LocalHandlers:
         return True
 
 
-def _run_chunk(chunk: list[_Item]) -> list[Exception | None]:
-    """Sync handlers, one after another on one worker thread."""
-    return [_call_plain(item) for item in chunk]
+def _run_chunk(chains: list[list[_Item]]) -> list[tuple[_Item, _Outcome]]:
+    """Sync handlers, one after another on one worker thread; in each chain (a run of one
+    key) the rows after the first that fails are held back."""
+    results: list[tuple[_Item, _Outcome]] = []
+    for chain in chains:
+        for index, item in enumerate(chain):
+            error = _call_plain(item)
+            results.append((item, error))
+            if error is not None and not isinstance(error, SkipEvent):
+                results.extend((held, _HELD) for held in chain[index + 1 :])
+                break
+    return results
 
 
 def _call_plain(item: _Item) -> Exception | None:

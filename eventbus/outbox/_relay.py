@@ -2,8 +2,11 @@
 
 It claims a batch in one short statement (a lease stamped by the database clock), hands
 it to its *sink* outside any transaction, then completes or reschedules each row in
-another short statement fenced by its lease owner. Rows are claimed at most one per key,
-so a key's events reach the sink in outbox order even across retries and relays. A
+another short statement fenced by its lease owner. A claim takes a key's rows only from
+its first (no earlier row of the key left in any state): one per key, or a run of them in
+order where the store can (``SupportsClaimRuns``) and the sink keeps a run's order
+(``Sink.per_key``), so a key's events reach the sink in outbox order even across retries
+and relays. A
 commit in this process wakes it at once; polling every ``poll_interval`` is the safety
 net that makes it correct (a row committed by another process, a lease that ran out).
 
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 from .._redact import masked_logger
-from ..typing import SupportsListen
+from ..typing import SupportsClaimRuns, SupportsListen
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -88,6 +91,11 @@ class Batch:
 class Sink(Protocol):
     """Where a relay's rows go: this process's handlers, or a transport."""
 
+    @property
+    def per_key(self) -> int:
+        """Rows of one key it takes per claim, in order, where the store can claim runs
+        (``SupportsClaimRuns``); 1 where it must see each confirmed before the next."""
+
     def take(self, rows: list[ClaimedRow]) -> Batch:
         """On the worker thread that claimed ``rows``: what can be done there; the batch
         says which rows are finished, which to retry, and whether work is left."""
@@ -118,6 +126,8 @@ class Relay:
         self._batch = store.batch
         self._lease = store.lease
         self._poll_interval = store.poll_interval
+        self._runs = isinstance(store, SupportsClaimRuns)
+        """Whether the store can lease several rows of one key per claim."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # asyncio.Event binds to a loop on first use, not here, so these may be made early.
         self._wake = asyncio.Event()
@@ -361,7 +371,7 @@ class Relay:
         was claimed (or the claim failed: the next cycle tries again)."""
         started = time.monotonic()
         try:
-            rows = self._outbox.claim(owner=self.owner, batch=self._batch, lease=self._lease)
+            rows = self._claim()
         except Exception:
             logger.exception("the relay could not claim outbox rows; trying again")
             return None
@@ -379,6 +389,18 @@ class Relay:
             self._in_flight.difference_update(row.id for row in rows)
             raise
         return batch
+
+    def _claim(self) -> list[ClaimedRow]:
+        """Lease a batch: runs of a key where the store and the sink both can."""
+        store = self._outbox
+        if self._runs:
+            per_key = min(self._sink.per_key, self._batch)
+            if per_key > 1:
+                assert isinstance(store, SupportsClaimRuns)
+                return store.claim_runs(
+                    owner=self.owner, batch=self._batch, lease=self._lease, per_key=per_key
+                )
+        return store.claim(owner=self.owner, batch=self._batch, lease=self._lease)
 
     def _settle_here(self, batch: Batch) -> None:
         """On the worker thread, when the sink left nothing for the loop (the usual case):

@@ -21,10 +21,11 @@ import attrs
 
 from .. import hooks
 from .._delivery import bury
-from .._records import FORWARD, DeadLetter, Message, first_failure
+from .._records import FORWARD, DeadLetter, Message, envelope_uuid, first_failure
 from .._redact import describe_error, masked_logger
 from .._retry import Backoff
 from ..errors import MessageRejectedError
+from ..outbox._local import RUN_LENGTH
 from ..outbox._relay import Batch, Retry
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["Forwarder"]
 
 logger = masked_logger("eventbus.transport")
+
+_HELD_BACK = "held back: an earlier outbox row of its key was not confirmed by the broker"
 
 _UNCONFIRMED = Backoff(first=0.2, cap=30.0, jitter=0.5)
 """The wait before the next try of a row the broker did not confirm: 0.2 s doubling to
@@ -62,6 +65,16 @@ class Forwarder:
         self._link = link
         self._context = context
         self._local = local
+
+    @property
+    def per_key(self) -> int:
+        """Several rows of a key per claim only where the transport keeps a batch's order
+        when part of it fails (``Capabilities.ordered_batches``): elsewhere a later row
+        could reach the broker while an earlier one was refused, and the next row of a
+        key is claimed only once the broker confirmed the one before."""
+        if self._link.transport.capabilities.ordered_batches:
+            return min(self._local.per_key, RUN_LENGTH)
+        return 1
 
     def take(self, rows: list[ClaimedRow]) -> Batch:
         """On the worker thread: set the transport's rows aside for the loop; the local
@@ -112,7 +125,9 @@ class Forwarder:
         return tuple(envelopes)
 
     async def _publish(self, batch: _ForwardBatch) -> None:
-        """Publish per topic; what the broker did not confirm is retried later."""
+        """Publish per topic; what the broker did not confirm is retried later. Where a
+        claim gave runs (several rows of a key), a key whose row was not confirmed has its
+        later rows held back, whatever their topic."""
         by_topic: dict[str, list[ClaimedRow]] = {}
         for row in batch.forward:
             by_topic.setdefault(row.name, []).append(row)
@@ -123,21 +138,30 @@ class Forwarder:
         except Exception as error:
             _unconfirmed(batch, batch.forward, error)
             return
-        for topic, rows in by_topic.items():
+        failed: set[str] = set()
+        """Keys with a row the broker did not confirm."""
+        for topic, claimed in by_topic.items():
+            rows = _hold_back(batch, claimed, failed) if failed else claimed
+            if not rows:
+                continue
             try:
                 await transport.publish(topic, *(_message(row) for row in rows))
             except MessageRejectedError:
-                await self._isolate(transport, rows, batch)
+                await self._isolate(transport, rows, batch, failed)
             except Exception as error:
                 _unconfirmed(batch, rows, error)
+                failed.update(row.key for row in rows if row.key is not None)
             else:
                 batch.sent.extend(rows)
 
     async def _isolate(
-        self, transport: Transport, rows: list[ClaimedRow], batch: _ForwardBatch
+        self, transport: Transport, rows: list[ClaimedRow], batch: _ForwardBatch, failed: set[str]
     ) -> None:
         """A batch the broker refused: publish one by one, so only the poison is buried."""
         for row in rows:
+            if failed and row.key in failed:
+                batch.retries.append(_held_back(row))
+                continue
             try:
                 await transport.publish(row.name, _message(row))
             except MessageRejectedError as error:
@@ -145,8 +169,12 @@ class Forwarder:
                     batch.finished.append(row.id)
                 else:  # the letter could not be stored: the row stays, for a later try
                     _unconfirmed(batch, [row], error)
+                    if row.key is not None:
+                        failed.add(row.key)
             except Exception as error:
                 _unconfirmed(batch, [row], error)
+                if row.key is not None:
+                    failed.add(row.key)
             else:
                 batch.sent.append(row)
 
@@ -181,5 +209,21 @@ def _unconfirmed(batch: Batch, rows: list[ClaimedRow], error: BaseException) -> 
     )
 
 
+def _hold_back(batch: Batch, rows: list[ClaimedRow], failed: set[str]) -> list[ClaimedRow]:
+    """The rows to publish; those of a key in ``failed`` are put back uncounted (the claim
+    invariant keeps them until the key's unconfirmed row is gone)."""
+    kept: list[ClaimedRow] = []
+    for row in rows:
+        if row.key in failed:
+            batch.retries.append(_held_back(row))
+        else:
+            kept.append(row)
+    return kept
+
+
+def _held_back(row: ClaimedRow) -> Retry:
+    return Retry(row, _HELD_BACK, 0.0, count_attempt=False, waited=False)
+
+
 def _message(row: ClaimedRow) -> Message:
-    return Message(row.envelope_id, row.name, row.key, row.payload)
+    return Message(envelope_uuid(row), row[2], row[4], row[5])

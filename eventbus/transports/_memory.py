@@ -173,7 +173,11 @@ class MemoryTransport:
     """``memory://`` (a broker of its own) or ``memory://NAME`` (shared in the process)."""
 
     capabilities: ClassVar[Capabilities] = Capabilities(
-        persistent=False, ordered_per_key=True, consumer_groups=True, counts_deliveries=True
+        persistent=False,
+        ordered_per_key=True,
+        consumer_groups=True,
+        counts_deliveries=True,
+        ordered_batches=True,  # a publish appends every message at once, or none
     )
 
     def __init__(self, name: str | None = None) -> None:

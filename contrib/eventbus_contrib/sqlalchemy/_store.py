@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ from ._core import (
     redact,
 )
 from ._dialects import dialect_for
+from ._driver import DriverConnection, driver_transaction, drives
 from ._engine import driver_reason
 from ._resources import Resources, asyncio_module, unscoped
 from ._schema import OutboxSchema, outbox_tables
@@ -46,6 +48,9 @@ _CHUNK_BYTES: Final = 2 * 1024 * 1024
 database's bound-parameter limit and MariaDB's default ``max_allowed_packet`` (16 MiB)."""
 
 _ERROR_LENGTH: Final = 2000
+
+_claimed_row = ClaimedRow.from_columns
+_by_id = itemgetter(0)
 
 
 class SQLAlchemyOutbox:
@@ -129,6 +134,8 @@ class SQLAlchemyOutbox:
                 sa.bindparam("pairs", expanding=True)
             )
         )
+        self._rendered: dict[Any, tuple[str, dict[str, Any]]] = {}
+        """The relay's statements as rendered for the driver (``_driver``), by statement."""
         self._prepare(create=create)
 
     def __repr__(self) -> str:
@@ -253,29 +260,45 @@ class SQLAlchemyOutbox:
         key left or, with ``per_key`` > 1, up to that many consecutive rows of one key
         from its first (``SupportsClaimRuns``). On PostgreSQL each also says whether its
         destination's inbox holds its envelope."""
-        seen = self._dialect.claim_reports_seen
-        with self._begin("claim outbox rows") as connection:
-            found = self._dialect.claim(
-                connection, owner=owner, batch=batch, lease=lease, per_key=per_key
-            )
-        # Rows unpacked by position (the dialects' CLAIMED order): a Row's attributes by name
-        # cost a lookup each, which shows on batches of hundreds.
-        rows = [
-            ClaimedRow(
-                id=int(row[0]),
-                envelope_id=uuid.UUID(row[1]),
-                name=row[2],
-                destination=row[3],
-                key=row[4],
-                payload=bytes(row[5]),
-                attempts=int(row[6]),
-                created_at=float(row[7]),
-                first_failed_at=None if row[8] is None else float(row[8]),
-                seen=bool(row[9]) if seen else None,
-            )
-            for row in found
-        ]
-        rows.sort(key=lambda row: row.id)
+        what = "claim outbox rows"
+        if drives(self._writer):
+            # On psycopg itself: its rows are already of the claimed row's types (the
+            # heads scan's two trailing columns are past what a row reads).
+            with self._driven(what) as driven:
+                found = self._dialect.claim(
+                    driven,  # type: ignore[arg-type]
+                    owner=owner,
+                    batch=batch,
+                    lease=lease,
+                    per_key=per_key,
+                )
+            rows = list(map(_claimed_row, found))
+        else:
+            seen = self._dialect.claim_reports_seen
+            with self._begin(what) as connection:
+                found = self._dialect.claim(
+                    connection, owner=owner, batch=batch, lease=lease, per_key=per_key
+                )
+            # Rows unpacked by position (the dialects' CLAIMED order), each value in the
+            # type a claimed row holds, whatever the driver gave.
+            rows = [
+                _claimed_row(
+                    (
+                        int(row[0]),
+                        str(row[1]),
+                        row[2],
+                        row[3],
+                        row[4],
+                        bytes(row[5]),
+                        int(row[6]),
+                        float(row[7]),
+                        None if row[8] is None else float(row[8]),
+                        bool(row[9]) if seen else None,
+                    )
+                )
+                for row in found
+            ]
+        rows.sort(key=_by_id)
         return rows
 
     def claim_runs(self, *, owner: str, batch: int, lease: float, per_key: int) -> list[ClaimedRow]:
@@ -299,7 +322,11 @@ class SQLAlchemyOutbox:
         if not ids:
             return 0
         pairs = sorted({(handler, _uuid_text(envelope_id)) for handler, envelope_id in processed})
-        with self._begin("complete outbox rows") as connection:
+        what = "complete outbox rows"
+        if drives(self._writer):
+            with self._driven(what) as driven:
+                return self._dialect.complete(driven, ids, owner=owner, pairs=pairs)  # type: ignore[arg-type]
+        with self._begin(what) as connection:
             return self._dialect.complete(connection, ids, owner=owner, pairs=pairs)
 
     def reschedule(
@@ -491,6 +518,13 @@ class SQLAlchemyOutbox:
         self._check_open(what)
         with self._guard(what), (engine or self._writer).begin() as connection:
             yield connection
+
+    @contextmanager
+    def _driven(self, what: str) -> Iterator[DriverConnection]:
+        """A short transaction of the relay's own on the driver itself (``_driver``)."""
+        self._check_open(what)
+        with self._guard(what), driver_transaction(self._writer, self._rendered) as driven:
+            yield driven
 
     def _reason(self, exc: sa_exc.SQLAlchemyError) -> str:
         """The driver's message, without the statement and its parameters (payloads)."""

@@ -12,10 +12,11 @@ drivers, for the stores that run them on the driver's own cursor.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from eventbus.outbox.claims import WINDOW, due_sql
 
-__all__ = ["positional", "postgresql_claim_sql", "postgresql_window_sql"]
+__all__ = ["CLAIMED", "positional", "postgresql_claim_sql", "postgresql_window_sql"]
 
 
 def postgresql_claim_sql(
@@ -32,7 +33,7 @@ def postgresql_claim_sql(
     past = "(h.d > c.d OR (h.d = c.d AND (c.k IS NULL OR (h.k IS NOT NULL AND h.k > c.k))))"
     first = f"""NOT EXISTS (SELECT 1 FROM {outbox} AS p
             WHERE p.destination = o.destination AND p.key = o.key AND p.id < o.id)"""
-    columns = ", ".join(f"{outbox}.{name}" for name in _CLAIMED)
+    columns = ", ".join(f"{outbox}.{name}" for name in CLAIMED)
     return f"""/* eventbus claim: heads */
 WITH RECURSIVE
 picked AS {hold}(
@@ -108,7 +109,7 @@ def postgresql_window_sql(outbox: str, inbox: str, now: str, *, materialize: boo
     """``window_sql`` on PostgreSQL: the picks locked ``FOR UPDATE SKIP LOCKED`` in a
     materialised CTE, the inbox probed by its primary key (OFFSET 0)."""
     hold = "MATERIALIZED " if materialize else ""
-    columns = ", ".join(f"{outbox}.{name}" for name in _CLAIMED)
+    columns = ", ".join(f"{outbox}.{name}" for name in CLAIMED)
     return f"""
 WITH eventbus_claimable AS {hold}(
     SELECT o.id FROM {outbox} AS o
@@ -143,7 +144,7 @@ def _postgresql_runs(outbox: str, due: str, per_key: int) -> str:
     WHERE c.key IS NOT NULL AND r.open)"""
 
 
-_CLAIMED = (
+CLAIMED: Final = (
     "id",
     "envelope_id",
     "name",
@@ -154,6 +155,9 @@ _CLAIMED = (
     "created_at",
     "first_failed_at",
 )
+"""The columns of a claimed row, in the order a claim returns them. A dialect whose
+claim ``reports_seen`` returns one more after them: whether the destination's inbox
+holds the envelope already."""
 
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 

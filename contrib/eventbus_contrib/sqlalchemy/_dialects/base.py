@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import sqlalchemy as sa
 
 from eventbus.outbox.claims import ClaimState
+from eventbus_contrib._claims import CLAIMED
 
 from .._core import ConfigurationError
 
@@ -29,21 +30,6 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine
 
 __all__ = ["CLAIMED", "Notifier", "OutboxDialect", "ReturningDialect"]
-
-CLAIMED: Final = (
-    "id",
-    "envelope_id",
-    "name",
-    "destination",
-    "key",
-    "payload",
-    "attempts",
-    "created_at",
-    "first_failed_at",
-)
-"""The columns of a claimed row, in the order a claim returns them. A dialect whose
-claim ``reports_seen`` returns one more after them: whether the destination's inbox
-holds the envelope already."""
 
 
 class Notifier(Protocol):

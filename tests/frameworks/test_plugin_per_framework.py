@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.strict_warnings import FLAGS
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +88,7 @@ def check_isolation(project: pytest.Pytester, **parts: str) -> None:
     """With ``event_bus_isolation`` the second test finds nothing of the first; without
     it (``event_bus`` alone), it finds the first's dead letter: the isolation did it."""
     project.makepyfile(test_leftovers=leftovers("event_bus_isolation", **parts))
-    isolated = project.runpytest_subprocess("-W", "error", "-p", "no:randomly", "test_leftovers.py")
+    isolated = project.runpytest_subprocess(*FLAGS, "-p", "no:randomly", "test_leftovers.py")
     isolated.assert_outcomes(passed=2)
     # The same database file: another order, not to meet the first run's row.
     again = leftovers("event_bus", **parts).replace("bad-1", "bad-2")
@@ -167,7 +169,7 @@ def fastapi_project(project: pytest.Pytester) -> pytest.Pytester:
 
 def test_the_readme_fastapi_test_runs(fastapi_project: pytest.Pytester) -> None:
     fastapi_project.makepyfile(test_readme=readme_block("FastAPI one"))
-    fastapi_project.runpytest_subprocess("-W", "error").assert_outcomes(passed=1)
+    fastapi_project.runpytest_subprocess(*FLAGS).assert_outcomes(passed=1)
 
 
 def test_isolation_between_fastapi_tests(fastapi_project: pytest.Pytester) -> None:
@@ -259,7 +261,7 @@ def flask_project(project: pytest.Pytester) -> pytest.Pytester:
 
 def test_the_readme_flask_test_runs(flask_project: pytest.Pytester) -> None:
     flask_project.makepyfile(test_readme=readme_block("Flask one"))
-    flask_project.runpytest_subprocess("-W", "error").assert_outcomes(passed=1)
+    flask_project.runpytest_subprocess(*FLAGS).assert_outcomes(passed=1)
 
 
 def test_isolation_between_flask_tests(flask_project: pytest.Pytester) -> None:
@@ -382,7 +384,7 @@ def django_project(project: pytest.Pytester) -> pytest.Pytester:
 
 def test_the_readme_django_test_runs(django_project: pytest.Pytester) -> None:
     django_project.makepyfile(test_readme=readme_block("a test of a Django project"))
-    django_project.runpytest_subprocess("-W", "error").assert_outcomes(passed=1)
+    django_project.runpytest_subprocess(*FLAGS).assert_outcomes(passed=1)
 
 
 def test_isolation_between_django_tests(django_project: pytest.Pytester) -> None:

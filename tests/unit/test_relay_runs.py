@@ -87,9 +87,13 @@ def store_of(bus: EventBus) -> RunsOutbox:
 
 
 def publish(bus: EventBus, numbers: range, *, keys: int = 1) -> None:
-    with bus.transaction(store_of(bus).connect()):
-        for number in numbers:
-            bus.publish(Step(number=number), key=f"k{number % keys}")
+    connection = store_of(bus).connect()
+    try:
+        with bus.transaction(connection):
+            for number in numbers:
+                bus.publish(Step(number=number), key=f"k{number % keys}")
+    finally:
+        connection.close()  # the application's connection: the store does not close it
 
 
 def test_the_store_declares_runs_and_the_relay_asks_for_them(

@@ -174,6 +174,11 @@ class OutboxSchema:
         for statement in self._add_column_sql(self.missing_columns(connection)):
             connection.exec_driver_sql(statement)
 
+    def begun(self, connection: Connection) -> bool:
+        """Whether either table is there (perhaps another process is making the other)."""
+        inspector = sa.inspect(connection)
+        return any(inspector.has_table(table.name) for table in (self._outbox, self._inbox))
+
     def complete(self, connection: Connection) -> bool:
         """Whether both tables are there, with every column."""
         inspector = sa.inspect(connection)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,11 @@ _ERROR_LENGTH: Final = 2000
 
 _claimed_row = ClaimedRow.from_columns
 _by_id = itemgetter(0)
+
+
+_RACED_CREATION_WAIT = 10.0
+"""Seconds a store that lost the race to create the tables waits for the winner to finish
+them (on MariaDB each CREATE commits apart, so one table can be there before the other)."""
 
 
 class SQLAlchemyOutbox:
@@ -192,15 +198,22 @@ class SQLAlchemyOutbox:
         fresh database both look, and all but one fail. Where the database has a schema
         lock (PostgreSQL's advisory lock) they take turns on it; elsewhere a failed
         creation is forgiven when, looking again, the tables are there (another process
-        made them).
+        made them). MariaDB commits each CREATE on its own, so the winner may still be
+        making the second table: while one of the two is there, look again for a while.
         """
         try:
             with self._guard("create the outbox tables"), self._writer.begin() as connection:
                 self._schema.create(connection)
         except OutboxError:
-            with self._writer.connect() as connection:
-                if not self._schema.complete(connection):
+            deadline = time.monotonic() + _RACED_CREATION_WAIT
+            while True:
+                with self._writer.connect() as connection:
+                    if self._schema.complete(connection):
+                        return
+                    begun = self._schema.begun(connection)
+                if not begun or time.monotonic() > deadline:
                     raise  # not a creation that raced another process's: a real failure
+                time.sleep(0.05)
 
     # -- the publisher's side ----------------------------------------------------------
 

@@ -355,6 +355,10 @@ def test_without_notifications_the_relay_polls(fresh_database, kind: str, notify
         outbox.close()
 
 
+# Alone, after the rest: the NOTIFY channel is the database's, so another test's outbox
+# write in the same database (a parallel worker) would wake this listener during the
+# rollback check (seen once at the floors).
+@pytest.mark.slow
 def test_a_commit_wakes_a_listener_and_a_rollback_does_not(fresh_database) -> None:
     """PostgreSQL sends the write's NOTIFY at COMMIT only: a rolled-back atomic block
     wakes nobody; a committed one, and a write outside any transaction, do. Stopping
